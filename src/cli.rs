@@ -1,0 +1,532 @@
+//! The command line: parse, validate before touching the disk, then mount
+//! (daemonized or in the foreground) or unmount. Errors are one line.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::MountConfig;
+use crate::mount::{self, READY_BYTE};
+use crate::sys;
+
+/// Default kernel cache timeout in seconds (see `--cache-timeout`).
+const DEFAULT_CACHE_TIMEOUT: u64 = 86_400;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "unionfuse",
+    version,
+    about = "A union filesystem in userspace with kernel overlayfs semantics",
+    long_about = "unionfuse merges read-only lower layers and an optional writable upper \
+layer into one tree, as kernel overlayfs does, without kernel overlayfs and without root.\n\n\
+Whiteouts and opaque directories are read in both the kernel overlayfs format (character \
+device 0:0, trusted.overlay.opaque) and the OCI layer format (.wh.NAME, .wh..wh..opq)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Mount a merged view of layers at MOUNTPOINT.
+    #[command(long_about = "Mount a merged view of the layers at MOUNTPOINT.\n\n\
+Lookups go to the upper layer first, then to each lower layer from the top-most down. \
+Without --upper the mount is read-only and every change fails with EROFS.\n\n\
+Without --foreground, the command returns once the mount answers requests (exit status 0), \
+leaving a daemon that serves it until `unionfuse umount MOUNTPOINT`; on any failure it exits \
+non-zero with a one-line reason and leaves nothing mounted or created.")]
+    Mount(MountArgs),
+    /// Unmount a unionfuse mount.
+    #[command(
+        long_about = "Unmount the unionfuse mount at MOUNTPOINT. Root unmounts \
+directly; other users go through fusermount3, which allows the user who mounted. The daemon \
+exits once the mount is gone."
+    )]
+    Umount(UmountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// A read-only layer directory. Repeat for more layers, top-most first;
+    /// one value may also hold a colon-separated list (top-most first, as
+    /// overlayfs's lowerdir), where `\:` stands for a colon in a name.
+    /// At least one is required.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lower: Vec<OsString>,
+
+    /// The writable layer directory. Default: none, and the mount is
+    /// read-only.
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+
+    /// Staging directory for atomic changes; must be on the same mount as
+    /// the upper (a rename across mounts fails, even on one filesystem).
+    /// Default: `.NAME.unionfuse-work` beside the upper directory NAME,
+    /// created when missing.
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+
+    /// Stay in the foreground until unmounted instead of returning once the
+    /// mount is live. SIGTERM or SIGINT then unmounts and exits 0.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Number of threads serving requests. Default: the number of CPUs.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Seconds the kernel may cache names and attributes. Layers must not
+    /// be changed behind a mount's back (as with overlayfs), so the default
+    /// is long.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_CACHE_TIMEOUT)]
+    pub cache_timeout: u64,
+
+    /// Log every request to stderr (same as RUST_LOG=unionfuse=trace). A
+    /// daemonized mount then keeps writing to the terminal it started from.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Write one byte to this inherited file descriptor once the mount
+    /// answers requests, then close it.
+    #[arg(long, value_name = "FD")]
+    pub ready_fd: Option<i32>,
+
+    /// Where to mount: an existing directory that is not already a mount
+    /// point and is neither inside nor above any layer.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point of a unionfuse mount.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+/// Runs the parsed command line. `Err` is a one-line message.
+pub fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Mount(args) => mount_cmd(args),
+        Cmd::Umount(args) => umount_cmd(&args.mountpoint),
+    }
+}
+
+/// Splits one `--lower` value on unescaped colons; a backslash escapes the
+/// next byte (`\:` is a colon, `\\` a backslash).
+pub fn split_lowers(v: &OsStr) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = v.as_bytes().iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => {
+                if let Some(&n) = bytes.next() {
+                    cur.push(n);
+                }
+            }
+            b':' => out.push(PathBuf::from(OsString::from_vec(std::mem::take(&mut cur)))),
+            _ => cur.push(b),
+        }
+    }
+    out.push(PathBuf::from(OsString::from_vec(cur)));
+    out
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "does not exist".into(),
+        Some(libc::ENOTDIR) => "is not a directory".into(),
+        Some(libc::EACCES) => "is not accessible (permission denied)".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// An existing directory, made absolute and free of symlinks and `..`.
+fn existing_dir(what: &str, p: &Path) -> Result<PathBuf, String> {
+    if p.as_os_str().is_empty() {
+        return Err(format!("{what} is an empty path"));
+    }
+    let st = sys::stat_path(p).map_err(|e| format!("{what} {} {}", p.display(), describe(&e)))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(format!("{what} {} is not a directory", p.display()));
+    }
+    p.canonicalize()
+        .map_err(|e| format!("{what} {}: {e}", p.display()))
+}
+
+/// How two canonical paths relate.
+fn nested(a: &Path, b: &Path) -> Option<&'static str> {
+    if a == b {
+        Some("is the same directory as")
+    } else if a.starts_with(b) {
+        Some("is inside")
+    } else if b.starts_with(a) {
+        Some("contains")
+    } else {
+        None
+    }
+}
+
+fn check_apart(what_a: &str, a: &Path, what_b: &str, b: &Path) -> Result<(), String> {
+    match nested(a, b) {
+        Some(rel) => Err(format!(
+            "{what_a} {} {rel} {what_b} {}",
+            a.display(),
+            b.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+fn find_in_path(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| sys::stat_path(p).is_ok())
+}
+
+/// Checks a mount request and turns it into a [`MountConfig`]. Touches
+/// nothing on disk.
+pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
+    let mut lowers = Vec::new();
+    for v in &args.lower {
+        for l in split_lowers(v) {
+            lowers.push(existing_dir("lower layer", &l)?);
+        }
+    }
+    if lowers.is_empty() {
+        return Err("no --lower given: at least one lower layer is needed".into());
+    }
+    let threads = match args.threads {
+        Some(0) => return Err("--threads must be at least 1".into()),
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+    };
+    let upper = match &args.upper {
+        Some(u) => Some(existing_dir("upper layer", u)?),
+        None => None,
+    };
+    let mnt = existing_dir("mountpoint", &args.mountpoint)?;
+
+    for (i, l) in lowers.iter().enumerate() {
+        for l2 in &lowers[..i] {
+            if l == l2 {
+                return Err(format!("lower layer {} is given twice", l.display()));
+            }
+        }
+        check_apart("mountpoint", &mnt, "lower layer", l)?;
+    }
+    if let Some(u) = &upper {
+        for l in &lowers {
+            check_apart("upper layer", u, "lower layer", l)?;
+        }
+        check_apart("upper layer", u, "mountpoint", &mnt)?;
+    }
+    let facts = sys::mount_facts(&mnt).map_err(|e| format!("mountpoint {}: {e}", mnt.display()))?;
+    if facts.is_mount_root {
+        return Err(format!(
+            "mountpoint {} is already a mount point",
+            mnt.display()
+        ));
+    }
+
+    let work = match (&upper, &args.work) {
+        (None, Some(_)) => {
+            return Err("--work needs --upper: a read-only mount stages nothing".into());
+        }
+        (None, None) => None,
+        (Some(u), w) => Some(check_work(u, w.as_deref(), &lowers, &mnt)?),
+    };
+
+    if sys::stat_path(Path::new("/dev/fuse")).is_err() {
+        return Err("/dev/fuse does not exist: load the fuse module (modprobe fuse)".into());
+    }
+    if !sys::is_root() && find_in_path("fusermount3").is_none() {
+        return Err("fusermount3 not found: install fuse3 (unprivileged mounts need it)".into());
+    }
+    Ok(MountConfig {
+        lowers,
+        upper,
+        work,
+        mountpoint: mnt,
+        threads,
+        cache_timeout: Duration::from_secs(args.cache_timeout),
+        debug: args.debug,
+    })
+}
+
+/// Picks and checks the work directory; a missing default one is fine (it is
+/// created when mounting), a missing given one is not.
+fn check_work(
+    upper: &Path,
+    given: Option<&Path>,
+    lowers: &[PathBuf],
+    mnt: &Path,
+) -> Result<PathBuf, String> {
+    let work = match given {
+        Some(w) => existing_dir("work directory", w)?,
+        None => mount::default_work_dir(upper)
+            .ok_or_else(|| format!("upper layer {} has no parent directory", upper.display()))?,
+    };
+    check_apart("work directory", &work, "upper layer", upper)?;
+    check_apart("work directory", &work, "mountpoint", mnt)?;
+    for l in lowers {
+        check_apart("work directory", &work, "lower layer", l)?;
+    }
+    // The mount that matters is the one the work directory is (or will be)
+    // on: its own if it exists, else its parent's.
+    let probe = if sys::stat_path(&work).is_ok() {
+        work.clone()
+    } else {
+        work.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
+    let wm =
+        sys::mount_facts(&probe).map_err(|e| format!("work directory {}: {e}", work.display()))?;
+    let um =
+        sys::mount_facts(upper).map_err(|e| format!("upper layer {}: {e}", upper.display()))?;
+    if wm.mnt_id != um.mnt_id || (probe != work && um.is_mount_root) {
+        return Err(match given {
+            Some(_) => format!(
+                "work directory {} is not on the same mount as upper layer {}",
+                work.display(),
+                upper.display()
+            ),
+            None => format!(
+                "upper layer {} is the root of a mount, so no work directory beside it shares its mount: pass --work DIR on that mount",
+                upper.display()
+            ),
+        });
+    }
+    Ok(work)
+}
+
+fn mount_cmd(args: MountArgs) -> Result<(), String> {
+    let cfg = validate(&args)?;
+    if args.foreground {
+        let ready = match args.ready_fd {
+            Some(fd) => Some(sys::adopt_fd(fd).map_err(|e| format!("--ready-fd {fd}: {e}"))?),
+            None => None,
+        };
+        let created = prepare_work(&cfg)?;
+        let detach = std::env::var_os(DAEMON_ENV).is_some()
+            && !cfg.debug
+            && std::env::var_os("RUST_LOG").is_none();
+        let res = mount::serve(&cfg, ready, detach);
+        if res.is_err()
+            && let Some(w) = created
+        {
+            // Nothing may be left behind by a mount that failed.
+            let _ = std::fs::remove_dir(w);
+        }
+        return res;
+    }
+    daemonize()
+}
+
+/// Creates the default work directory when it is missing; returns it when
+/// this call created it, so a failed mount can remove it again.
+fn prepare_work(cfg: &MountConfig) -> Result<Option<PathBuf>, String> {
+    let Some(w) = &cfg.work else {
+        return Ok(None);
+    };
+    if sys::stat_path(w).is_ok() {
+        return Ok(None);
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(w)
+        .map_err(|e| format!("cannot create work directory {}: {e}", w.display()))?;
+    Ok(Some(w.clone()))
+}
+
+/// Runs the same command in the foreground as a detached child and waits
+/// until it reports the mount live (exit 0) or dies (its exit status; the
+/// child has already printed why).
+fn daemonize() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let (r, w) = sys::ready_pipe().map_err(|e| format!("cannot create pipe: {e}"))?;
+    let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // `mount ... MOUNTPOINT` becomes `mount -f --ready-fd N ... MOUNTPOINT`:
+    // inserting right after the subcommand keeps every original argument.
+    let pos = argv
+        .iter()
+        .position(|a| a == "mount")
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    let fdnum = std::os::fd::AsRawFd::as_raw_fd(&w).to_string();
+    argv.splice(
+        pos..pos,
+        [
+            "--foreground".into(),
+            "--ready-fd".into(),
+            OsString::from(fdnum),
+        ],
+    );
+    let mut child = Command::new(exe)
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // A new process group: the terminal's ^C must not reach the daemon.
+        .process_group(0)
+        .env(DAEMON_ENV, "1")
+        .spawn()
+        .map_err(|e| format!("cannot start daemon: {e}"))?;
+    drop(w);
+    let mut b = [0u8; 1];
+    let got = sys::read(r.as_fd(), &mut b).unwrap_or(0);
+    if got == 1 && b[0] == READY_BYTE {
+        return Ok(());
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for daemon: {e}"))?;
+    // The child printed its own one-line reason to the shared stderr.
+    std::process::exit(status.code().unwrap_or(1).max(1));
+}
+
+/// Set in a daemonized child so that it detaches stderr once ready.
+pub const DAEMON_ENV: &str = "UNIONFUSE_DAEMON";
+
+/// The fstype and source of the mount at `path` (canonical), from
+/// mountinfo, if any.
+fn mount_type(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_bytes();
+    let mut found = None;
+    for line in info.split(|b| *b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+        if fields.len() < 5 || unescape(fields[4]) != want {
+            continue;
+        }
+        let sep = fields.iter().position(|f| *f == b"-")?;
+        // The last matching line is the mount on top.
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .map(|t| String::from_utf8_lossy(&unescape(t)).into_owned())
+                .unwrap_or_default()
+        };
+        found = Some((field(sep + 1), field(sep + 2)));
+    }
+    found
+}
+
+fn unescape(f: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        if f[i] == b'\\' && i + 3 < f.len() && f[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(f[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The absolute form of a mountpoint without stat-ing it: a dead FUSE mount
+/// answers ENOTCONN to that, and must still be unmountable.
+fn mountpoint_path(p: &Path) -> Result<PathBuf, String> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("current directory: {e}"))?
+            .join(p)
+    };
+    let name = abs.file_name();
+    let parent = abs.parent();
+    match (parent, name) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .map_err(|e| format!("{} {}", parent.display(), describe(&e)))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+fn umount_cmd(p: &Path) -> Result<(), String> {
+    let mnt = mountpoint_path(p)?;
+    match mount_type(&mnt) {
+        None => return Err(format!("{} is not a mount point", p.display())),
+        // Mounted with mount(2), the type is plain `fuse` and the source
+        // names the filesystem; through fusermount3 it is `fuse.unionfuse`.
+        Some((t, src))
+            if t == "fuse.unionfuse" || (t.starts_with("fuse") && src == "unionfuse") => {}
+        Some((t, _)) => {
+            return Err(format!(
+                "{} is not a unionfuse mount (it is {t})",
+                p.display()
+            ));
+        }
+    }
+    if sys::is_root() {
+        return sys::umount(&mnt, 0).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => format!("{} is busy: files are open in it", p.display()),
+            _ => format!("cannot unmount {}: {e}", p.display()),
+        });
+    }
+    let prog = find_in_path("fusermount3")
+        .ok_or_else(|| "fusermount3 not found: install fuse3".to_string())?;
+    let out = Command::new(prog)
+        .arg("-u")
+        .arg(&mnt)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run fusermount3: {e}"))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "cannot unmount {}: {}",
+            p.display(),
+            msg.lines().next().unwrap_or("fusermount3 failed").trim()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_lower_lists() {
+        assert_eq!(
+            split_lowers(OsStr::new("a:b\\:c:d\\\\")),
+            vec![
+                PathBuf::from("a"),
+                PathBuf::from("b:c"),
+                PathBuf::from("d\\")
+            ]
+        );
+        assert_eq!(split_lowers(OsStr::new("/x")), vec![PathBuf::from("/x")]);
+    }
+
+    #[test]
+    fn relates_paths() {
+        let a = Path::new("/a/b");
+        assert!(nested(a, Path::new("/a/b")).is_some());
+        assert_eq!(nested(a, Path::new("/a")), Some("is inside"));
+        assert_eq!(nested(Path::new("/a"), a), Some("contains"));
+        assert_eq!(nested(Path::new("/a/bc"), a), None);
+    }
+
+    #[test]
+    fn unescapes_mountinfo() {
+        assert_eq!(unescape(b"/a\\040b"), b"/a b".to_vec());
+    }
+}

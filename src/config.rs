@@ -1,0 +1,22 @@
+//! A validated mount configuration: the only place paths live after the CLI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a mount needs, with every path absolute and checked.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Read-only layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    /// The writable layer; `None` makes the mount read-only.
+    pub upper: Option<PathBuf>,
+    /// Staging directory on the same mount as the upper.
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// How long the kernel may cache entries and attributes.
+    pub cache_timeout: Duration,
+    /// Per-request trace on stderr.
+    pub debug: bool,
+}

@@ -1,0 +1,450 @@
+//! Links fuser's calls to [`crate::union::Union`]: convert arguments, reply,
+//! log failures. No union logic lives here.
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
+};
+use log::{debug, info, trace, warn};
+
+use crate::error::Error;
+use crate::handle::Handle;
+use crate::union::{DirReplier, Union};
+
+/// Largest read the kernel asks for with FUSE_MAX_PAGES (256 pages).
+const MAX_READ: usize = 1 << 20;
+
+thread_local! {
+    /// Per-worker read buffer: reads allocate nothing on the request path.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The fuser filesystem: a [`Union`] plus the kernel-facing caches.
+#[derive(Debug)]
+pub struct UnionFs {
+    union: Arc<Union>,
+    /// How long the kernel may cache entries and attributes. The layers do
+    /// not change under a mount (as with overlayfs, changing them is
+    /// unsupported), so this can be long.
+    ttl: Duration,
+    passthrough: AtomicBool,
+    /// One backing file per inode while any handle has it open: the kernel
+    /// refuses a second, different one for the same inode.
+    backing_by_inode: DashMap<u64, Weak<BackingId>>,
+    backing_by_fh: DashMap<u64, Arc<BackingId>>,
+}
+
+impl UnionFs {
+    pub fn new(union: Arc<Union>, ttl: Duration, passthrough: bool) -> UnionFs {
+        UnionFs {
+            union,
+            ttl,
+            passthrough: AtomicBool::new(passthrough),
+            backing_by_inode: DashMap::new(),
+            backing_by_fh: DashMap::new(),
+        }
+    }
+
+    fn attr(&self, st: &libc::stat) -> FileAttr {
+        file_attr(st)
+    }
+}
+
+fn errno(e: Error) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+/// One line per failed request: expected misses at debug, the rest at warn.
+fn log_failure(op: &str, ino: INodeNo, name: Option<&OsStr>, e: Error) {
+    match e.errno {
+        libc::ENOENT
+        | libc::EEXIST
+        | libc::ENOTEMPTY
+        | libc::ENODATA
+        | libc::EROFS
+        | libc::ENAMETOOLONG
+        | libc::ERANGE
+        | libc::ENOTDIR
+        | libc::EISDIR => {
+            debug!("{op} ino={} name={name:?}: {e}", ino.0)
+        }
+        _ => warn!("{op} ino={} name={name:?}: {e}", ino.0),
+    }
+}
+
+fn system_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec as u32)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_file_type(d_type: u8) -> FileType {
+    file_type((d_type as u32) << 12)
+}
+
+/// `struct stat` to fuser's attributes; `st_ino` is already the mount's.
+pub fn file_attr(st: &libc::stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(st.st_ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: system_time(st.st_atime, st.st_atime_nsec),
+        mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+struct DirOut<'a> {
+    reply: &'a mut ReplyDirectory,
+}
+
+impl DirReplier for DirOut<'_> {
+    fn add(&mut self, ino: u64, offset: u64, d_type: u8, name: &[u8]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.reply.add(
+            INodeNo(ino),
+            offset,
+            dtype_file_type(d_type),
+            OsStr::from_bytes(name),
+        )
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let caps = config.capabilities();
+        let wanted = InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_MAX_PAGES;
+        if let Err(missing) = config.add_capabilities(wanted & caps) {
+            debug!("kernel lacks {missing:?}");
+        }
+        let _ = config.set_max_readahead(MAX_READ as u32);
+        let _ = config.set_max_write(MAX_READ as u32);
+        if self.passthrough.load(Ordering::Relaxed) {
+            // Depth 1: backing files on ordinary filesystems, and the mount
+            // itself may still serve as a layer of a kernel overlayfs.
+            let ok = caps.contains(InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough.store(ok, Ordering::Relaxed);
+        }
+        info!(
+            "ready: passthrough {}",
+            if self.passthrough.load(Ordering::Relaxed) {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.union.lookup(parent.0, name) {
+            Ok(Some(st)) => {
+                trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
+                reply.entry(&self.ttl, &self.attr(&st), Generation(0));
+            }
+            Ok(None) => {
+                // A negative entry: nodeid 0 with a timeout lets the kernel
+                // cache the miss (PATH searches, build tools probing files).
+                let mut attr = file_attr(&zero_stat());
+                attr.ino = INodeNo(0);
+                reply.entry(&self.ttl, &attr, Generation(0));
+            }
+            Err(e) => {
+                log_failure("lookup", parent, Some(name), e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.union.getattr(ino.0) {
+            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
+            Err(e) => {
+                log_failure("getattr", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.union.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => {
+                log_failure("readlink", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fh = match self.union.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => {
+                log_failure("open", ino, None, e);
+                return reply.error(errno(e));
+            }
+        };
+        if self.passthrough.load(Ordering::Relaxed) {
+            match self.backing_for(ino.0, fh, &reply) {
+                Ok(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    self.backing_by_fh.insert(fh, id);
+                    return;
+                }
+                Err(e) => {
+                    if e.raw_os_error() == Some(libc::EPERM) {
+                        info!("passthrough refused by the kernel; serving reads in userspace");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    } else {
+                        debug!("passthrough for ino {}: {e}", ino.0);
+                    }
+                }
+            }
+        }
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        READ_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            let size = (size as usize).min(MAX_READ);
+            if buf.len() < size {
+                buf.resize(size, 0);
+            }
+            match self.union.read(fh.0, offset, &mut buf[..size]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => {
+                    log_failure("read", ino, None, e);
+                    reply.error(errno(e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing_by_fh.remove(&fh.0);
+        self.union.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.opendir(ino.0) {
+            // The kernel may keep this directory's listing across opens: it
+            // only changes through this mount, which invalidates it.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => {
+                log_failure("opendir", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let res = self
+            .union
+            .readdir(fh.0, offset, &mut DirOut { reply: &mut reply });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("readdir", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.union.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namelen as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => {
+                log_failure("statfs", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            match self.union.getxattr(ino.0, name, &mut []) {
+                Ok(n) => reply.size(n as u32),
+                Err(e) => {
+                    log_failure("getxattr", ino, Some(name), e);
+                    reply.error(errno(e));
+                }
+            }
+            return;
+        }
+        READ_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            match self.union.getxattr(ino.0, name, &mut buf[..size as usize]) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => {
+                    log_failure("getxattr", ino, Some(name), e);
+                    reply.error(errno(e));
+                }
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.union.listxattr(ino.0) {
+            Ok(list) if size == 0 => reply.size(list.len() as u32),
+            Ok(list) if list.len() > size as usize => reply.error(errno(Error::RANGE)),
+            Ok(list) => reply.data(&list),
+            Err(e) => {
+                log_failure("listxattr", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.union.access(ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("access", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.union.lseek(fh.0, offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => {
+                log_failure("lseek", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+}
+
+impl UnionFs {
+    /// The inode's backing id, registering the handle's descriptor when no
+    /// open handle has one yet. The map entry is held while registering so
+    /// that two racing opens of one inode share one backing file.
+    fn backing_for(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
+        let h = self
+            .union
+            .handle(fh)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        let Handle::File { fd, .. } = &*h else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let mut entry = self.backing_by_inode.entry(ino).or_default();
+        if let Some(id) = entry.upgrade() {
+            return Ok(id);
+        }
+        let id = Arc::new(reply.open_backing(fd)?);
+        *entry = Arc::downgrade(&id);
+        Ok(id)
+    }
+}
+
+/// The attributes sent with a negative entry; only the timeout matters.
+fn zero_stat() -> libc::stat {
+    let mut st = crate::sys::zeroed_stat();
+    st.st_mode = libc::S_IFREG;
+    st
+}

@@ -1,0 +1,122 @@
+//! Open files and directory snapshots, by FUSE file handle.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::inode::Inode;
+
+/// One entry of a merged directory listing.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapEntry {
+    name_off: usize,
+    name_len: u16,
+    /// `DT_*` type.
+    pub d_type: u8,
+    /// The inode number stat reports for the entry.
+    pub ino: u64,
+}
+
+/// A merged, de-duplicated directory listing frozen at one moment, so that
+/// offsets stay valid across getdents calls, telldir and seekdir. Names live
+/// in one buffer: a 100k-entry directory costs two allocations, not 100k.
+#[derive(Debug, Default)]
+pub struct DirSnapshot {
+    names: Vec<u8>,
+    entries: Vec<SnapEntry>,
+}
+
+impl DirSnapshot {
+    pub fn with_capacity(n: usize) -> Self {
+        DirSnapshot {
+            names: Vec::with_capacity(n * 16),
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn push(&mut self, name: &[u8], d_type: u8, ino: u64) {
+        let name_off = self.names.len();
+        self.names.extend_from_slice(name);
+        self.entries.push(SnapEntry {
+            name_off,
+            name_len: name.len() as u16,
+            d_type,
+            ino,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn name(&self, e: &SnapEntry) -> &[u8] {
+        &self.names[e.name_off..e.name_off + e.name_len as usize]
+    }
+
+    pub fn entries(&self) -> &[SnapEntry] {
+        &self.entries
+    }
+
+    /// Number of subdirectories, `.` and `..` excluded.
+    pub fn subdirs(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.d_type == libc::DT_DIR && !matches!(self.name(e), b"." | b".."))
+            .count()
+    }
+}
+
+/// What a file handle refers to.
+#[derive(Debug)]
+pub enum Handle {
+    /// An open regular file: a real descriptor of the backing object.
+    File { fd: OwnedFd, inode: Arc<Inode> },
+    /// An open directory; the listing is taken at the first readdir.
+    Dir {
+        inode: Arc<Inode>,
+        snapshot: Mutex<Option<Arc<DirSnapshot>>>,
+    },
+}
+
+/// fh -> open handle.
+#[derive(Debug, Default)]
+pub struct Handles {
+    map: DashMap<u64, Arc<Handle>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub fn insert(&self, h: Handle) -> u64 {
+        // Start at 1: some tools treat fh 0 as "no handle".
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.map
+            .get(&fh)
+            .map(|r| Arc::clone(r.value()))
+            .ok_or(Error::BADF)
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.map.remove(&fh).map(|(_, h)| h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

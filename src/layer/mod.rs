@@ -1,0 +1,127 @@
+//! The layer stack: root descriptors in lookup order, and the mapping from a
+//! layer object's `(st_dev, st_ino)` to the inode number the mount reports.
+
+pub mod whiteout;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::sys;
+
+/// One layer directory, opened once at mount time.
+#[derive(Debug)]
+pub struct Layer {
+    pub root: OwnedFd,
+    pub path: PathBuf,
+    pub dev: u64,
+    pub writable: bool,
+}
+
+/// Index of a layer in [`Layers`]: 0 is the top-most (the upper, when there
+/// is one).
+pub type LayerIdx = u16;
+
+/// All layers of a mount, top-most first.
+#[derive(Debug)]
+pub struct Layers {
+    layers: Vec<Layer>,
+    has_upper: bool,
+    /// Distinct devices in layer order, for [`Layers::st_ino`].
+    devs: Vec<u64>,
+}
+
+/// Bits left for the real inode number when layers span several devices:
+/// the top bits then name the device, as overlayfs's `xino` does.
+const XINO_SHIFT: u32 = 56;
+
+impl Layers {
+    /// Opens the layer roots. `lowers` are top-most first.
+    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> std::io::Result<Layers> {
+        let mut layers = Vec::with_capacity(lowers.len() + 1);
+        let mut open = |path: &Path, writable: bool| -> std::io::Result<()> {
+            let root = sys::open_dir_path(path)?;
+            let st = sys::fstat(root.as_fd())?;
+            layers.push(Layer {
+                root,
+                path: path.to_path_buf(),
+                dev: st.st_dev,
+                writable,
+            });
+            Ok(())
+        };
+        if let Some(u) = upper {
+            open(u, true)?;
+        }
+        for l in lowers {
+            open(l, false)?;
+        }
+        let mut devs = Vec::new();
+        for l in &layers {
+            if !devs.contains(&l.dev) {
+                devs.push(l.dev);
+            }
+        }
+        Ok(Layers {
+            layers,
+            has_upper: upper.is_some(),
+            devs,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.has_upper
+    }
+
+    pub fn get(&self, idx: LayerIdx) -> &Layer {
+        &self.layers[idx as usize]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (LayerIdx, &Layer)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as LayerIdx, l))
+    }
+
+    /// The filesystem that `statfs` reports: the upper's, else the top lower's.
+    pub fn statfs_root(&self) -> BorrowedFd<'_> {
+        self.layers[0].root.as_fd()
+    }
+
+    /// The inode number the mount reports for a layer object.
+    ///
+    /// Stable for given layers (it depends only on the object and the order of
+    /// the layers' devices), unique in the mount (objects on one device have
+    /// distinct numbers, and devices get distinct top bits), and never 0 or 1,
+    /// which FUSE reserves. With all layers on one filesystem the real number
+    /// is shown unchanged, as overlayfs does.
+    pub fn st_ino(&self, dev: u64, ino: u64) -> u64 {
+        let v = if self.devs.len() <= 1 {
+            ino
+        } else {
+            let idx = self
+                .devs
+                .iter()
+                .position(|d| *d == dev)
+                // An object on a device below no layer root: a mount inside a
+                // layer. Give it a slot past the known ones.
+                .unwrap_or(self.devs.len()) as u64;
+            if ino >> XINO_SHIFT != 0 {
+                // Too large to prefix: fold the high bits in. Collisions are
+                // possible only on filesystems with 2^56+ inode numbers.
+                (ino ^ (ino >> XINO_SHIFT)) & ((1 << XINO_SHIFT) - 1) | (idx << XINO_SHIFT)
+            } else {
+                ino | (idx << XINO_SHIFT)
+            }
+        };
+        if v <= 1 { v | (1 << 63) } else { v }
+    }
+}

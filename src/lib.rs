@@ -1,0 +1,27 @@
+//! unionfuse: a FUSE union filesystem with kernel overlayfs semantics.
+//!
+//! Layers are stacked top-most first: an optional writable upper directory,
+//! then read-only lowers. Lookups fall through the stack; whiteouts and opaque
+//! directories written by kernel overlayfs (char 0:0, `trusted.overlay.opaque`)
+//! or found in OCI layers (`.wh.NAME`, `.wh..wh..opq`) hide what lies below.
+//!
+//! The crate is layered so that dependencies point down:
+//! `cli -> mount -> fuse -> union -> {resolve, inode, handle, layer} -> sys`.
+//! Only [`sys`] contains `unsafe`; only [`fuse`] knows about fuser.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fuse;
+pub mod handle;
+pub mod inode;
+pub mod layer;
+pub mod mount;
+pub mod name;
+pub mod resolve;
+pub mod sys;
+pub mod union;
+
+pub use config::MountConfig;
+pub use error::{Error, Result};
+pub use union::Union;

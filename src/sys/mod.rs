@@ -1,0 +1,477 @@
+//! Every raw syscall unionfuse makes, behind safe wrappers over file descriptors.
+//!
+//! Nothing above this module writes `unsafe`. Paths never appear here except as
+//! a single validated component (`&CStr`) relative to a directory descriptor,
+//! or in the few CLI-side helpers that open layer roots and mountpoints.
+#![allow(unsafe_code)]
+
+mod dirent;
+mod xattr;
+
+pub use dirent::{DirEntries, RawDirent};
+pub use xattr::{fgetxattr, fgetxattr_vec, flistxattr, flistxattr_vec};
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// `Result` of a syscall: the errno on failure.
+pub type SysResult<T> = Result<T, io::Error>;
+
+fn cvt(rc: libc::c_int) -> SysResult<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn cvt_long(rc: libc::c_long) -> SysResult<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn cvt_size(rc: libc::ssize_t) -> SysResult<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+fn path_cstring(path: &Path) -> SysResult<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens a directory given by an absolute path as an `O_PATH` descriptor.
+/// Only the CLI uses this, for layer roots; everything later is fd-relative.
+pub fn open_dir_path(path: &Path) -> SysResult<OwnedFd> {
+    let c = path_cstring(path)?;
+    // SAFETY: c is a valid NUL-terminated string; the returned fd is owned.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `/proc/self/fd` once, so that `O_PATH` descriptors can be reopened
+/// for I/O without building a path string per request.
+pub fn open_proc_self_fd() -> SysResult<OwnedFd> {
+    open_dir_path(Path::new("/proc/self/fd"))
+}
+
+/// `struct open_how` of openat2(2); libc's is non-exhaustive.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_FLAGS: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_XDEV;
+
+/// Opens one child of `dir` as an `O_PATH` descriptor without following a
+/// symlink or crossing into another mount. A symlink yields a descriptor to
+/// the link itself.
+pub fn open_child(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_FLAGS,
+    };
+    // SAFETY: name is NUL-terminated, how is a valid open_how of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = match cvt_long(rc) {
+        Ok(fd) => fd as RawFd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            // Kernels before 5.6: a single validated component with O_NOFOLLOW
+            // cannot escape `dir` either.
+            // SAFETY: as above.
+            cvt(unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            })?
+        }
+        Err(e) => return Err(e),
+    };
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstat` on any descriptor, `O_PATH` ones included.
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st points to writable memory of the right size.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: name is NUL-terminated; st points to writable memory.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `stat` of a path, following symlinks (CLI only).
+pub fn stat_path(path: &Path) -> SysResult<libc::stat> {
+    let c = path_cstring(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: c is NUL-terminated; st points to writable memory.
+    cvt(unsafe { libc::stat(c.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: stat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Mount facts of a path (CLI only): its mount id and whether it is the root
+/// of a mount.
+#[derive(Debug, Clone, Copy)]
+pub struct MountFacts {
+    pub mnt_id: u64,
+    pub is_mount_root: bool,
+}
+
+/// `statx` for the mount id and `STATX_ATTR_MOUNT_ROOT` of `path`, not
+/// following a final symlink.
+pub fn mount_facts(path: &Path) -> SysResult<MountFacts> {
+    let c = path_cstring(path)?;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: c is NUL-terminated; stx points to writable memory of the right size.
+    cvt(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID | libc::STATX_BASIC_STATS,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded and the buffer was zeroed before.
+    let stx = unsafe { stx.assume_init() };
+    Ok(MountFacts {
+        mnt_id: stx.stx_mnt_id,
+        is_mount_root: stx.stx_attributes_mask & (libc::STATX_ATTR_MOUNT_ROOT as u64) != 0
+            && stx.stx_attributes & (libc::STATX_ATTR_MOUNT_ROOT as u64) != 0,
+    })
+}
+
+/// Reopens an `O_PATH` descriptor with real access flags through
+/// `/proc/self/fd`, the only way to turn one into an I/O descriptor. The
+/// caller guarantees `fd` refers to a regular file or a directory, never a
+/// device or FIFO (opening those could block or have side effects).
+pub fn reopen(proc_self_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let mut buf = itoa_buf(fd.as_raw_fd());
+    let name = buf.as_cstr();
+    let flags = (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW & !libc::O_CREAT;
+    // SAFETY: name is NUL-terminated; the fd returned is owned.
+    let rc = unsafe { libc::openat(proc_self_fd.as_raw_fd(), name.as_ptr(), flags) };
+    let fd = cvt(rc)?;
+    // SAFETY: fd was just returned by openat.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A decimal fd number as a NUL-terminated string, on the stack.
+struct ItoaBuf {
+    buf: [u8; 16],
+    start: usize,
+}
+
+impl ItoaBuf {
+    fn as_cstr(&mut self) -> &CStr {
+        // The buffer always ends in NUL and holds only digits before it.
+        CStr::from_bytes_with_nul(&self.buf[self.start..]).unwrap_or(c"")
+    }
+}
+
+fn itoa_buf(n: RawFd) -> ItoaBuf {
+    let mut buf = [0u8; 16];
+    let mut i = buf.len() - 1; // final NUL
+    let mut v = n.max(0) as u32;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    ItoaBuf { buf, start: i }
+}
+
+/// `readlinkat(fd, "")` on an `O_PATH` descriptor of a symlink.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the empty string is NUL-terminated; buf is writable for its length.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `pread` into `buf`, returning the bytes read.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+    // SAFETY: buf is writable for its length.
+    cvt_size(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })
+}
+
+/// `lseek`, for SEEK_DATA / SEEK_HOLE.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: lseek has no memory-safety preconditions.
+    let rc = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `fstatfs` of the filesystem holding `fd`.
+pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: st points to writable memory of the right size.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Raises the open-file limit as far as allowed: the daemon keeps an `O_PATH`
+/// descriptor for every inode the kernel remembers.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    // Root may raise the hard limit too; try that first, then the soft one.
+    let want = libc::rlimit {
+        rlim_cur: nr_open.max(lim.rlim_max),
+        rlim_max: nr_open.max(lim.rlim_max),
+    };
+    // SAFETY: want is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+        return want.rlim_cur;
+    }
+    let soft = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: soft is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
+        return soft.rlim_cur;
+    }
+    lim.rlim_cur
+}
+
+/// Whether the process runs with euid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `umount2(path, flags)` (CLI only).
+pub fn umount(path: &Path, flags: i32) -> SysResult<()> {
+    let c = path_cstring(path)?;
+    // SAFETY: c is NUL-terminated.
+    cvt(unsafe { libc::umount2(c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// A pipe whose read end is close-on-exec and whose write end is inherited by
+/// a child, for the readiness handshake with a daemonized mount.
+pub fn ready_pipe() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a writable array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    set_cloexec(w.as_fd(), false)?;
+    Ok((r, w))
+}
+
+/// Sets or clears `FD_CLOEXEC`.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> SysResult<()> {
+    // SAFETY: F_GETFD/F_SETFD take no pointers.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) })?;
+    Ok(())
+}
+
+/// Takes ownership of an inherited descriptor number, checking it is open.
+pub fn adopt_fd(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: F_GETFD takes no pointers; it only checks the fd is open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: the caller was handed this fd number to own (e.g. --ready-fd).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(owned.as_fd(), true)?;
+    Ok(owned)
+}
+
+/// Writes all of `data` to `fd`.
+pub fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> SysResult<()> {
+    while !data.is_empty() {
+        // SAFETY: data is readable for its length.
+        let n = cvt_size(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) });
+        match n {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes, retrying on EINTR.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    loop {
+        // SAFETY: buf is writable for its length.
+        let n = cvt_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) });
+        match n {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Points stderr at `/dev/null`, for a daemon whose terminal went away.
+pub fn detach_stderr() -> SysResult<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2 onto fd 2 with a valid open fd.
+    cvt(unsafe { libc::dup2(null.as_raw_fd(), 2) })?;
+    Ok(())
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread
+/// it spawns later), so that one thread can take them with [`wait_signal`].
+pub fn block_term_signals() -> SysResult<()> {
+    let set = term_sigset();
+    // SAFETY: set is an initialised sigset; the old set is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+fn term_sigset() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signals.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+        set.assume_init()
+    }
+}
+
+/// Waits for one of the signals blocked by [`block_term_signals`].
+pub fn wait_signal() -> i32 {
+    let set = term_sigset();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: set is initialised and sig is writable.
+    let rc = unsafe { libc::sigwait(&set, &mut sig) };
+    if rc != 0 { libc::SIGTERM } else { sig }
+}
+
+/// Reads the whole directory `fd` (an `O_PATH` directory descriptor is
+/// reopened first) with `getdents64`.
+pub fn read_dir(proc_self_fd: BorrowedFd<'_>, dir: BorrowedFd<'_>) -> SysResult<DirEntries> {
+    let fd = reopen(
+        proc_self_fd,
+        dir,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
+    )
+    .or_else(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            reopen(proc_self_fd, dir, libc::O_RDONLY | libc::O_DIRECTORY)
+        } else {
+            Err(e)
+        }
+    })?;
+    DirEntries::read_all(fd.as_fd())
+}
+
+/// An all-zero `struct stat`, for replies that carry no real object.
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: struct stat is plain old data; all-zero is a valid value.
+    unsafe { std::mem::MaybeUninit::<libc::stat>::zeroed().assume_init() }
+}
+
+/// Checks whether a `struct stat` describes an overlayfs whiteout: a
+/// character device with device number 0:0.
+pub fn is_whiteout_stat(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn itoa_formats_fd_numbers() {
+        for n in [0, 7, 10, 123, 99999] {
+            let mut b = itoa_buf(n);
+            assert_eq!(b.as_cstr().to_str().unwrap(), n.to_string());
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The filesystem operations as plain Rust: `Result<T, Error>` in, no fuser.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::handle::{DirSnapshot, Handle, Handles};
+use crate::inode::{Inode, InodeTable, ROOT};
+use crate::layer::Layers;
+use crate::layer::whiteout::is_private_xattr;
+use crate::name::Name;
+use crate::resolve;
+use crate::sys;
+
+/// Receives directory entries; returns `true` once its buffer is full. Lets
+/// the merge be written once for readdir (and later readdirplus).
+pub trait DirReplier {
+    fn add(&mut self, ino: u64, offset: u64, d_type: u8, name: &[u8]) -> bool;
+}
+
+/// The merged filesystem.
+#[derive(Debug)]
+pub struct Union {
+    layers: Layers,
+    inodes: InodeTable,
+    handles: Handles,
+    proc_self_fd: OwnedFd,
+}
+
+impl Union {
+    /// Builds the union over opened layers.
+    pub fn new(layers: Layers) -> std::io::Result<Union> {
+        if layers.is_empty() {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let proc_self_fd = sys::open_proc_self_fd()?;
+        let dirs =
+            resolve::root_dirs(&layers).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
+        let st = sys::fstat(dirs[0].fd.as_fd())?;
+        let st_ino = layers.st_ino(st.st_dev, st.st_ino);
+        let root = Inode::new(ROOT, st_ino, st_ino, libc::S_IFDIR, dirs);
+        Ok(Union {
+            layers,
+            inodes: InodeTable::new(root),
+            handles: Handles::default(),
+            proc_self_fd,
+        })
+    }
+
+    /// Whether the mount has no upper layer and refuses every change.
+    pub fn read_only(&self) -> bool {
+        !self.layers.has_upper()
+    }
+
+    /// Inodes the kernel currently holds (root included).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Resolves `name` in `parent`; `Ok(None)` when nothing is visible there,
+    /// which the adapter may cache as a negative entry.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<libc::stat>> {
+        let name = Name::new(name)?;
+        let p = self.inodes.get(parent)?;
+        if !p.is_dir() {
+            return Err(Error::NOTDIR);
+        }
+        if name.is_reserved() {
+            return Ok(None);
+        }
+        let found = {
+            let dirs = p.layers.read();
+            resolve::lookup(&dirs, &name)?
+        };
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let mut st = found.stat;
+        let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
+        let kind = st.st_mode & libc::S_IFMT;
+        let inode = self.inodes.lookup(st_ino, || {
+            Inode::new(st_ino, st_ino, p.st_ino, kind, found.layers)
+        });
+        st.st_ino = inode.st_ino;
+        if inode.is_dir() {
+            st.st_nlink = self.dir_nlink(&inode, &st)?;
+        }
+        Ok(Some(st))
+    }
+
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        self.inodes.forget(nodeid, n);
+    }
+
+    pub fn getattr(&self, nodeid: u64) -> Result<libc::stat> {
+        let inode = self.inodes.get(nodeid)?;
+        let mut st = {
+            let layers = inode.layers.read();
+            let top = layers.first().ok_or(Error::STALE)?;
+            sys::fstat(top.fd.as_fd())?
+        };
+        st.st_ino = inode.st_ino;
+        if inode.is_dir() {
+            st.st_nlink = self.dir_nlink(&inode, &st)?;
+        }
+        Ok(st)
+    }
+
+    /// `st_nlink` of a directory: exact, 2 + its subdirectories in the merged
+    /// view. A directory from one layer already has it on disk; a merged one
+    /// needs the merged listing (overlayfs answers 1 there; tools such as
+    /// `find` use the count to skip work, so it is worth getting right).
+    fn dir_nlink(&self, inode: &Inode, st: &libc::stat) -> Result<libc::nlink_t> {
+        if inode.layers.read().len() <= 1 {
+            return Ok(st.st_nlink);
+        }
+        let snap = self.merged_listing(inode)?;
+        Ok(2 + snap.subdirs() as libc::nlink_t)
+    }
+
+    /// The cached listing of a directory that spans several layers.
+    fn merged_listing(&self, inode: &Inode) -> Result<Arc<DirSnapshot>> {
+        let mut cache = inode.dir_cache.lock();
+        if let Some(s) = &*cache {
+            return Ok(Arc::clone(s));
+        }
+        let snap = Arc::new(self.list(inode)?);
+        *cache = Some(Arc::clone(&snap));
+        Ok(snap)
+    }
+
+    fn list(&self, inode: &Inode) -> Result<DirSnapshot> {
+        let dirs = inode.layers.read();
+        resolve::list(
+            &self.layers,
+            self.proc_self_fd.as_fd(),
+            &dirs,
+            inode.st_ino,
+            inode.parent_ino.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
+        let inode = self.inodes.get(nodeid)?;
+        if inode.kind != libc::S_IFLNK {
+            return Err(Error::INVAL);
+        }
+        let layers = inode.layers.read();
+        let top = layers.first().ok_or(Error::STALE)?;
+        Ok(sys::readlink_fd(top.fd.as_fd())?)
+    }
+
+    /// Opens a regular file. Returns the file handle.
+    pub fn open(&self, nodeid: u64, flags: i32) -> Result<u64> {
+        let inode = self.inodes.get(nodeid)?;
+        if inode.kind != libc::S_IFREG {
+            // The kernel opens devices and FIFOs itself; anything else
+            // reaching here is not a file we may open.
+            return Err(Error::INVAL);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            // Writes to the upper layer are not implemented yet.
+            return Err(Error::ROFS);
+        }
+        let fd = {
+            let layers = inode.layers.read();
+            let top = layers.first().ok_or(Error::STALE)?;
+            self.reopen_readonly(top.fd.as_fd())?
+        };
+        Ok(self.handles.insert(Handle::File { fd, inode }))
+    }
+
+    /// Opens a layer file for reading without touching its atime: reading
+    /// through the mount must not change the image layers, not even there.
+    fn reopen_readonly(&self, fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+        let p = self.proc_self_fd.as_fd();
+        match sys::reopen(p, fd, libc::O_RDONLY | libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                Ok(sys::reopen(p, fd, libc::O_RDONLY)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The handle behind `fh`, for the adapter's passthrough setup.
+    pub fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles.get(fh)
+    }
+
+    /// Reads into `buf`; returns the bytes read.
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let h = self.handles.get(fh)?;
+        match &*h {
+            Handle::File { fd, .. } => Ok(sys::pread(fd.as_fd(), buf, offset)?),
+            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
+        }
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handles.get(fh)?;
+        match &*h {
+            Handle::File { fd, .. } => Ok(sys::lseek(fd.as_fd(), offset, whence)?),
+            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    pub fn opendir(&self, nodeid: u64) -> Result<u64> {
+        let inode = self.inodes.get(nodeid)?;
+        if !inode.is_dir() {
+            return Err(Error::NOTDIR);
+        }
+        Ok(self.handles.insert(Handle::Dir {
+            inode,
+            snapshot: parking_lot::Mutex::new(None),
+        }))
+    }
+
+    /// Sends entries from `offset` (0, or an offset handed out earlier) until
+    /// the replier is full. The listing is taken at offset 0 and kept for
+    /// the handle's life, so offsets stay meaningful for seekdir.
+    pub fn readdir(&self, fh: u64, offset: u64, out: &mut dyn DirReplier) -> Result<()> {
+        let h = self.handles.get(fh)?;
+        let Handle::Dir { inode, snapshot } = &*h else {
+            return Err(Error::NOTDIR);
+        };
+        let snap = {
+            let mut s = snapshot.lock();
+            match &*s {
+                Some(snap) if offset != 0 => Arc::clone(snap),
+                _ => {
+                    let fresh = if inode.layers.read().len() > 1 {
+                        self.merged_listing(inode)?
+                    } else {
+                        Arc::new(self.list(inode)?)
+                    };
+                    *s = Some(Arc::clone(&fresh));
+                    fresh
+                }
+            }
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in snap.entries().iter().enumerate().skip(start) {
+            if out.add(e.ino, i as u64 + 1, e.d_type, snap.name(e)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    pub fn statfs(&self) -> Result<libc::statfs> {
+        Ok(sys::fstatfs(self.layers.statfs_root())?)
+    }
+
+    /// Reads xattr `name` into `buf`, or its size when `buf` is empty.
+    /// Overlay-private names do not exist as far as the mount is concerned.
+    pub fn getxattr(&self, nodeid: u64, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Error::NODATA);
+        }
+        let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| Error::INVAL)?;
+        let inode = self.inodes.get(nodeid)?;
+        let layers = inode.layers.read();
+        let top = layers.first().ok_or(Error::STALE)?;
+        Ok(sys::fgetxattr(top.fd.as_fd(), &cname, buf)?)
+    }
+
+    /// The xattr names of an object, private ones removed, NUL-separated.
+    pub fn listxattr(&self, nodeid: u64) -> Result<Vec<u8>> {
+        let inode = self.inodes.get(nodeid)?;
+        let raw = {
+            let layers = inode.layers.read();
+            let top = layers.first().ok_or(Error::STALE)?;
+            sys::flistxattr_vec(top.fd.as_fd())?
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for n in raw.split(|c| *c == 0).filter(|n| !n.is_empty()) {
+            if !is_private_xattr(n) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `access(2)`: permissions are the kernel's (default_permissions); only
+    /// the read-only mount's refusal of writes is ours to state.
+    pub fn access(&self, nodeid: u64, mask: i32) -> Result<()> {
+        self.inodes.get(nodeid)?;
+        if mask & libc::W_OK != 0 && self.read_only() {
+            return Err(Error::ROFS);
+        }
+        Ok(())
+    }
+}
