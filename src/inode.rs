@@ -1,15 +1,24 @@
-//! The inode table: nodeid -> [`Inode`], with the kernel's lookup counts.
+//! The inode table: nodeid -> [`Inode`], with the kernel's lookup counts, and
+//! the bounded cache of directory descriptors.
 //!
 //! A nodeid is the inode number the mount reports for the object (see
 //! `Layers::st_ino`): stable across remounts, shared by hard links, and what
 //! fuser sends as both the FUSE nodeid and `st_ino`. The root is nodeid 1.
 //!
-//! Lock order: a table shard lock may be held while taking nothing else; an
-//! inode's `layers` lock is never taken under a table shard lock.
+//! An inode holds no descriptor of its own. It knows where it lives (parent
+//! inode and name) and which layers hold it; a directory's per-layer `O_PATH`
+//! descriptors are opened on demand relative to its parent's and kept in a
+//! cache bounded by the open-file limit. A non-directory is always reached as
+//! `(parent directory descriptor, name)`. So a walk over millions of files
+//! never runs out of descriptors, whatever the kernel keeps cached.
+//!
+//! Lock order: table shard lock, then nothing; an inode's `fds` lock, then the
+//! cache's queue lock; never an inode lock under a table shard lock.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -18,15 +27,16 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::handle::DirSnapshot;
 use crate::layer::LayerIdx;
+use crate::name::Name;
 
 /// The FUSE root nodeid.
 pub const ROOT: u64 = 1;
 
-/// One layer object backing an inode: an `O_PATH`, no-follow descriptor.
-#[derive(Debug)]
-pub struct Backing {
-    pub layer: LayerIdx,
-    pub fd: OwnedFd,
+/// Where an inode lives in the merged tree.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub parent: Arc<Inode>,
+    pub name: Name,
 }
 
 /// One object of the merged tree.
@@ -39,11 +49,14 @@ pub struct Inode {
     /// `st_mode & S_IFMT` of the object; fixed for the inode's life.
     pub kind: u32,
     lookups: AtomicU64,
-    /// `st_ino` of the directory holding this one, for a listing's `..`.
-    pub parent_ino: AtomicU64,
-    /// For a directory, every layer directory merged into it, top-most first
-    /// (stopping at an opaque one); otherwise the single winning object.
-    pub layers: RwLock<Vec<Backing>>,
+    /// Parent and name; `None` only for the root.
+    pub loc: RwLock<Option<Location>>,
+    /// For a directory, every layer whose directory is merged into it,
+    /// top-most first (stopping at an opaque one); otherwise the single layer
+    /// of the winning object.
+    pub layers: RwLock<Vec<LayerIdx>>,
+    /// Cached `O_PATH` descriptors of a directory, per layer.
+    fds: Mutex<Vec<(LayerIdx, Arc<OwnedFd>)>>,
     /// Merged listing of a directory spanning several layers, kept because
     /// both `st_nlink` and readdir need it and the lowers never change.
     pub dir_cache: Mutex<Option<Arc<DirSnapshot>>>,
@@ -53,23 +66,111 @@ impl Inode {
     pub fn new(
         nodeid: u64,
         st_ino: u64,
-        parent_ino: u64,
         kind: u32,
-        layers: Vec<Backing>,
+        loc: Option<Location>,
+        layers: Vec<LayerIdx>,
     ) -> Inode {
         Inode {
             nodeid,
             st_ino,
             kind,
             lookups: AtomicU64::new(0),
-            parent_ino: AtomicU64::new(parent_ino),
+            loc: RwLock::new(loc),
             layers: RwLock::new(layers),
+            fds: Mutex::new(Vec::new()),
             dir_cache: Mutex::new(None),
         }
     }
 
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
+    }
+
+    /// The top-most layer holding the object.
+    pub fn top_layer(&self) -> Result<LayerIdx> {
+        self.layers.read().first().copied().ok_or(Error::STALE)
+    }
+
+    /// `st_ino` of the parent directory (the inode's own for the root).
+    pub fn parent_ino(&self) -> u64 {
+        self.loc
+            .read()
+            .as_ref()
+            .map(|l| l.parent.st_ino)
+            .unwrap_or(self.st_ino)
+    }
+
+    /// A cached descriptor of this directory in `layer`.
+    pub fn cached_fd(&self, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
+        self.fds
+            .lock()
+            .iter()
+            .find(|(l, _)| *l == layer)
+            .map(|(_, fd)| Arc::clone(fd))
+    }
+}
+
+/// The bound on cached directory descriptors, shared by all inodes. Eviction
+/// is first-in first-out: cheap, and a re-open costs one `openat2`.
+#[derive(Debug)]
+pub struct FdCache {
+    budget: usize,
+    count: AtomicUsize,
+    queue: Mutex<VecDeque<Weak<Inode>>>,
+}
+
+impl FdCache {
+    pub fn new(budget: usize) -> FdCache {
+        FdCache {
+            budget: budget.max(64),
+            count: AtomicUsize::new(0),
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Caches `fd` as `inode`'s descriptor in `layer` (unless a racing
+    /// request already did) and returns the one to use.
+    pub fn insert(&self, inode: &Arc<Inode>, layer: LayerIdx, fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = {
+            let mut fds = inode.fds.lock();
+            if let Some((_, existing)) = fds.iter().find(|(l, _)| *l == layer) {
+                return Arc::clone(existing);
+            }
+            let fd = Arc::new(fd);
+            fds.push((layer, Arc::clone(&fd)));
+            if fds.len() == 1 {
+                self.queue.lock().push_back(Arc::downgrade(inode));
+            }
+            fd
+        };
+        if self.count.fetch_add(1, Ordering::Relaxed) + 1 > self.budget {
+            self.evict();
+        }
+        fd
+    }
+
+    /// Closes the cached descriptors of the oldest inodes until the count is
+    /// back under the budget. A request still using one keeps its `Arc`.
+    fn evict(&self) {
+        while self.count.load(Ordering::Relaxed) > self.budget * 7 / 8 {
+            let Some(victim) = self.queue.lock().pop_front() else {
+                return;
+            };
+            if let Some(inode) = victim.upgrade() {
+                let dropped = std::mem::take(&mut *inode.fds.lock());
+                self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Accounts for an inode leaving the table with descriptors cached.
+    pub fn release(&self, inode: &Inode) {
+        let dropped = std::mem::take(&mut *inode.fds.lock());
+        self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
+    }
+
+    pub fn cached(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -117,20 +218,21 @@ impl InodeTable {
         }
     }
 
-    /// Drops `n` kernel lookups; the inode leaves the table (and its
-    /// descriptors close once the last request using it ends) at zero.
-    pub fn forget(&self, nodeid: u64, n: u64) {
+    /// Drops `n` kernel lookups; at zero the inode leaves the table and is
+    /// returned so the caller can release what it caches.
+    pub fn forget(&self, nodeid: u64, n: u64) -> Option<Arc<Inode>> {
         if nodeid == ROOT {
-            return;
+            return None;
         }
         if let Entry::Occupied(e) = self.map.entry(nodeid) {
             let prev = e.get().lookups.load(Ordering::Relaxed);
             let left = prev.saturating_sub(n);
             e.get().lookups.store(left, Ordering::Relaxed);
             if left == 0 {
-                e.remove();
+                return Some(e.remove());
             }
         }
+        None
     }
 
     /// Number of inodes held (for logs and tests of FORGET handling).

@@ -27,7 +27,16 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
     info!("open file limit {nofile}");
     let layers = Layers::open(cfg.upper.as_deref(), &cfg.lowers)
         .map_err(|e| format!("cannot open layers: {e}"))?;
-    let union = Arc::new(Union::new(layers).map_err(|e| format!("cannot open layers: {e}"))?);
+    // Half the descriptors for cached directories, the rest for open files
+    // and the layers themselves.
+    // UNIONFUSE_FD_BUDGET overrides it (tests use a tiny one to exercise
+    // eviction).
+    let budget = std::env::var("UNIONFUSE_FD_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((nofile / 2) as usize);
+    let union =
+        Arc::new(Union::new(layers, budget).map_err(|e| format!("cannot open layers: {e}"))?);
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);
 

@@ -2,24 +2,30 @@
 //! directory: overlayfs's rules, in one place.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::handle::DirSnapshot;
-use crate::inode::Backing;
-use crate::layer::Layers;
 use crate::layer::whiteout::{self, is_opaque_dir, oci_whiteout_target};
+use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
 use crate::sys;
+
+/// The layer directories of one merged directory, top-most first.
+pub type DirFds = Vec<(LayerIdx, Arc<OwnedFd>)>;
 
 /// The outcome of a lookup that found something.
 #[derive(Debug)]
 pub struct Found {
     /// `stat` of the winning (top-most) object.
     pub stat: libc::stat,
-    /// The winning object, and for a directory every lower directory merged
-    /// under it, top-most first.
-    pub layers: Vec<Backing>,
+    /// Layers holding the object: the winner's, and for a directory every
+    /// lower one merged under it, top-most first.
+    pub layers: Vec<LayerIdx>,
+    /// For a directory, its descriptor in each of `layers` (opened anyway
+    /// to check opacity, so worth caching).
+    pub dir_fds: Vec<OwnedFd>,
 }
 
 /// Looks `name` up in the layer directories `dirs` of a merged directory.
@@ -28,80 +34,50 @@ pub struct Found {
 /// non-directory wins alone and hides everything below; directories merge
 /// until an opaque one or a non-directory below them. Returns `None` when
 /// nothing is visible.
-pub fn lookup(dirs: &[Backing], name: &Name) -> Result<Option<Found>> {
+pub fn lookup(dirs: &[(LayerIdx, Arc<OwnedFd>)], name: &Name) -> Result<Option<Found>> {
     let mut found: Option<Found> = None;
-    for (i, dir) in dirs.iter().enumerate() {
+    for (i, (layer, dirfd)) in dirs.iter().enumerate() {
         let more_below = i + 1 < dirs.len();
-        let dirfd = dir.fd.as_fd();
-        match sys::open_child(dirfd, name.as_cstr()) {
-            Ok(fd) => {
-                let st = sys::fstat(fd.as_fd())?;
-                if whiteout::is_whiteout(&st) {
-                    break;
-                }
-                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-                match &mut found {
-                    None => {
-                        found = Some(Found {
-                            stat: st,
-                            layers: vec![Backing {
-                                layer: dir.layer,
-                                fd,
-                            }],
-                        });
-                        if !is_dir {
-                            break;
-                        }
-                    }
-                    Some(f) => {
-                        // Below a directory only directories merge; anything
-                        // else ends the merge, as in overlayfs.
-                        if !is_dir {
-                            break;
-                        }
-                        f.layers.push(Backing {
-                            layer: dir.layer,
-                            fd,
-                        });
-                    }
-                }
-                if !more_below {
-                    break;
-                }
-                if let Some(f) = &found
-                    && let Some(last) = f.layers.last()
-                    && is_opaque_dir(last.fd.as_fd())
-                {
-                    break;
-                }
-                if whiteout::has_oci_whiteout(dirfd, name) {
-                    break;
-                }
-            }
+        let dirfd = dirfd.as_fd();
+        let st = match sys::fstatat(dirfd, name.as_cstr()) {
+            Ok(st) => st,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 if more_below && whiteout::has_oci_whiteout(dirfd, name) {
                     break;
                 }
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                // A layer "directory" that is not one cannot hold the name.
+                continue;
             }
             Err(e) => return Err(e.into()),
+        };
+        if whiteout::is_whiteout(&st) {
+            break;
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            // A non-directory wins alone; below a directory it ends the
+            // merge and stays hidden, as in overlayfs.
+            if found.is_none() {
+                found = Some(Found {
+                    stat: st,
+                    layers: vec![*layer],
+                    dir_fds: Vec::new(),
+                });
+            }
+            break;
+        }
+        let fd = sys::open_child_dir(dirfd, name.as_cstr())?;
+        let opaque = more_below && is_opaque_dir(dirfd, name, fd.as_fd());
+        let f = found.get_or_insert_with(|| Found {
+            stat: st,
+            layers: Vec::with_capacity(dirs.len() - i),
+            dir_fds: Vec::with_capacity(dirs.len() - i),
+        });
+        f.layers.push(*layer);
+        f.dir_fds.push(fd);
+        if opaque || (more_below && whiteout::has_oci_whiteout(dirfd, name)) {
+            break;
         }
     }
     Ok(found)
-}
-
-/// The layer directories merged at the root: every layer, top-most first.
-/// Like overlayfs, opaque markers on the layer roots themselves are ignored.
-pub fn root_dirs(layers: &Layers) -> Result<Vec<Backing>> {
-    layers
-        .iter()
-        .map(|(idx, l)| {
-            let fd = l.root.try_clone()?;
-            Ok(Backing { layer: idx, fd })
-        })
-        .collect()
 }
 
 /// Maps a `d_type` that the filesystem did not fill in, or a char device that
@@ -123,8 +99,7 @@ fn real_type(dir: BorrowedFd<'_>, name: &[u8], d_type: u8) -> Option<u8> {
 /// with `.` and `..` first. `self_ino`/`parent_ino` are their inode numbers.
 pub fn list(
     layers: &Layers,
-    proc_self_fd: BorrowedFd<'_>,
-    dirs: &[Backing],
+    dirs: &[(LayerIdx, Arc<OwnedFd>)],
     self_ino: u64,
     parent_ino: u64,
 ) -> Result<DirSnapshot> {
@@ -139,11 +114,11 @@ pub fn list(
     // layer directory is all there is: it cannot repeat a name.
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut hidden_here: Vec<Vec<u8>> = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
+    for (i, (_, dirfd)) in dirs.iter().enumerate() {
         let more_below = i + 1 < dirs.len();
-        let dirfd = dir.fd.as_fd();
+        let dirfd = dirfd.as_fd();
         let dev = sys::fstat(dirfd)?.st_dev;
-        let entries = sys::read_dir(proc_self_fd, dirfd)?;
+        let entries = sys::read_dir(dirfd)?;
         for e in entries.iter() {
             if e.name == b"." || e.name == b".." {
                 continue;

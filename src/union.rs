@@ -1,19 +1,18 @@
 //! The filesystem operations as plain Rust: `Result<T, Error>` in, no fuser.
 
-use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
 use crate::handle::{DirSnapshot, Handle, Handles};
-use crate::inode::{Inode, InodeTable, ROOT};
-use crate::layer::Layers;
+use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
 use crate::layer::whiteout::is_private_xattr;
+use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
-use crate::resolve;
-use crate::sys;
+use crate::resolve::{self, DirFds};
+use crate::sys::{self, XTarget};
 
 /// Receives directory entries; returns `true` once its buffer is full. Lets
 /// the merge be written once for readdir (and later readdirplus).
@@ -27,26 +26,58 @@ pub struct Union {
     layers: Layers,
     inodes: InodeTable,
     handles: Handles,
-    proc_self_fd: OwnedFd,
+    fds: FdCache,
+}
+
+/// A layer object as the syscalls want it: a name in a parent directory, or
+/// (no name) the root directory of a layer itself.
+struct Object {
+    dir: Arc<OwnedFd>,
+    name: Option<Name>,
+}
+
+impl Object {
+    fn xattr_target(&self) -> XTarget<'_> {
+        match &self.name {
+            None => XTarget::Fd(self.dir.as_fd()),
+            Some(name) => XTarget::At(self.dir.as_fd(), name.as_cstr()),
+        }
+    }
+
+    fn stat(&self) -> Result<libc::stat> {
+        Ok(match &self.name {
+            None => sys::fstat(self.dir.as_fd())?,
+            Some(name) => sys::fstatat(self.dir.as_fd(), name.as_cstr())?,
+        })
+    }
+
+    fn dir_and_name(&self) -> (BorrowedFd<'_>, &CStr) {
+        match &self.name {
+            None => (self.dir.as_fd(), c"."),
+            Some(name) => (self.dir.as_fd(), name.as_cstr()),
+        }
+    }
 }
 
 impl Union {
-    /// Builds the union over opened layers.
-    pub fn new(layers: Layers) -> std::io::Result<Union> {
+    /// Builds the union over opened layers. `fd_budget` bounds the directory
+    /// descriptors kept open (see [`crate::inode`]).
+    pub fn new(layers: Layers, fd_budget: usize) -> std::io::Result<Union> {
         if layers.is_empty() {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let proc_self_fd = sys::open_proc_self_fd()?;
-        let dirs =
-            resolve::root_dirs(&layers).map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
-        let st = sys::fstat(dirs[0].fd.as_fd())?;
+        let top = layers.get(0);
+        let st = sys::fstat(top.root.as_fd())?;
         let st_ino = layers.st_ino(st.st_dev, st.st_ino);
-        let root = Inode::new(ROOT, st_ino, st_ino, libc::S_IFDIR, dirs);
+        // Like overlayfs, the root merges every layer: opaque markers on the
+        // layer roots themselves are ignored.
+        let all: Vec<LayerIdx> = layers.iter().map(|(i, _)| i).collect();
+        let root = Inode::new(ROOT, st_ino, libc::S_IFDIR, None, all);
         Ok(Union {
             layers,
             inodes: InodeTable::new(root),
             handles: Handles::default(),
-            proc_self_fd,
+            fds: FdCache::new(fd_budget),
         })
     }
 
@@ -60,6 +91,51 @@ impl Union {
         self.inodes.len()
     }
 
+    /// Directory descriptors currently cached.
+    pub fn cached_fds(&self) -> usize {
+        self.fds.cached()
+    }
+
+    /// The descriptor of directory `inode` in `layer`, from the cache or
+    /// opened relative to its parent's (recursively, when evicted).
+    fn dir_fd(&self, inode: &Arc<Inode>, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
+        let loc = inode.loc.read().clone();
+        let Some(loc) = loc else {
+            return Ok(Arc::clone(&self.layers.get(layer).root));
+        };
+        if let Some(fd) = inode.cached_fd(layer) {
+            return Ok(fd);
+        }
+        let pfd = self.dir_fd(&loc.parent, layer)?;
+        let fd = sys::open_child_dir(pfd.as_fd(), loc.name.as_cstr())?;
+        Ok(self.fds.insert(inode, layer, fd))
+    }
+
+    /// Every layer directory of a merged directory, top-most first.
+    fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
+        let layers = inode.layers.read().clone();
+        layers
+            .into_iter()
+            .map(|l| Ok((l, self.dir_fd(inode, l)?)))
+            .collect()
+    }
+
+    /// The winning layer object of `inode`.
+    fn object(&self, inode: &Arc<Inode>) -> Result<Object> {
+        let layer = inode.top_layer()?;
+        let loc = inode.loc.read().clone();
+        match loc {
+            None => Ok(Object {
+                dir: Arc::clone(&self.layers.get(layer).root),
+                name: None,
+            }),
+            Some(loc) => Ok(Object {
+                dir: self.dir_fd(&loc.parent, layer)?,
+                name: Some(loc.name),
+            }),
+        }
+    }
+
     /// Resolves `name` in `parent`; `Ok(None)` when nothing is visible there,
     /// which the adapter may cache as a negative entry.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<libc::stat>> {
@@ -71,19 +147,27 @@ impl Union {
         if name.is_reserved() {
             return Ok(None);
         }
-        let found = {
-            let dirs = p.layers.read();
-            resolve::lookup(&dirs, &name)?
-        };
-        let Some(found) = found else {
+        let dirs = self.dir_fds(&p)?;
+        let Some(found) = resolve::lookup(&dirs, &name)? else {
             return Ok(None);
         };
         let mut st = found.stat;
         let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
         let kind = st.st_mode & libc::S_IFMT;
+        let mut fresh = None;
         let inode = self.inodes.lookup(st_ino, || {
-            Inode::new(st_ino, st_ino, p.st_ino, kind, found.layers)
+            let loc = Location {
+                parent: Arc::clone(&p),
+                name: name.clone(),
+            };
+            fresh = Some(());
+            Inode::new(st_ino, st_ino, kind, Some(loc), found.layers.clone())
         });
+        if fresh.is_some() {
+            for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
+                self.fds.insert(&inode, *layer, fd);
+            }
+        }
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
@@ -92,16 +176,14 @@ impl Union {
     }
 
     pub fn forget(&self, nodeid: u64, n: u64) {
-        self.inodes.forget(nodeid, n);
+        if let Some(gone) = self.inodes.forget(nodeid, n) {
+            self.fds.release(&gone);
+        }
     }
 
     pub fn getattr(&self, nodeid: u64) -> Result<libc::stat> {
         let inode = self.inodes.get(nodeid)?;
-        let mut st = {
-            let layers = inode.layers.read();
-            let top = layers.first().ok_or(Error::STALE)?;
-            sys::fstat(top.fd.as_fd())?
-        };
+        let mut st = self.object(&inode)?.stat()?;
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
@@ -113,7 +195,7 @@ impl Union {
     /// view. A directory from one layer already has it on disk; a merged one
     /// needs the merged listing (overlayfs answers 1 there; tools such as
     /// `find` use the count to skip work, so it is worth getting right).
-    fn dir_nlink(&self, inode: &Inode, st: &libc::stat) -> Result<libc::nlink_t> {
+    fn dir_nlink(&self, inode: &Arc<Inode>, st: &libc::stat) -> Result<libc::nlink_t> {
         if inode.layers.read().len() <= 1 {
             return Ok(st.st_nlink);
         }
@@ -122,7 +204,7 @@ impl Union {
     }
 
     /// The cached listing of a directory that spans several layers.
-    fn merged_listing(&self, inode: &Inode) -> Result<Arc<DirSnapshot>> {
+    fn merged_listing(&self, inode: &Arc<Inode>) -> Result<Arc<DirSnapshot>> {
         let mut cache = inode.dir_cache.lock();
         if let Some(s) = &*cache {
             return Ok(Arc::clone(s));
@@ -132,15 +214,9 @@ impl Union {
         Ok(snap)
     }
 
-    fn list(&self, inode: &Inode) -> Result<DirSnapshot> {
-        let dirs = inode.layers.read();
-        resolve::list(
-            &self.layers,
-            self.proc_self_fd.as_fd(),
-            &dirs,
-            inode.st_ino,
-            inode.parent_ino.load(Ordering::Relaxed),
-        )
+    fn list(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
+        let dirs = self.dir_fds(inode)?;
+        resolve::list(&self.layers, &dirs, inode.st_ino, inode.parent_ino())
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
@@ -148,9 +224,9 @@ impl Union {
         if inode.kind != libc::S_IFLNK {
             return Err(Error::INVAL);
         }
-        let layers = inode.layers.read();
-        let top = layers.first().ok_or(Error::STALE)?;
-        Ok(sys::readlink_fd(top.fd.as_fd())?)
+        let obj = self.object(&inode)?;
+        let (dir, name) = obj.dir_and_name();
+        Ok(sys::readlinkat(dir, name)?)
     }
 
     /// Opens a regular file. Returns the file handle.
@@ -166,24 +242,17 @@ impl Union {
             // Writes to the upper layer are not implemented yet.
             return Err(Error::ROFS);
         }
-        let fd = {
-            let layers = inode.layers.read();
-            let top = layers.first().ok_or(Error::STALE)?;
-            self.reopen_readonly(top.fd.as_fd())?
+        let obj = self.object(&inode)?;
+        let (dir, name) = obj.dir_and_name();
+        // O_NOATIME: reading through the mount must not change the image
+        // layers, not even their access times.
+        let fd = match sys::open_child_flags(dir, name, libc::O_RDONLY | libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                sys::open_child_flags(dir, name, libc::O_RDONLY)?
+            }
+            other => other?,
         };
         Ok(self.handles.insert(Handle::File { fd, inode }))
-    }
-
-    /// Opens a layer file for reading without touching its atime: reading
-    /// through the mount must not change the image layers, not even there.
-    fn reopen_readonly(&self, fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
-        let p = self.proc_self_fd.as_fd();
-        match sys::reopen(p, fd, libc::O_RDONLY | libc::O_NOATIME) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                Ok(sys::reopen(p, fd, libc::O_RDONLY)?)
-            }
-            other => Ok(other?),
-        }
     }
 
     /// The handle behind `fh`, for the adapter's passthrough setup.
@@ -271,19 +340,15 @@ impl Union {
         }
         let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| Error::INVAL)?;
         let inode = self.inodes.get(nodeid)?;
-        let layers = inode.layers.read();
-        let top = layers.first().ok_or(Error::STALE)?;
-        Ok(sys::fgetxattr(top.fd.as_fd(), &cname, buf)?)
+        let obj = self.object(&inode)?;
+        Ok(sys::getxattr(obj.xattr_target(), &cname, buf)?)
     }
 
     /// The xattr names of an object, private ones removed, NUL-separated.
     pub fn listxattr(&self, nodeid: u64) -> Result<Vec<u8>> {
         let inode = self.inodes.get(nodeid)?;
-        let raw = {
-            let layers = inode.layers.read();
-            let top = layers.first().ok_or(Error::STALE)?;
-            sys::flistxattr_vec(top.fd.as_fd())?
-        };
+        let obj = self.object(&inode)?;
+        let raw = sys::listxattr_vec(obj.xattr_target())?;
         let mut out = Vec::with_capacity(raw.len());
         for n in raw.split(|c| *c == 0).filter(|n| !n.is_empty()) {
             if !is_private_xattr(n) {

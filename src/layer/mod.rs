@@ -5,13 +5,14 @@ pub mod whiteout;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::sys;
 
 /// One layer directory, opened once at mount time.
 #[derive(Debug)]
 pub struct Layer {
-    pub root: OwnedFd,
+    pub root: Arc<OwnedFd>,
     pub path: PathBuf,
     pub dev: u64,
     pub writable: bool,
@@ -39,7 +40,7 @@ impl Layers {
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> std::io::Result<Layers> {
         let mut layers = Vec::with_capacity(lowers.len() + 1);
         let mut open = |path: &Path, writable: bool| -> std::io::Result<()> {
-            let root = sys::open_dir_path(path)?;
+            let root = Arc::new(sys::open_dir_path(path)?);
             let st = sys::fstat(root.as_fd())?;
             layers.push(Layer {
                 root,

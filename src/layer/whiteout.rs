@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use std::os::fd::BorrowedFd;
 
 use crate::name::{Name, WH_PREFIX};
-use crate::sys;
+use crate::sys::{self, XTarget};
 
 /// The OCI opaque marker file.
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
@@ -63,22 +63,23 @@ pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> bool {
     }
 }
 
-/// Whether the directory `fd` is opaque in any format. Errors count as not
-/// opaque: a marker that cannot be read cannot be honoured either, and the
-/// lookup that follows reports real failures.
-pub fn is_opaque_dir(fd: BorrowedFd<'_>) -> bool {
+/// Whether the directory `name` in `parent`, open as `fd`, is opaque in any
+/// format. Errors count as not opaque: a marker that cannot be read cannot be
+/// honoured either, and the requests that follow report real failures.
+pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &Name, fd: BorrowedFd<'_>) -> bool {
     if sys::fstatat(fd, OCI_OPAQUE).is_ok() {
         return true;
     }
+    let target = XTarget::At(parent, name.as_cstr());
     // One listxattr first: most directories carry no xattr at all, and this
     // saves three getxattr calls on each of them.
-    let Ok(list) = sys::flistxattr_vec(fd) else {
+    let Ok(list) = sys::listxattr_vec(target) else {
         return false;
     };
     for want in OPAQUE_XATTRS {
         if list.split(|b| *b == 0).any(|n| n == want.to_bytes()) {
             let mut v = [0u8; 2];
-            if let Ok(1) = sys::fgetxattr(fd, want, &mut v)
+            if let Ok(1) = sys::getxattr(target, want, &mut v)
                 && v[0] == b'y'
             {
                 return true;

@@ -9,7 +9,7 @@ mod dirent;
 mod xattr;
 
 pub use dirent::{DirEntries, RawDirent};
-pub use xattr::{fgetxattr, fgetxattr_vec, flistxattr, flistxattr_vec};
+pub use xattr::{XTarget, getxattr, listxattr, listxattr_vec};
 
 use std::ffi::CStr;
 use std::io;
@@ -64,12 +64,6 @@ pub fn open_dir_path(path: &Path) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Opens `/proc/self/fd` once, so that `O_PATH` descriptors can be reopened
-/// for I/O without building a path string per request.
-pub fn open_proc_self_fd() -> SysResult<OwnedFd> {
-    open_dir_path(Path::new("/proc/self/fd"))
-}
-
 /// `struct open_how` of openat2(2); libc's is non-exhaustive.
 #[repr(C)]
 struct OpenHow {
@@ -87,8 +81,21 @@ const RESOLVE_FLAGS: u64 = libc::RESOLVE_BENEATH
 /// symlink or crossing into another mount. A symlink yields a descriptor to
 /// the link itself.
 pub fn open_child(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
+    open_child_flags(dir, name, libc::O_PATH)
+}
+
+/// Like [`open_child`] for a directory: fails with ENOTDIR on anything else.
+pub fn open_child_dir(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
+    open_child_flags(dir, name, libc::O_PATH | libc::O_DIRECTORY)
+}
+
+/// Opens a child for I/O with `flags`, never following a symlink (ELOOP) or
+/// leaving `dir`. The caller guarantees the child is a regular file or a
+/// directory: opening a device or FIFO could block or have side effects.
+pub fn open_child_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        flags: flags as u64,
         mode: 0,
         resolve: RESOLVE_FLAGS,
     };
@@ -108,13 +115,7 @@ pub fn open_child(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
             // Kernels before 5.6: a single validated component with O_NOFOLLOW
             // cannot escape `dir` either.
             // SAFETY: as above.
-            cvt(unsafe {
-                libc::openat(
-                    dir.as_raw_fd(),
-                    name.as_ptr(),
-                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                )
-            })?
+            cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?
         }
         Err(e) => return Err(e),
     };
@@ -189,57 +190,14 @@ pub fn mount_facts(path: &Path) -> SysResult<MountFacts> {
     })
 }
 
-/// Reopens an `O_PATH` descriptor with real access flags through
-/// `/proc/self/fd`, the only way to turn one into an I/O descriptor. The
-/// caller guarantees `fd` refers to a regular file or a directory, never a
-/// device or FIFO (opening those could block or have side effects).
-pub fn reopen(proc_self_fd: BorrowedFd<'_>, fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
-    let mut buf = itoa_buf(fd.as_raw_fd());
-    let name = buf.as_cstr();
-    let flags = (flags | libc::O_CLOEXEC) & !libc::O_NOFOLLOW & !libc::O_CREAT;
-    // SAFETY: name is NUL-terminated; the fd returned is owned.
-    let rc = unsafe { libc::openat(proc_self_fd.as_raw_fd(), name.as_ptr(), flags) };
-    let fd = cvt(rc)?;
-    // SAFETY: fd was just returned by openat.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// A decimal fd number as a NUL-terminated string, on the stack.
-struct ItoaBuf {
-    buf: [u8; 16],
-    start: usize,
-}
-
-impl ItoaBuf {
-    fn as_cstr(&mut self) -> &CStr {
-        // The buffer always ends in NUL and holds only digits before it.
-        CStr::from_bytes_with_nul(&self.buf[self.start..]).unwrap_or(c"")
-    }
-}
-
-fn itoa_buf(n: RawFd) -> ItoaBuf {
-    let mut buf = [0u8; 16];
-    let mut i = buf.len() - 1; // final NUL
-    let mut v = n.max(0) as u32;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    ItoaBuf { buf, start: i }
-}
-
-/// `readlinkat(fd, "")` on an `O_PATH` descriptor of a symlink.
-pub fn readlink_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+/// `readlinkat(dir, name)`: the target of a symlink, never followed.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: the empty string is NUL-terminated; buf is writable for its length.
+    // SAFETY: name is NUL-terminated; buf is writable for its length.
     let n = cvt_size(unsafe {
         libc::readlinkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -281,8 +239,8 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statfs> {
     Ok(unsafe { st.assume_init() })
 }
 
-/// Raises the open-file limit as far as allowed: the daemon keeps an `O_PATH`
-/// descriptor for every inode the kernel remembers.
+/// Raises the open-file limit as far as allowed: more descriptors mean more
+/// cached directories and open files.
 pub fn raise_nofile_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -433,21 +391,14 @@ pub fn wait_signal() -> i32 {
     if rc != 0 { libc::SIGTERM } else { sig }
 }
 
-/// Reads the whole directory `fd` (an `O_PATH` directory descriptor is
-/// reopened first) with `getdents64`.
-pub fn read_dir(proc_self_fd: BorrowedFd<'_>, dir: BorrowedFd<'_>) -> SysResult<DirEntries> {
-    let fd = reopen(
-        proc_self_fd,
-        dir,
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
-    )
-    .or_else(|e| {
-        if e.raw_os_error() == Some(libc::EPERM) {
-            reopen(proc_self_fd, dir, libc::O_RDONLY | libc::O_DIRECTORY)
-        } else {
-            Err(e)
-        }
-    })?;
+/// Reads the whole directory `dir` (an `O_PATH` descriptor) with
+/// `getdents64`, without touching its atime where permitted.
+pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<DirEntries> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let fd = match open_child_flags(dir, c".", flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_child_flags(dir, c".", flags)?,
+        other => other?,
+    };
     DirEntries::read_all(fd.as_fd())
 }
 
@@ -461,17 +412,4 @@ pub fn zeroed_stat() -> libc::stat {
 /// character device with device number 0:0.
 pub fn is_whiteout_stat(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn itoa_formats_fd_numbers() {
-        for n in [0, 7, 10, 123, 99999] {
-            let mut b = itoa_buf(n);
-            assert_eq!(b.as_cstr().to_str().unwrap(), n.to_string());
-        }
-    }
 }

@@ -1,13 +1,12 @@
-//! Extended attributes of an `O_PATH` descriptor.
+//! Extended attributes of layer objects reached through descriptors.
 //!
-//! `fgetxattr` refuses `O_PATH` descriptors. These try `getxattrat(2)`
-//! (Linux 6.13) with `AT_EMPTY_PATH`, and fall back for good to the
-//! descriptor's `/proc/self/fd/N` magic link when the kernel lacks it or
-//! refuses `O_PATH` there too (EBADF). Following that link lands on
-//! the very object the descriptor holds, symlinks included, never on a target.
+//! `fgetxattr` refuses `O_PATH` descriptors. A target is either a descriptor
+//! itself or a name relative to a directory descriptor. Both try
+//! `getxattrat(2)`/`listxattrat(2)` (Linux 6.13) and fall back to a
+//! `/proc/self/fd/N[/NAME]` path: following the `N` magic link lands on the
+//! very object the descriptor holds, and the `l*` calls never follow `NAME`.
 
 use std::ffi::CStr;
-
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,8 +16,19 @@ use super::{SysResult, cvt_long, cvt_size};
 const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
 
-/// Set once a kernel answered ENOSYS, so later calls skip straight to /proc.
+/// Set once the kernel lacks the *xattrat calls.
 static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
+/// Set once the kernel refuses `AT_EMPTY_PATH` on an `O_PATH` descriptor.
+static NO_EMPTY_PATH: AtomicBool = AtomicBool::new(false);
+
+/// What an xattr call acts on.
+#[derive(Debug, Clone, Copy)]
+pub enum XTarget<'a> {
+    /// The object a descriptor refers to.
+    Fd(BorrowedFd<'a>),
+    /// `name` inside the directory descriptor, not following a symlink.
+    At(BorrowedFd<'a>, &'a CStr),
+}
 
 #[repr(C)]
 struct XattrArgs {
@@ -27,114 +37,154 @@ struct XattrArgs {
     flags: u32,
 }
 
-fn proc_path(fd: BorrowedFd<'_>) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let prefix = b"/proc/self/fd/";
-    out[..prefix.len()].copy_from_slice(prefix);
-    let digits = fd.as_raw_fd().max(0).to_string();
-    out[prefix.len()..prefix.len() + digits.len()].copy_from_slice(digits.as_bytes());
+/// Longest fallback path: "/proc/self/fd/" + 10 digits + "/" + NAME_MAX + NUL.
+const PROC_PATH_MAX: usize = 14 + 10 + 1 + 255 + 1;
+
+fn proc_path(t: XTarget<'_>) -> [u8; PROC_PATH_MAX] {
+    let mut out = [0u8; PROC_PATH_MAX];
+    let mut pos = 0;
+    let mut put = |b: &[u8]| {
+        let n = b.len().min(PROC_PATH_MAX - 1 - pos);
+        out[pos..pos + n].copy_from_slice(&b[..n]);
+        pos += n;
+    };
+    let (fd, name) = match t {
+        XTarget::Fd(fd) => (fd, None),
+        XTarget::At(fd, n) => (fd, Some(n)),
+    };
+    put(b"/proc/self/fd/");
+    let mut digits = [0u8; 10];
+    let mut v = fd.as_raw_fd().max(0) as u32;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    if let Some(n) = name {
+        put(b"/");
+        put(n.to_bytes());
+    }
     out
 }
 
-/// Reads xattr `name` of the object `fd` refers to into `buf`; with an empty
-/// `buf`, returns the value's size.
-pub fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
-    if !NO_XATTRAT.load(Ordering::Relaxed) {
+/// The (dirfd, path, flags) for an *xattrat call, or `None` when the kernel
+/// is known not to serve this target that way.
+fn at_args(t: XTarget<'_>) -> Option<(i32, *const libc::c_char, i32)> {
+    if NO_XATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    match t {
+        XTarget::Fd(fd) if !NO_EMPTY_PATH.load(Ordering::Relaxed) => {
+            Some((fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH))
+        }
+        XTarget::Fd(_) => None,
+        XTarget::At(fd, name) => Some((fd.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)),
+    }
+}
+
+/// Records why an *xattrat call failed; `true` when the fallback should run.
+fn at_failed(t: XTarget<'_>, e: &std::io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            NO_XATTRAT.store(true, Ordering::Relaxed);
+            true
+        }
+        Some(libc::EBADF) if matches!(t, XTarget::Fd(_)) => {
+            NO_EMPTY_PATH.store(true, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Reads xattr `attr` into `buf`; with an empty `buf`, returns its size.
+pub fn getxattr(t: XTarget<'_>, attr: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    if let Some((dirfd, path, flags)) = at_args(t) {
         let mut args = XattrArgs {
             value: buf.as_mut_ptr() as u64,
             size: buf.len() as u32,
             flags: 0,
         };
-        // SAFETY: "" and name are NUL-terminated; args points to a valid
-        // struct whose value buffer is writable for `size` bytes.
+        // SAFETY: path and attr are NUL-terminated; args is a valid struct
+        // whose value buffer is writable for `size` bytes.
         let rc = unsafe {
             libc::syscall(
                 SYS_GETXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                name.as_ptr(),
+                dirfd,
+                path,
+                flags,
+                attr.as_ptr(),
                 &mut args as *mut XattrArgs,
                 std::mem::size_of::<XattrArgs>(),
             )
         };
         match cvt_long(rc) {
             Ok(n) => return Ok(n as usize),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EBADF)) => {
-                NO_XATTRAT.store(true, Ordering::Relaxed);
-            }
+            Err(e) if at_failed(t, &e) => {}
             Err(e) => return Err(e),
         }
     }
-    let path = proc_path(fd);
-    // SAFETY: path is NUL-terminated (zero-filled tail); buf is writable.
+    let path = proc_path(t);
+    let p = path.as_ptr().cast();
+    let (a, v, n) = (attr.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
+    // SAFETY: path is NUL-terminated (zero-filled tail); buf is writable for n.
     cvt_size(unsafe {
-        libc::getxattr(
-            path.as_ptr().cast(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+        match t {
+            XTarget::Fd(_) => libc::getxattr(p, a, v, n),
+            XTarget::At(..) => libc::lgetxattr(p, a, v, n),
+        }
     })
 }
 
-/// Lists the xattr names of the object `fd` refers to into `buf` (NUL
-/// separated); with an empty `buf`, returns the list's size.
-pub fn flistxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
-    if !NO_XATTRAT.load(Ordering::Relaxed) {
-        // SAFETY: "" is NUL-terminated; buf is writable for its length.
+/// Lists xattr names (NUL-separated) into `buf`; with an empty `buf`,
+/// returns the list's size.
+pub fn listxattr(t: XTarget<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    if let Some((dirfd, path, flags)) = at_args(t) {
+        // SAFETY: path is NUL-terminated; buf is writable for its length.
         let rc = unsafe {
             libc::syscall(
                 SYS_LISTXATTRAT,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
+                dirfd,
+                path,
+                flags,
                 buf.as_mut_ptr(),
                 buf.len(),
             )
         };
         match cvt_long(rc) {
             Ok(n) => return Ok(n as usize),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EBADF)) => {
-                NO_XATTRAT.store(true, Ordering::Relaxed);
-            }
+            Err(e) if at_failed(t, &e) => {}
             Err(e) => return Err(e),
         }
     }
-    let path = proc_path(fd);
-    // SAFETY: path is NUL-terminated; buf is writable.
-    cvt_size(unsafe { libc::listxattr(path.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) })
-}
-
-/// Reads a whole xattr value, growing the buffer as needed.
-pub fn fgetxattr_vec(fd: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        match fgetxattr(fd, name, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
-                let n = fgetxattr(fd, name, &mut [])?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
+    let path = proc_path(t);
+    let p = path.as_ptr().cast();
+    let (v, n) = (buf.as_mut_ptr().cast(), buf.len());
+    // SAFETY: path is NUL-terminated; buf is writable for n.
+    cvt_size(unsafe {
+        match t {
+            XTarget::Fd(_) => libc::listxattr(p, v, n),
+            XTarget::At(..) => libc::llistxattr(p, v, n),
         }
-    }
+    })
 }
 
 /// Lists all xattr names, growing the buffer as needed.
-pub fn flistxattr_vec(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+pub fn listxattr_vec(t: XTarget<'_>) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; 1024];
     loop {
-        match flistxattr(fd, &mut buf) {
+        match listxattr(t, &mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
             }
             Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
-                let n = flistxattr(fd, &mut [])?;
+                let n = listxattr(t, &mut [])?;
                 buf.resize(n.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
