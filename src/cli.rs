@@ -395,6 +395,9 @@ fn daemonize() -> Result<(), String> {
     std::process::exit(status.code().unwrap_or(1).max(1));
 }
 
+/// Retries of a busy unmount, 50 ms apart.
+const UMOUNT_BUSY_RETRIES: u32 = 20;
+
 /// Set in a daemonized child so that it detaches stderr once ready.
 pub const DAEMON_ENV: &str = "UNIONFUSE_DAEMON";
 
@@ -475,10 +478,23 @@ fn umount_cmd(p: &Path) -> Result<(), String> {
         }
     }
     if sys::is_root() {
-        return sys::umount(&mnt, 0).map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => format!("{} is busy: files are open in it", p.display()),
-            _ => format!("cannot unmount {}: {e}", p.display()),
-        });
+        // A file closed just now can still be held for a moment by a process
+        // that forked while it was open and has not exec'd yet: retry a busy
+        // mount briefly before calling it busy.
+        let mut tries = 0;
+        loop {
+            match sys::umount(&mnt, 0) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < UMOUNT_BUSY_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(format!("{} is busy: files are open in it", p.display()));
+                }
+                Err(e) => return Err(format!("cannot unmount {}: {e}", p.display())),
+            }
+        }
     }
     let prog = find_in_path("fusermount3")
         .ok_or_else(|| "fusermount3 not found: install fuse3".to_string())?;

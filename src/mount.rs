@@ -1,5 +1,5 @@
 //! The daemon's life: open the layers, mount, tell the caller when requests
-//! are answered, serve until unmounted, unmount on SIGTERM/SIGINT/SIGHUP.
+//! are answered, serve until unmounted, unmount on SIGTERM/SIGINT.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};

@@ -359,9 +359,13 @@ pub fn detach_stderr() -> SysResult<()> {
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread
-/// it spawns later), so that one thread can take them with [`wait_signal`].
+/// it spawns later), so that one thread can take the first two with
+/// [`wait_signal`]. SIGHUP stays blocked for good: a daemon outlives the
+/// terminal that started it, and a hangup must not kill the mount.
 pub fn block_term_signals() -> SysResult<()> {
-    let set = term_sigset();
+    let mut set = term_sigset();
+    // SAFETY: set is initialised; SIGHUP is a valid signal.
+    unsafe { libc::sigaddset(&mut set, libc::SIGHUP) };
     // SAFETY: set is an initialised sigset; the old set is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -377,7 +381,6 @@ fn term_sigset() -> libc::sigset_t {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
         set.assume_init()
     }
 }

@@ -188,11 +188,17 @@ pub fn ls(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Whether `path` is the root of a mount, by /proc/self/mountinfo.
+/// Whether `path` is the root of a mount, by /proc/self/mountinfo. Only the
+/// parent is canonicalized: a dead FUSE mount answers ENOTCONN to a stat of
+/// the mountpoint itself and must still count as mounted.
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return false;
     };
+    let Ok(parent) = parent.canonicalize() else {
+        return false;
+    };
+    let canon = parent.join(name);
     let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     info.lines().any(|l| {
         l.split(' ')

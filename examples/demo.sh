@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Mounts the bundled two-layer image (examples/image) with unionfuse and
+# shows the merged view, read-only use only:
+#   - lower2 (bottom) has etc/os-release, etc/hostname, bin/hello.sh,
+#     the symlink bin/hi -> hello.sh, usr/share/doc/{README,NOTES} and
+#     var/cache/old.txt;
+#   - lower1 (top) overrides etc/hostname, adds etc/motd and
+#     var/cache/new.txt, deletes usr/share/doc/README with the OCI whiteout
+#     `.wh.README`, and makes var/cache opaque with `.wh..wh..opq`, hiding
+#     old.txt.
+# Run from anywhere: examples/demo.sh. Needs fuse3 (installed via apt-get
+# when run as root). Set UNIONFUSE=/path/to/binary to skip the build.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+ensure_fuse
+
+bin=${UNIONFUSE:-}
+if [ -z "$bin" ]; then
+    ensure_cargo
+    echo "==> cargo build --release"
+    cargo build --release --quiet
+    bin=target/release/unionfuse
+fi
+[ -x "$bin" ] || die "no unionfuse binary at $bin"
+
+image=$PWD/examples/image
+# One temp dir holds the upper, the mountpoint and the default work dir
+# (created beside the upper), so cleanup removes them all.
+base=$(mktemp -d /tmp/unionfuse-demo.XXXXXX)
+up=$base/upper
+mnt=$base/mnt
+mkdir -m 755 "$up" "$mnt"
+
+cleanup() {
+    local rc=$?
+    if grep -qs " $mnt " /proc/mounts; then
+        "$bin" umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+    fi
+    rm -rf --one-file-system "$base"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+show() {
+    echo
+    echo "\$ $*"
+    "$@"
+}
+
+echo "==> $bin mount --lower $image/lower1 --lower $image/lower2 --upper $up $mnt"
+"$bin" mount --lower "$image/lower1" --lower "$image/lower2" --upper "$up" "$mnt"
+
+cd "$mnt"
+show ls -la
+show find . -printf '%M %p\n'
+show ls -l bin
+show cat etc/hostname
+show cat etc/motd
+show head -n1 etc/os-release
+show sh bin/hi
+show ls usr/share/doc
+show ls var/cache
+cd - >/dev/null
+
+echo
+echo "etc/hostname comes from lower1, etc/os-release from lower2;"
+echo "usr/share/doc/README is whited out and var/cache shows only new.txt."
+echo "No .wh.* names are visible. Nothing was written to the upper:"
+show find "$up" -mindepth 1
+
+echo
+echo "==> $bin umount $mnt"
+"$bin" umount "$mnt"

@@ -1,0 +1,108 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test, examples/demo.sh and bench/run.sh: finding
+# cargo, installing missing system packages, and cleaning up FUSE mounts.
+# Source it; it defines functions only.
+
+# Prints a message on stderr, prefixed with the calling script's name.
+say() {
+    printf '%s: %s\n' "$(basename "$0")" "$*" >&2
+}
+
+die() {
+    say "$*"
+    exit 1
+}
+
+# Makes sure cargo is on PATH (rustup installs it in ~/.cargo/bin, which a
+# non-login shell may not have).
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]; then
+        # shellcheck disable=SC1091
+        . "${CARGO_HOME:-$HOME/.cargo}/env"
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (https://rustup.rs)"
+}
+
+_apt_updated=0
+
+# ensure_commands CMD:PACKAGE ...
+# Installs, with apt-get, the Debian package of every CMD that is not on
+# PATH. As root it runs `apt-get update` once, then one install; otherwise
+# it says what to install and exits 1.
+ensure_commands() {
+    local pair cmd pkg missing=()
+    for pair in "$@"; do
+        cmd=${pair%%:*}
+        pkg=${pair#*:}
+        if ! command -v "$cmd" >/dev/null 2>&1; then
+            missing+=("$pkg")
+        fi
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        die "missing: ${missing[*]}; install with: sudo apt-get install ${missing[*]}"
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "missing: ${missing[*]}, and apt-get is not available to install it"
+    say "installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$_apt_updated" -eq 0 ]; then
+        apt-get update -qq >/dev/null || die "apt-get update failed"
+        _apt_updated=1
+    fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed"
+}
+
+# Makes sure /dev/fuse exists (loading the module if needed) and that the
+# FUSE mount helper is installed.
+ensure_fuse() {
+    ensure_commands fusermount3:fuse3
+    if [ ! -e /dev/fuse ]; then
+        if [ "$(id -u)" -eq 0 ]; then
+            modprobe fuse 2>/dev/null || true
+        fi
+        [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+    fi
+}
+
+# Decodes the octal escapes (\040 etc.) that /proc/self/mountinfo uses.
+_unescape_mount() {
+    printf '%b' "$1"
+}
+
+# unmount_matching PATTERN
+# Lazily unmounts every FUSE or overlay mount whose mount point contains
+# PATTERN (a fixed string), deepest first. For FUSE mounts it first aborts
+# the connection so that a process stuck on a hung daemon is released.
+unmount_matching() {
+    local pattern=$1 line mnt dev fstype minor
+    local -a found=()
+    while IFS= read -r line; do
+        # mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SRC SUPER
+        dev=$(printf '%s' "$line" | cut -d' ' -f3)
+        mnt=$(_unescape_mount "$(printf '%s' "$line" | cut -d' ' -f5)")
+        fstype=$(printf '%s' "$line" | sed 's/.* - \([^ ]*\) .*/\1/')
+        case "$mnt" in *"$pattern"*) ;; *) continue ;; esac
+        case "$fstype" in fuse | fuse.* | fuseblk | overlay) ;; *) continue ;; esac
+        found+=("$fstype|$dev|$mnt")
+    done </proc/self/mountinfo
+    [ ${#found[@]} -eq 0 ] && return 0
+    # Deepest (longest path) first.
+    local entry
+    while IFS= read -r entry; do
+        fstype=${entry%%|*}
+        entry=${entry#*|}
+        dev=${entry%%|*}
+        mnt=${entry#*|}
+        say "cleaning up leftover $fstype mount $mnt"
+        case "$fstype" in
+        fuse*)
+            minor=${dev#*:}
+            if [ -w "/sys/fs/fuse/connections/$minor/abort" ]; then
+                echo 1 >"/sys/fs/fuse/connections/$minor/abort" 2>/dev/null || true
+            fi
+            ;;
+        esac
+        umount -l "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || say "could not unmount $mnt"
+    done < <(printf '%s\n' "${found[@]}" | awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2-)
+}
