@@ -11,14 +11,14 @@ use dashmap::DashMap;
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use log::{debug, info, trace, warn};
 
 use crate::error::Error;
 use crate::handle::Handle;
-use crate::union::{DirReplier, Union};
+use crate::union::{DirPlusReplier, DirReplier, Union};
 
 /// Largest read the kernel asks for with FUSE_MAX_PAGES (256 pages).
 const MAX_READ: usize = 1 << 20;
@@ -142,13 +142,37 @@ impl DirReplier for DirOut<'_> {
     }
 }
 
+struct DirPlusOut<'a> {
+    reply: &'a mut ReplyDirectoryPlus,
+    ttl: Duration,
+}
+
+impl DirPlusReplier for DirPlusOut<'_> {
+    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let attr = file_attr(st);
+        self.reply.add(
+            attr.ino,
+            offset,
+            OsStr::from_bytes(name),
+            &self.ttl,
+            &attr,
+            Generation(0),
+        )
+    }
+}
+
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let caps = config.capabilities();
         let wanted = InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            // readdirplus when the kernel sees lookups follow a listing
+            // (ls -l, find, tree walks), plain readdir otherwise.
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         if let Err(missing) = config.add_capabilities(wanted & caps) {
             debug!("kernel lacks {missing:?}");
         }
@@ -317,6 +341,31 @@ impl Filesystem for UnionFs {
             Ok(()) => reply.ok(),
             Err(e) => {
                 log_failure("readdir", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let res = self.union.readdirplus(
+            fh.0,
+            offset,
+            &mut DirPlusOut {
+                reply: &mut reply,
+                ttl: self.ttl,
+            },
+        );
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                log_failure("readdirplus", ino, None, e);
                 reply.error(errno(e));
             }
         }

@@ -14,10 +14,16 @@ use crate::name::Name;
 use crate::resolve::{self, DirFds};
 use crate::sys::{self, XTarget};
 
-/// Receives directory entries; returns `true` once its buffer is full. Lets
-/// the merge be written once for readdir (and later readdirplus).
+/// Receives directory entries; returns `true` once its buffer is full (the
+/// entry was then not taken). Lets the merge be written once for readdir.
 pub trait DirReplier {
     fn add(&mut self, ino: u64, offset: u64, d_type: u8, name: &[u8]) -> bool;
+}
+
+/// Receives directory entries with their attributes (readdirplus); returns
+/// `true` once its buffer is full and the entry was not taken.
+pub trait DirPlusReplier {
+    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat) -> bool;
 }
 
 /// The merged filesystem.
@@ -292,32 +298,67 @@ impl Union {
         }))
     }
 
-    /// Sends entries from `offset` (0, or an offset handed out earlier) until
-    /// the replier is full. The listing is taken at offset 0 and kept for
-    /// the handle's life, so offsets stay meaningful for seekdir.
-    pub fn readdir(&self, fh: u64, offset: u64, out: &mut dyn DirReplier) -> Result<()> {
+    /// The listing of an open directory, taken at offset 0 and kept for the
+    /// handle's life, so that offsets stay meaningful for seekdir.
+    fn snapshot(&self, fh: u64, offset: u64) -> Result<(Arc<Inode>, Arc<DirSnapshot>)> {
         let h = self.handles.get(fh)?;
         let Handle::Dir { inode, snapshot } = &*h else {
             return Err(Error::NOTDIR);
         };
-        let snap = {
-            let mut s = snapshot.lock();
-            match &*s {
-                Some(snap) if offset != 0 => Arc::clone(snap),
-                _ => {
-                    let fresh = if inode.layers.read().len() > 1 {
-                        self.merged_listing(inode)?
-                    } else {
-                        Arc::new(self.list(inode)?)
-                    };
-                    *s = Some(Arc::clone(&fresh));
-                    fresh
-                }
+        let mut s = snapshot.lock();
+        let snap = match &*s {
+            Some(snap) if offset != 0 => Arc::clone(snap),
+            _ => {
+                let fresh = if inode.layers.read().len() > 1 {
+                    self.merged_listing(inode)?
+                } else {
+                    Arc::new(self.list(inode)?)
+                };
+                *s = Some(Arc::clone(&fresh));
+                fresh
             }
         };
+        Ok((Arc::clone(inode), snap))
+    }
+
+    /// Sends entries from `offset` (0, or an offset handed out earlier) until
+    /// the replier is full.
+    pub fn readdir(&self, fh: u64, offset: u64, out: &mut dyn DirReplier) -> Result<()> {
+        let (_, snap) = self.snapshot(fh, offset)?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in snap.entries().iter().enumerate().skip(start) {
             if out.add(e.ino, i as u64 + 1, e.d_type, snap.name(e)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// readdir with each entry looked up, saving the kernel one LOOKUP round
+    /// trip per entry on `ls -l` and tree walks. Every entry sent counts as a
+    /// kernel lookup, so one that does not fit is forgotten again.
+    pub fn readdirplus(&self, fh: u64, offset: u64, out: &mut dyn DirPlusReplier) -> Result<()> {
+        let (dir, snap) = self.snapshot(fh, offset)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, e) in snap.entries().iter().enumerate().skip(start) {
+            let name = snap.name(e);
+            let off = i as u64 + 1;
+            if name == b"." || name == b".." {
+                // The kernel links no inode for these; only the dirent counts.
+                let mut st = sys::zeroed_stat();
+                st.st_ino = e.ino;
+                st.st_mode = libc::S_IFDIR;
+                if out.add(off, name, &st) {
+                    break;
+                }
+                continue;
+            }
+            // An entry gone since the listing was taken, or unreadable, is
+            // left out rather than failing the whole listing.
+            if let Ok(Some(st)) = self.lookup(dir.nodeid, OsStr::from_bytes(name))
+                && out.add(off, name, &st)
+            {
+                self.forget(st.st_ino, 1);
                 break;
             }
         }
