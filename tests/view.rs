@@ -827,7 +827,6 @@ fn inode_numbers_unique_and_stable_across_layers_on_distinct_filesystems() {
     // A hard-link pair in a lower.
     write(&l1, "hl/a", "linked");
     fs::hard_link(l1.join("hl/a"), l1.join("hl_b")).unwrap();
-    let upper_data = u.clone();
     let snapshot = |m: &Mounted| -> BTreeMap<String, (u64, u64)> {
         walk(&m.mnt)
             .into_iter()
@@ -849,7 +848,7 @@ fn inode_numbers_unique_and_stable_across_layers_on_distinct_filesystems() {
         assert_eq!(map["hl/a"].0, map["hl_b"].0, "hard links share st_ino");
     };
     let first = {
-        let m = mount_with_work(&[&l1, &l2], Some((&upper_data, &wu)), &mnt);
+        let m = mount_with_work(&[&l1, &l2], Some((&u, &wu)), &mnt);
         let a = snapshot(&m);
         assert_eq!(a.len(), 3 * 14 + 5, "{:?}", a.keys());
         check_unique(&a);
@@ -861,7 +860,7 @@ fn inode_numbers_unique_and_stable_across_layers_on_distinct_filesystems() {
         a
     };
     assert!(!is_mountpoint(&mnt));
-    let m = mount_with_work(&[&l1, &l2], Some((&upper_data, &wu)), &mnt);
+    let m = mount_with_work(&[&l1, &l2], Some((&u, &wu)), &mnt);
     let again = snapshot(&m);
     assert_eq!(first, again, "st_ino stable across unmount + remount");
     drop(m);
