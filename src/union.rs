@@ -160,16 +160,18 @@ impl Union {
         let mut st = found.stat;
         let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
         let kind = st.st_mode & libc::S_IFMT;
-        let mut fresh = None;
+        let mut fresh = false;
         let inode = self.inodes.lookup(st_ino, || {
             let loc = Location {
                 parent: Arc::clone(&p),
                 name: name.clone(),
             };
-            fresh = Some(());
+            fresh = true;
             Inode::new(st_ino, st_ino, kind, Some(loc), found.layers.clone())
         });
-        if fresh.is_some() {
+        // Directory descriptors opened by the lookup are worth keeping, but
+        // only for a new inode: an existing one already has its own.
+        if fresh {
             for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
                 self.fds.insert(&inode, *layer, fd);
             }
