@@ -53,10 +53,6 @@ impl UnionFs {
             backing_by_fh: DashMap::new(),
         }
     }
-
-    fn attr(&self, st: &libc::stat) -> FileAttr {
-        file_attr(st)
-    }
 }
 
 fn errno(e: Error) -> Errno {
@@ -201,7 +197,7 @@ impl Filesystem for UnionFs {
         match self.union.lookup(parent.0, name) {
             Ok(Some(st)) => {
                 trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
-                reply.entry(&self.ttl, &self.attr(&st), Generation(0));
+                reply.entry(&self.ttl, &file_attr(&st), Generation(0));
             }
             Ok(None) => {
                 // A negative entry: nodeid 0 with a timeout lets the kernel
@@ -223,7 +219,7 @@ impl Filesystem for UnionFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.union.getattr(ino.0) {
-            Ok(st) => reply.attr(&self.ttl, &self.attr(&st)),
+            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
             Err(e) => {
                 log_failure("getattr", ino, None, e);
                 reply.error(errno(e));

@@ -49,14 +49,6 @@ impl DirSnapshot {
         });
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     pub fn name(&self, e: &SnapEntry) -> &[u8] {
         &self.names[e.name_off..e.name_off + e.name_len as usize]
     }
@@ -110,13 +102,5 @@ impl Handles {
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.remove(&fh).map(|(_, h)| h)
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }

@@ -168,10 +168,6 @@ impl FdCache {
         let dropped = std::mem::take(&mut *inode.fds.lock());
         self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
     }
-
-    pub fn cached(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
 }
 
 /// nodeid -> inode, sharded so that requests on different inodes do not
@@ -233,14 +229,5 @@ impl InodeTable {
             }
         }
         None
-    }
-
-    /// Number of inodes held (for logs and tests of FORGET handling).
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }

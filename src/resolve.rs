@@ -114,10 +114,12 @@ pub fn list(
     // layer directory is all there is: it cannot repeat a name.
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut hidden_here: Vec<Vec<u8>> = Vec::new();
-    for (i, (_, dirfd)) in dirs.iter().enumerate() {
+    for (i, (layer, dirfd)) in dirs.iter().enumerate() {
         let more_below = i + 1 < dirs.len();
         let dirfd = dirfd.as_fd();
-        let dev = sys::fstat(dirfd)?.st_dev;
+        // Every directory reached in a layer is on the layer root's device:
+        // lookups never cross into another mount (RESOLVE_NO_XDEV).
+        let dev = layers.get(*layer).dev;
         let entries = sys::read_dir(dirfd)?;
         for e in entries.iter() {
             if e.name == b"." || e.name == b".." {

@@ -92,16 +92,6 @@ impl Union {
         !self.layers.has_upper()
     }
 
-    /// Inodes the kernel currently holds (root included).
-    pub fn inode_count(&self) -> usize {
-        self.inodes.len()
-    }
-
-    /// Directory descriptors currently cached.
-    pub fn cached_fds(&self) -> usize {
-        self.fds.cached()
-    }
-
     /// The descriptor of directory `inode` in `layer`, from the cache or
     /// opened relative to its parent's (recursively, when evicted).
     fn dir_fd(&self, inode: &Arc<Inode>, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
@@ -119,10 +109,12 @@ impl Union {
 
     /// Every layer directory of a merged directory, top-most first.
     fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
-        let layers = inode.layers.read().clone();
+        // Only this inode's `loc` and `fds` locks are taken under the read
+        // guard, never its `layers` lock.
+        let layers = inode.layers.read();
         layers
-            .into_iter()
-            .map(|l| Ok((l, self.dir_fd(inode, l)?)))
+            .iter()
+            .map(|&l| Ok((l, self.dir_fd(inode, l)?)))
             .collect()
     }
 

@@ -69,10 +69,6 @@ impl Layers {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.layers.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
