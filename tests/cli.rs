@@ -871,7 +871,12 @@ fn killed_daemon_leaves_dead_mount_that_umount_cleans() {
     let still = is_mount_even_dead(&mnt);
     force_unmount(&mnt);
     drop(m);
-    assert_eq!(dead, Some(libc::ENOTCONN), "stat of the dead mount: {err}");
+    // ENOTCONN once the connection is gone; ECONNABORTED when the stat was
+    // already queued as the daemon died and the kernel aborted it.
+    assert!(
+        matches!(dead, Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "stat of the dead mount: {err}"
+    );
     assert!(
         out.status.success(),
         "unionfuse umount of a dead mount failed ({}): {}",
