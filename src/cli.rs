@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::MountConfig;
+use crate::layer::upper::WhiteoutFormat;
 use crate::mount::{self, READY_BYTE};
 use crate::sys;
 
@@ -73,6 +74,15 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
 
+    /// How deletions and opaque directories are written in the upper:
+    /// `overlay` (character device 0:0 and the `overlay.opaque` xattr, as
+    /// kernel overlayfs), `oci` (`.wh.NAME` files and `.wh..wh..opq`, as
+    /// image layers), or `auto`: the format an existing upper already
+    /// uses, else `overlay` where the filesystem lets this user create a
+    /// 0:0 device, else `oci`. Both formats are always read.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = WhiteoutArg::Auto)]
+    pub whiteout: WhiteoutArg,
+
     /// Stay in the foreground until unmounted instead of returning once the
     /// mount is live. SIGTERM or SIGINT then unmounts and exits 0.
     #[arg(short = 'f', long)]
@@ -102,6 +112,14 @@ pub struct MountArgs {
     /// point and is neither inside nor above any layer.
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
+}
+
+/// `--whiteout` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhiteoutArg {
+    Auto,
+    Overlay,
+    Oci,
 }
 
 #[derive(Debug, Args)]
@@ -262,6 +280,11 @@ pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
         threads,
         cache_timeout: Duration::from_secs(args.cache_timeout),
         debug: args.debug,
+        whiteout: match args.whiteout {
+            WhiteoutArg::Auto => None,
+            WhiteoutArg::Overlay => Some(WhiteoutFormat::Overlay),
+            WhiteoutArg::Oci => Some(WhiteoutFormat::Oci),
+        },
     })
 }
 

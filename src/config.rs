@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::layer::upper::WhiteoutFormat;
+
 /// Everything a mount needs, with every path absolute and checked.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -19,4 +21,7 @@ pub struct MountConfig {
     pub cache_timeout: Duration,
     /// Per-request trace on stderr.
     pub debug: bool,
+    /// The whiteout format to write; `None` picks one (see
+    /// [`crate::layer::upper::Upper::open`]).
+    pub whiteout: Option<WhiteoutFormat>,
 }

@@ -3,22 +3,25 @@
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, info, trace, warn};
 
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::union::{DirPlusReplier, DirReplier, Union};
+use crate::write::{Caller, SetAttr, SetTime};
 
 /// Largest read the kernel asks for with FUSE_MAX_PAGES (256 pages).
 const MAX_READ: usize = 1 << 20;
@@ -37,10 +40,24 @@ pub struct UnionFs {
     /// unsupported), so this can be long.
     ttl: Duration,
     passthrough: AtomicBool,
-    /// One backing file per inode while any handle has it open: the kernel
-    /// refuses a second, different one for the same inode.
-    backing_by_inode: DashMap<u64, Weak<BackingId>>,
-    backing_by_fh: DashMap<u64, Arc<BackingId>>,
+    /// Per inode with open files: the kernel wants every open of an inode
+    /// in one I/O mode (all through one backing file, or all cached).
+    io: DashMap<u64, IoState>,
+    /// fh -> (inode, its backing file when passthrough).
+    open_files: DashMap<u64, (u64, Option<Arc<BackingId>>)>,
+}
+
+/// The I/O mode of an inode's open files.
+#[derive(Debug, Default)]
+struct IoState {
+    cached: u32,
+    backing: Weak<BackingId>,
+}
+
+/// How an open is answered.
+enum IoMode {
+    Passthrough(Arc<BackingId>),
+    Cached(FopenFlags),
 }
 
 impl UnionFs {
@@ -49,8 +66,8 @@ impl UnionFs {
             union,
             ttl,
             passthrough: AtomicBool::new(passthrough),
-            backing_by_inode: DashMap::new(),
-            backing_by_fh: DashMap::new(),
+            io: DashMap::new(),
+            open_files: DashMap::new(),
         }
     }
 }
@@ -165,6 +182,9 @@ impl Filesystem for UnionFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_MAX_PAGES
+            // O_TRUNC arrives with the open, so a copy-up skips the data
+            // that is about to be thrown away.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
             // readdirplus when the kernel sees lookups follow a listing
             // (ls -l, find, tree walks), plain readdir otherwise.
             | InitFlags::FUSE_DO_READDIRPLUS
@@ -217,8 +237,8 @@ impl Filesystem for UnionFs {
         self.union.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.union.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
             Err(e) => {
                 log_failure("getattr", ino, None, e);
@@ -245,24 +265,12 @@ impl Filesystem for UnionFs {
                 return reply.error(errno(e));
             }
         };
-        if self.passthrough.load(Ordering::Relaxed) {
-            match self.backing_for(ino.0, fh, &reply) {
-                Ok(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    self.backing_by_fh.insert(fh, id);
-                    return;
-                }
-                Err(e) => {
-                    if e.raw_os_error() == Some(libc::EPERM) {
-                        info!("passthrough refused by the kernel; serving reads in userspace");
-                        self.passthrough.store(false, Ordering::Relaxed);
-                    } else {
-                        debug!("passthrough for ino {}: {e}", ino.0);
-                    }
-                }
+        match self.io_mode(ino.0, fh, &|fd| reply.open_backing(fd)) {
+            IoMode::Passthrough(id) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
             }
+            IoMode::Cached(f) => reply.opened(FileHandle(fh), f),
         }
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -302,7 +310,7 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing_by_fh.remove(&fh.0);
+        self.close_io(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -446,6 +454,244 @@ impl Filesystem for UnionFs {
         }
     }
 
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        match self.union.setattr(ino.0, fh.map(|f| f.0), a) {
+            Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
+            Err(e) => {
+                log_failure("setattr", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .mknod(caller(req), parent.0, name, mode, rdev as u64);
+        self.reply_entry("mknod", parent, name, r, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.mkdir(caller(req), parent.0, name, mode);
+        self.reply_entry("mkdir", parent, name, r, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .union
+            .symlink(caller(req), parent.0, link_name, target.as_os_str());
+        self.reply_entry("symlink", parent, link_name, r, reply);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.union.link(ino.0, newparent.0, newname);
+        self.reply_entry("link", ino, newname, r, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.union.unlink(parent.0, name);
+        reply_empty("unlink", parent, Some(name), r, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.union.rmdir(parent.0, name);
+        reply_empty("rmdir", parent, Some(name), r, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .union
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty("rename", parent, Some(name), r, reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (st, fh) = match self.union.create(caller(req), parent.0, name, mode, flags) {
+            Ok(v) => v,
+            Err(e) => {
+                log_failure("create", parent, Some(name), e);
+                return reply.error(errno(e));
+            }
+        };
+        let attr = file_attr(&st);
+        match self.io_mode(st.st_ino, fh, &|fd| reply.open_backing(fd)) {
+            IoMode::Passthrough(id) => reply.created_passthrough(
+                &self.ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &id,
+            ),
+            IoMode::Cached(f) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), f),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => {
+                log_failure("write", ino, None, e);
+                reply.error(errno(e));
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reach the upper file as they come; close has nothing left
+        // to hand over.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.fsync(fh.0, datasync);
+        reply_empty("fsync", ino, None, r, reply);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.fsyncdir(fh.0, datasync);
+        reply_empty("fsyncdir", ino, None, r, reply);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.fallocate(fh.0, offset, length, mode);
+        reply_empty("fallocate", ino, None, r, reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.union.setxattr(ino.0, name, value, flags);
+        reply_empty("setxattr", ino, Some(name), r, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.union.removexattr(ino.0, name);
+        reply_empty("removexattr", ino, Some(name), r, reply);
+    }
+
     fn lseek(
         &self,
         _req: &Request,
@@ -466,24 +712,132 @@ impl Filesystem for UnionFs {
 }
 
 impl UnionFs {
-    /// The inode's backing id, registering the handle's descriptor when no
-    /// open handle has one yet. The map entry is held while registering so
-    /// that two racing opens of one inode share one backing file.
-    fn backing_for(&self, ino: u64, fh: u64, reply: &ReplyOpen) -> std::io::Result<Arc<BackingId>> {
-        let h = self
-            .union
-            .handle(fh)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.errno))?;
-        let Handle::File { fd, .. } = &*h else {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        let mut entry = self.backing_by_inode.entry(ino).or_default();
-        if let Some(id) = entry.upgrade() {
-            return Ok(id);
+    fn reply_entry(
+        &self,
+        op: &str,
+        parent: INodeNo,
+        name: &OsStr,
+        r: crate::Result<libc::stat>,
+        reply: ReplyEntry,
+    ) {
+        match r {
+            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Err(e) => {
+                log_failure(op, parent, Some(name), e);
+                reply.error(errno(e));
+            }
         }
-        let id = Arc::new(reply.open_backing(fd)?);
-        *entry = Arc::downgrade(&id);
-        Ok(id)
+    }
+
+    /// Chooses how the kernel does I/O on a new handle. Passthrough (the
+    /// kernel reads and writes the backing file itself) only for data that
+    /// stays where it is while open: files of a read-only mount, and upper
+    /// files; a lower file may be copied up under an open handle, so its
+    /// I/O goes through the daemon and the page cache. All handles of an
+    /// inode share one mode and one backing file, as the kernel requires.
+    fn io_mode(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+    ) -> IoMode {
+        let stable = self.union.stable_backing(fh);
+        let mut st = self.io.entry(ino).or_default();
+        if stable && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
+            let id = match st.backing.upgrade() {
+                Some(id) => Some(id),
+                None => match self.union.handle(fh).as_deref() {
+                    Ok(Handle::File { fd, .. }) => match register(fd.as_fd()) {
+                        Ok(id) => Some(Arc::new(id)),
+                        Err(e) => {
+                            if e.raw_os_error() == Some(libc::EPERM) {
+                                info!(
+                                    "passthrough refused by the kernel; serving I/O in userspace"
+                                );
+                                self.passthrough.store(false, Ordering::Relaxed);
+                            } else {
+                                debug!("passthrough for ino {ino}: {e}");
+                            }
+                            None
+                        }
+                    },
+                    _ => None,
+                },
+            };
+            if let Some(id) = id {
+                st.backing = Arc::downgrade(&id);
+                self.open_files.insert(fh, (ino, Some(Arc::clone(&id))));
+                return IoMode::Passthrough(id);
+            }
+        }
+        st.cached += 1;
+        self.open_files.insert(fh, (ino, None));
+        // Keeping the page cache across opens is right wherever every write
+        // goes through it: lower files (immutable until copied up, and the
+        // copy-up happens through this inode), and any file when passthrough
+        // is off. An upper file may have been written by passthrough since.
+        let keep = !stable || !self.passthrough.load(Ordering::Relaxed) || self.union.read_only();
+        IoMode::Cached(if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        })
+    }
+
+    fn close_io(&self, fh: u64) {
+        let Some((_, (ino, backing))) = self.open_files.remove(&fh) else {
+            return;
+        };
+        if backing.is_none()
+            && let Some(mut st) = self.io.get_mut(&ino)
+        {
+            st.cached = st.cached.saturating_sub(1);
+        }
+        drop(backing);
+        self.io.remove_if(&ino, |_, st| {
+            st.cached == 0 && st.backing.strong_count() == 0
+        });
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if ns < 0 {
+                    s -= 1;
+                    ns += 1_000_000_000;
+                }
+                SetTime::At(s, ns)
+            }
+        },
+    }
+}
+
+fn reply_empty(
+    op: &str,
+    ino: INodeNo,
+    name: Option<&OsStr>,
+    r: crate::Result<()>,
+    reply: ReplyEmpty,
+) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            log_failure(op, ino, name, e);
+            reply.error(errno(e));
+        }
     }
 }
 

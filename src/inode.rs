@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -49,8 +49,16 @@ pub struct Inode {
     /// `st_mode & S_IFMT` of the object; fixed for the inode's life.
     pub kind: u32,
     lookups: AtomicU64,
-    /// Parent and name; `None` only for the root.
+    /// Parent and name; `None` for the root, and for an object whose last
+    /// name is gone (then `dead` is set).
     pub loc: RwLock<Option<Location>>,
+    /// Further names of a hard-linked object that the kernel has looked up
+    /// or created, so that it stays reachable when `loc` is unlinked.
+    aliases: Mutex<Vec<Location>>,
+    /// Every name is gone; only open handles still reach the object.
+    pub dead: AtomicBool,
+    /// Serialises copy-up of this object: concurrent writers copy once.
+    pub copy_lock: Mutex<()>,
     /// For a directory, every layer whose directory is merged into it,
     /// top-most first (stopping at an opaque one); otherwise the single layer
     /// of the winning object.
@@ -76,6 +84,9 @@ impl Inode {
             kind,
             lookups: AtomicU64::new(0),
             loc: RwLock::new(loc),
+            aliases: Mutex::new(Vec::new()),
+            dead: AtomicBool::new(false),
+            copy_lock: Mutex::new(()),
             layers: RwLock::new(layers),
             fds: Mutex::new(Vec::new()),
             dir_cache: Mutex::new(None),
@@ -98,6 +109,93 @@ impl Inode {
             .as_ref()
             .map(|l| l.parent.st_ino)
             .unwrap_or(self.st_ino)
+    }
+
+    /// The current location; `ESTALE` once every name is gone. The root
+    /// has none.
+    pub fn location(&self) -> Result<Option<Location>> {
+        if self.dead.load(Ordering::Acquire) {
+            return Err(Error::STALE);
+        }
+        Ok(self.loc.read().clone())
+    }
+
+    /// Records that the object is (also) reachable as `name` in `parent`,
+    /// bringing a dead inode back (its number was reused for a new object).
+    pub fn note_location(&self, parent: &Arc<Inode>, name: &Name) {
+        let same =
+            |l: &Location| Arc::ptr_eq(&l.parent, parent) && l.name.as_bytes() == name.as_bytes();
+        if self.loc.read().as_ref().is_some_and(same) {
+            return;
+        }
+        let mut loc = self.loc.write();
+        let new = Location {
+            parent: Arc::clone(parent),
+            name: name.clone(),
+        };
+        if self.dead.load(Ordering::Acquire) || loc.is_none() {
+            *loc = Some(new);
+            self.dead.store(false, Ordering::Release);
+            return;
+        }
+        if loc.as_ref().is_some_and(same) {
+            return;
+        }
+        let mut aliases = self.aliases.lock();
+        if !aliases.iter().any(same) {
+            aliases.push(new);
+        }
+    }
+
+    /// Forgets the name `name` in `parent` (unlinked or replaced). When it
+    /// was the last known one, the inode is dead.
+    pub fn remove_location(&self, parent: &Inode, name: &[u8]) {
+        let same = |l: &Location| {
+            std::ptr::eq(Arc::as_ptr(&l.parent), parent) && l.name.as_bytes() == name
+        };
+        let mut loc = self.loc.write();
+        let mut aliases = self.aliases.lock();
+        if loc.as_ref().is_some_and(same) {
+            *loc = aliases.pop();
+            if loc.is_none() {
+                self.dead.store(true, Ordering::Release);
+            }
+        } else {
+            aliases.retain(|l| !same(l));
+        }
+    }
+
+    /// Moves the name `name` in `parent` to `new` (a rename).
+    pub fn move_location(&self, parent: &Inode, name: &[u8], new: Location) {
+        let same = |l: &Location| {
+            std::ptr::eq(Arc::as_ptr(&l.parent), parent) && l.name.as_bytes() == name
+        };
+        let mut loc = self.loc.write();
+        if loc.as_ref().is_none_or(same) {
+            *loc = Some(new);
+            self.dead.store(false, Ordering::Release);
+            return;
+        }
+        let mut aliases = self.aliases.lock();
+        aliases.retain(|l| !same(l));
+        aliases.push(new);
+    }
+
+    /// Whether `ancestor` is a strict ancestor of this inode.
+    pub fn descends_from(&self, ancestor: &Inode) -> bool {
+        let mut cur = self.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
+        while let Some(p) = cur {
+            if std::ptr::eq(Arc::as_ptr(&p), ancestor) {
+                return true;
+            }
+            cur = p.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
+        }
+        false
+    }
+
+    /// Drops the cached merged listing after a change in the directory.
+    pub fn invalidate_listing(&self) {
+        *self.dir_cache.lock() = None;
     }
 
     /// A cached descriptor of this directory in `layer`.
@@ -200,11 +298,21 @@ impl InodeTable {
     /// Records one kernel lookup of `nodeid`, creating the inode with `make`
     /// when the table does not hold it. The count changes under the shard
     /// lock, which is what makes [`InodeTable::forget`] race-free.
-    pub fn lookup(&self, nodeid: u64, make: impl FnOnce() -> Inode) -> Arc<Inode> {
+    pub fn lookup(&self, nodeid: u64, kind: u32, make: impl FnOnce() -> Inode) -> Arc<Inode> {
         match self.map.entry(nodeid) {
-            Entry::Occupied(e) => {
-                e.get().lookups.fetch_add(1, Ordering::Relaxed);
-                Arc::clone(e.get())
+            Entry::Occupied(mut e) => {
+                let cur = e.get();
+                if cur.dead.load(Ordering::Acquire) && cur.kind != kind {
+                    // The number of an unlinked object was reused by one of
+                    // another type: the kernel gets a fresh inode anyway.
+                    let count = cur.lookups.load(Ordering::Relaxed) + 1;
+                    let inode = make();
+                    inode.lookups.store(count, Ordering::Relaxed);
+                    e.insert(Arc::new(inode));
+                    return Arc::clone(e.get());
+                }
+                cur.lookups.fetch_add(1, Ordering::Relaxed);
+                Arc::clone(cur)
             }
             Entry::Vacant(v) => {
                 let inode = make();
@@ -212,6 +320,11 @@ impl InodeTable {
                 Arc::clone(v.insert(Arc::new(inode)).value())
             }
         }
+    }
+
+    /// Every inode in the table (for the rare fix-ups that touch a subtree).
+    pub fn all(&self) -> Vec<Arc<Inode>> {
+        self.map.iter().map(|r| Arc::clone(r.value())).collect()
     }
 
     /// Drops `n` kernel lookups; at zero the inode leaves the table and is

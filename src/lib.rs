@@ -6,11 +6,13 @@
 //! or found in OCI layers (`.wh.NAME`, `.wh..wh..opq`) hide what lies below.
 //!
 //! The crate is layered so that dependencies point down:
-//! `cli -> mount -> fuse -> union -> {resolve, inode, handle, layer} -> sys`.
+//! `cli -> mount -> fuse -> union (+ write, copyup) -> {resolve, inode,
+//! handle, layer} -> sys`.
 //! Only [`sys`] contains `unsafe`; only [`fuse`] knows about fuser.
 
 pub mod cli;
 pub mod config;
+mod copyup;
 pub mod error;
 pub mod fuse;
 pub mod handle;
@@ -21,6 +23,7 @@ pub mod name;
 pub mod resolve;
 pub mod sys;
 pub mod union;
+pub mod write;
 
 pub use config::MountConfig;
 pub use error::{Error, Result};

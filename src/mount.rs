@@ -11,6 +11,7 @@ use log::{info, warn};
 use crate::config::MountConfig;
 use crate::fuse::UnionFs;
 use crate::layer::Layers;
+use crate::layer::upper::Upper;
 use crate::sys;
 use crate::union::Union;
 
@@ -35,8 +36,25 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or((nofile / 2) as usize);
-    let union =
-        Arc::new(Union::new(layers, budget).map_err(|e| format!("cannot open layers: {e}"))?);
+    // Modes passed to the upper are the modes created: the kernel already
+    // applied the caller's umask.
+    sys::set_umask(0);
+    let upper = match (&cfg.upper, &cfg.work) {
+        (Some(_), Some(work)) => {
+            let wfd = sys::open_dir_path(work)
+                .map_err(|e| format!("cannot open work directory {}: {e}", work.display()))?;
+            let top = layers.get(0);
+            Some(
+                Upper::open(top.root.as_fd(), wfd.as_fd(), cfg.whiteout).map_err(|e| {
+                    format!("cannot prepare work directory {}: {e}", work.display())
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let union = Arc::new(
+        Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?,
+    );
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);
 

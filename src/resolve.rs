@@ -2,6 +2,7 @@
 //! directory: overlayfs's rules, in one place.
 
 use std::collections::HashSet;
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -102,6 +103,7 @@ pub fn list(
     dirs: &[(LayerIdx, Arc<OwnedFd>)],
     self_ino: u64,
     parent_ino: u64,
+    upper_ino: Option<&dyn Fn(BorrowedFd<'_>, &CStr) -> Option<u64>>,
 ) -> Result<DirSnapshot> {
     if dirs.is_empty() {
         return Err(Error::NOENT);
@@ -146,7 +148,19 @@ pub fn list(
             if !single {
                 seen.insert(e.name.to_vec());
             }
-            snap.push(e.name, d_type, layers.st_ino(dev, e.ino));
+            // A copied-up object keeps the number of its origin; d_ino must
+            // agree with st_ino.
+            let recorded = match (upper_ino, *layer) {
+                (Some(f), 0) => Name::from_bytes(e.name)
+                    .ok()
+                    .and_then(|n| f(dirfd, n.as_cstr())),
+                _ => None,
+            };
+            snap.push(
+                e.name,
+                d_type,
+                recorded.unwrap_or_else(|| layers.st_ino(dev, e.ino)),
+            );
         }
         // A layer's whiteouts hide names in the layers below it only.
         seen.extend(hidden_here.drain(..));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::handle::{DirSnapshot, Handle, Handles};
 use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
+use crate::layer::upper::Upper;
 use crate::layer::whiteout::is_private_xattr;
 use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
@@ -29,35 +30,37 @@ pub trait DirPlusReplier {
 /// The merged filesystem.
 #[derive(Debug)]
 pub struct Union {
-    layers: Layers,
-    inodes: InodeTable,
-    handles: Handles,
-    fds: FdCache,
+    pub(crate) layers: Layers,
+    /// The writable layer's conventions; `None` on a read-only mount.
+    pub(crate) upper: Option<Upper>,
+    pub(crate) inodes: InodeTable,
+    pub(crate) handles: Handles,
+    pub(crate) fds: FdCache,
 }
 
 /// A layer object as the syscalls want it: a name in a parent directory, or
 /// (no name) the root directory of a layer itself.
-struct Object {
-    dir: Arc<OwnedFd>,
-    name: Option<Name>,
+pub(crate) struct Object {
+    pub(crate) dir: Arc<OwnedFd>,
+    pub(crate) name: Option<Name>,
 }
 
 impl Object {
-    fn xattr_target(&self) -> XTarget<'_> {
+    pub(crate) fn xattr_target(&self) -> XTarget<'_> {
         match &self.name {
             None => XTarget::Fd(self.dir.as_fd()),
             Some(name) => XTarget::At(self.dir.as_fd(), name.as_cstr()),
         }
     }
 
-    fn stat(&self) -> Result<libc::stat> {
+    pub(crate) fn stat(&self) -> Result<libc::stat> {
         Ok(match &self.name {
             None => sys::fstat(self.dir.as_fd())?,
             Some(name) => sys::fstatat(self.dir.as_fd(), name.as_cstr())?,
         })
     }
 
-    fn dir_and_name(&self) -> (BorrowedFd<'_>, &CStr) {
+    pub(crate) fn dir_and_name(&self) -> (BorrowedFd<'_>, &CStr) {
         match &self.name {
             None => (self.dir.as_fd(), c"."),
             Some(name) => (self.dir.as_fd(), name.as_cstr()),
@@ -68,7 +71,7 @@ impl Object {
 impl Union {
     /// Builds the union over opened layers. `fd_budget` bounds the directory
     /// descriptors kept open (see [`crate::inode`]).
-    pub fn new(layers: Layers, fd_budget: usize) -> std::io::Result<Union> {
+    pub fn new(layers: Layers, upper: Option<Upper>, fd_budget: usize) -> std::io::Result<Union> {
         if layers.is_empty() {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -81,6 +84,7 @@ impl Union {
         let root = Inode::new(ROOT, st_ino, libc::S_IFDIR, None, all);
         Ok(Union {
             layers,
+            upper,
             inodes: InodeTable::new(root),
             handles: Handles::default(),
             fds: FdCache::new(fd_budget),
@@ -94,8 +98,8 @@ impl Union {
 
     /// The descriptor of directory `inode` in `layer`, from the cache or
     /// opened relative to its parent's (recursively, when evicted).
-    fn dir_fd(&self, inode: &Arc<Inode>, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
-        let loc = inode.loc.read().clone();
+    pub(crate) fn dir_fd(&self, inode: &Arc<Inode>, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
+        let loc = inode.location()?;
         let Some(loc) = loc else {
             return Ok(Arc::clone(&self.layers.get(layer).root));
         };
@@ -108,7 +112,7 @@ impl Union {
     }
 
     /// Every layer directory of a merged directory, top-most first.
-    fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
+    pub(crate) fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
         // Only this inode's `loc` and `fds` locks are taken under the read
         // guard, never its `layers` lock.
         let layers = inode.layers.read();
@@ -119,9 +123,9 @@ impl Union {
     }
 
     /// The winning layer object of `inode`.
-    fn object(&self, inode: &Arc<Inode>) -> Result<Object> {
+    pub(crate) fn object(&self, inode: &Arc<Inode>) -> Result<Object> {
         let layer = inode.top_layer()?;
-        let loc = inode.loc.read().clone();
+        let loc = inode.location()?;
         match loc {
             None => Ok(Object {
                 dir: Arc::clone(&self.layers.get(layer).root),
@@ -150,10 +154,10 @@ impl Union {
             return Ok(None);
         };
         let mut st = found.stat;
-        let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
+        let st_ino = self.reported_ino(&dirs, &found, &name);
         let kind = st.st_mode & libc::S_IFMT;
         let mut fresh = false;
-        let inode = self.inodes.lookup(st_ino, || {
+        let inode = self.inodes.lookup(st_ino, kind, || {
             let loc = Location {
                 parent: Arc::clone(&p),
                 name: name.clone(),
@@ -167,6 +171,13 @@ impl Union {
             for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
                 self.fds.insert(&inode, *layer, fd);
             }
+        } else {
+            if inode.dead.load(std::sync::atomic::Ordering::Acquire) {
+                // An unlinked object's number now names a new object.
+                *inode.layers.write() = found.layers.clone();
+                self.fds.release(&inode);
+            }
+            inode.note_location(&p, &name);
         }
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
@@ -175,15 +186,39 @@ impl Union {
         Ok(Some(st))
     }
 
+    /// The inode number the mount reports for a found object: the one
+    /// recorded at copy-up for an upper object that has one, else the
+    /// layer object's own (mapped by [`Layers::st_ino`]).
+    pub(crate) fn reported_ino(&self, dirs: &DirFds, found: &resolve::Found, name: &Name) -> u64 {
+        let top = found.layers[0];
+        if top == 0
+            && let Some(upper) = &self.upper
+            && let Some((_, dir)) = dirs.first()
+            && let Some(ino) = upper.recorded_ino(dir.as_fd(), name.as_cstr())
+        {
+            return ino;
+        }
+        self.layers.st_ino(found.stat.st_dev, found.stat.st_ino)
+    }
+
     pub fn forget(&self, nodeid: u64, n: u64) {
         if let Some(gone) = self.inodes.forget(nodeid, n) {
             self.fds.release(&gone);
         }
     }
 
-    pub fn getattr(&self, nodeid: u64) -> Result<libc::stat> {
+    /// `stat` of an object; `fh` serves an open file whose every name is
+    /// gone.
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> Result<libc::stat> {
         let inode = self.inodes.get(nodeid)?;
-        let mut st = self.object(&inode)?.stat()?;
+        let mut st = match (self.object(&inode), fh) {
+            (Ok(obj), _) => obj.stat()?,
+            (Err(e), Some(fh)) if e == Error::STALE => match &*self.handles.get(fh)? {
+                Handle::File { fd, .. } => sys::fstat(fd.as_fd())?,
+                Handle::Dir { .. } => return Err(e),
+            },
+            (Err(e), _) => return Err(e),
+        };
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
@@ -216,7 +251,22 @@ impl Union {
 
     fn list(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
         let dirs = self.dir_fds(inode)?;
-        resolve::list(&self.layers, &dirs, inode.st_ino, inode.parent_ino())
+        let recorded = |dir: BorrowedFd<'_>, name: &CStr| {
+            self.upper.as_ref().and_then(|u| u.recorded_ino(dir, name))
+        };
+        let upper_ino: Option<&dyn Fn(BorrowedFd<'_>, &CStr) -> Option<u64>> =
+            if self.upper.is_some() {
+                Some(&recorded)
+            } else {
+                None
+            };
+        resolve::list(
+            &self.layers,
+            &dirs,
+            inode.st_ino,
+            inode.parent_ino(),
+            upper_ino,
+        )
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
@@ -239,8 +289,7 @@ impl Union {
         }
         let acc = flags & libc::O_ACCMODE;
         if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            // Writes to the upper layer are not implemented yet.
-            return Err(Error::ROFS);
+            return self.open_for_write(inode, flags);
         }
         let obj = self.object(&inode)?;
         let (dir, name) = obj.dir_and_name();

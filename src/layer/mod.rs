@@ -1,6 +1,7 @@
 //! The layer stack: root descriptors in lookup order, and the mapping from a
 //! layer object's `(st_dev, st_ino)` to the inode number the mount reports.
 
+pub mod upper;
 pub mod whiteout;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

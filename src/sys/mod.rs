@@ -6,9 +6,11 @@
 #![allow(unsafe_code)]
 
 mod dirent;
+mod write;
 mod xattr;
 
 pub use dirent::{DirEntries, RawDirent};
+pub use write::*;
 pub use xattr::{XTarget, getxattr, listxattr, listxattr_vec};
 
 use std::ffi::CStr;

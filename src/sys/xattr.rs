@@ -191,3 +191,70 @@ pub fn listxattr_vec(t: XTarget<'_>) -> SysResult<Vec<u8>> {
         }
     }
 }
+
+// Numbers shared by every architecture's syscall table (added in 6.13).
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// Sets xattr `attr`; `flags` are `XATTR_CREATE`/`XATTR_REPLACE`.
+pub fn setxattr(t: XTarget<'_>, attr: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    if let Some((dirfd, path, at_flags)) = at_args(t) {
+        let mut args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: flags as u32,
+        };
+        // SAFETY: path and attr are NUL-terminated; args describes a
+        // readable value buffer.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dirfd,
+                path,
+                at_flags,
+                attr.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        match cvt_long(rc) {
+            Ok(_) => return Ok(()),
+            Err(e) if at_failed(t, &e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let path = proc_path(t);
+    let p = path.as_ptr().cast();
+    let (a, v, n) = (attr.as_ptr(), value.as_ptr().cast(), value.len());
+    // SAFETY: path is NUL-terminated; value is readable for n.
+    cvt_long(unsafe {
+        match t {
+            XTarget::Fd(_) => libc::setxattr(p, a, v, n, flags),
+            XTarget::At(..) => libc::lsetxattr(p, a, v, n, flags),
+        }
+    } as libc::c_long)?;
+    Ok(())
+}
+
+/// Removes xattr `attr`.
+pub fn removexattr(t: XTarget<'_>, attr: &CStr) -> SysResult<()> {
+    if let Some((dirfd, path, at_flags)) = at_args(t) {
+        // SAFETY: path and attr are NUL-terminated.
+        let rc = unsafe { libc::syscall(SYS_REMOVEXATTRAT, dirfd, path, at_flags, attr.as_ptr()) };
+        match cvt_long(rc) {
+            Ok(_) => return Ok(()),
+            Err(e) if at_failed(t, &e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let path = proc_path(t);
+    let p = path.as_ptr().cast();
+    // SAFETY: path and attr are NUL-terminated.
+    cvt_long(unsafe {
+        match t {
+            XTarget::Fd(_) => libc::removexattr(p, attr.as_ptr()),
+            XTarget::At(..) => libc::lremovexattr(p, attr.as_ptr()),
+        }
+    } as libc::c_long)?;
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! Copy-up: bringing a lower object into the upper layer before its first
+//! change. Every copy is built in the staging directory and renamed into
+//! place, so the merged view shows the old object or the complete new one,
+//! never a partial copy.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use log::debug;
+
+use crate::error::{Error, Result};
+use crate::inode::Inode;
+use crate::layer::upper::{Upper, remove_tree};
+use crate::layer::whiteout::is_private_xattr;
+use crate::name::Name;
+use crate::resolve::{self, DirFds};
+use crate::sys::{self, XTarget};
+use crate::union::{Object, Union};
+
+/// Largest chunk handed to one `copy_file_range` call.
+const COPY_CHUNK: usize = 1 << 30;
+
+/// A staged object: removed again unless [`Staged::keep`] is called, so an
+/// error half-way leaves nothing behind.
+pub(crate) struct Staged<'a> {
+    upper: &'a Upper,
+    pub(crate) name: Name,
+    kept: bool,
+}
+
+impl<'a> Staged<'a> {
+    pub(crate) fn new(upper: &'a Upper) -> Staged<'a> {
+        Staged {
+            upper,
+            name: upper.temp_name(),
+            kept: false,
+        }
+    }
+
+    pub(crate) fn cstr(&self) -> &CStr {
+        self.name.as_cstr()
+    }
+
+    /// The object was renamed into place (or is to stay where it is).
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = remove_tree(self.upper.staging(), self.name.as_cstr());
+        }
+    }
+}
+
+impl Union {
+    pub(crate) fn upper(&self) -> Result<&Upper> {
+        self.upper.as_ref().ok_or(Error::ROFS)
+    }
+
+    /// The upper descriptor of directory `inode`, copying it (and its
+    /// ancestors) up first when only lower layers hold it.
+    pub(crate) fn upper_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
+        if inode.top_layer()? == 0 {
+            return self.dir_fd(inode, 0);
+        }
+        let upper = self.upper()?;
+        let Some(loc) = inode.location()? else {
+            // The root always merges the upper layer.
+            return Err(Error::ROFS);
+        };
+        let pfd = self.upper_dir(&loc.parent)?;
+        let _g = inode.copy_lock.lock();
+        if inode.top_layer()? == 0 {
+            return self.dir_fd(inode, 0);
+        }
+        let src = self.object(inode)?;
+        let st = src.stat()?;
+        let staged = Staged::new(upper);
+        sys::mkdirat(upper.staging(), staged.cstr(), st.st_mode & 0o7777)?;
+        self.copy_meta(&src, &st, upper.staging(), staged.cstr(), inode.st_ino)?;
+        sys::renameat2(
+            upper.staging(),
+            staged.cstr(),
+            pfd.as_fd(),
+            loc.name.as_cstr(),
+            libc::RENAME_NOREPLACE,
+        )?;
+        staged.keep();
+        let fd = sys::open_child_dir(pfd.as_fd(), loc.name.as_cstr())?;
+        inode.layers.write().insert(0, 0);
+        Ok(self.fds.insert(inode, 0, fd))
+    }
+
+    /// Copies a non-directory up; without `data` the copy is empty (an
+    /// open with O_TRUNC, a truncate to 0).
+    pub(crate) fn copy_up(&self, inode: &Arc<Inode>, data: bool) -> Result<()> {
+        if inode.top_layer()? == 0 {
+            return Ok(());
+        }
+        let upper = self.upper()?;
+        let Some(loc) = inode.location()? else {
+            return Err(Error::ROFS);
+        };
+        let pfd = self.upper_dir(&loc.parent)?;
+        let _g = inode.copy_lock.lock();
+        if inode.top_layer()? == 0 {
+            return Ok(());
+        }
+        let src = self.object(inode)?;
+        let st = src.stat()?;
+        let staged = Staged::new(upper);
+        self.copy_object(
+            &src,
+            &st,
+            upper.staging(),
+            staged.cstr(),
+            data,
+            inode.st_ino,
+        )?;
+        sys::renameat2(
+            upper.staging(),
+            staged.cstr(),
+            pfd.as_fd(),
+            loc.name.as_cstr(),
+            libc::RENAME_NOREPLACE,
+        )?;
+        staged.keep();
+        *inode.layers.write() = vec![0];
+        Ok(())
+    }
+
+    /// Builds a copy of non-directory `src` as `name` in `dir`.
+    fn copy_object(
+        &self,
+        src: &Object,
+        st: &libc::stat,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        data: bool,
+        ino: u64,
+    ) -> Result<()> {
+        let (sdir, sname) = src.dir_and_name();
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                let out = sys::create_file(dir, name, libc::O_WRONLY, st.st_mode & 0o7777)?;
+                if data && st.st_size > 0 {
+                    let input = open_for_copy(sdir, sname)?;
+                    copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                }
+            }
+            libc::S_IFLNK => {
+                let target = sys::readlinkat(sdir, sname)?;
+                let target = std::ffi::CString::new(target).map_err(|_| Error::INVAL)?;
+                sys::symlinkat(&target, dir, name)?;
+            }
+            _ => sys::mknodat(dir, name, st.st_mode, st.st_rdev)?,
+        }
+        self.copy_meta(src, st, dir, name, ino)
+    }
+
+    /// Owner, mode, xattrs, the inode number, then times: chown clears
+    /// set-id bits and security.capability, and every later change would
+    /// move the times.
+    fn copy_meta(
+        &self,
+        src: &Object,
+        st: &libc::stat,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        ino: u64,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if let Err(e) = sys::fchownat(dir, name, st.st_uid, st.st_gid)
+            && sys::is_root()
+        {
+            return Err(e.into());
+        }
+        if !is_link {
+            sys::fchmodat(dir, name, st.st_mode & 0o7777)?;
+        }
+        let list = sys::listxattr_vec(src.xattr_target()).unwrap_or_default();
+        let mut value = Vec::new();
+        for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            // overlayfs's own markers describe the lower's position, not
+            // the copy's; unionfuse's are rewritten below.
+            if is_private_xattr(attr) || upper.is_own_xattr(attr) {
+                continue;
+            }
+            let Ok(cattr) = std::ffi::CString::new(attr) else {
+                continue;
+            };
+            if let Err(e) = read_xattr(src.xattr_target(), &cattr, &mut value) {
+                debug!("copy-up: reading xattr {cattr:?}: {e}");
+                continue;
+            }
+            if let Err(e) = sys::setxattr(XTarget::At(dir, name), &cattr, &value, 0) {
+                // As kernel overlayfs: attributes the upper cannot hold
+                // (another LSM's labels, trusted.* without privilege) are
+                // left behind rather than failing the copy.
+                debug!("copy-up: setting xattr {cattr:?}: {e}");
+            }
+        }
+        upper.record_ino(dir, name, ino);
+        let times = [
+            libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            },
+            libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            },
+        ];
+        sys::utimensat(dir, name, &times)?;
+        Ok(())
+    }
+
+    /// Copies the whole merged directory `inode` into the upper, so that it
+    /// no longer depends on where its lower parts live: the first step of
+    /// renaming a directory that lower layers hold. The copy is opaque and
+    /// takes the place of the directory in one rename. Upper objects inside
+    /// are hard-linked, not copied, so they keep their identity.
+    pub(crate) fn copy_up_tree(&self, inode: &Arc<Inode>) -> Result<()> {
+        if *inode.layers.read() == [0] {
+            return Ok(());
+        }
+        let upper = self.upper()?;
+        let Some(loc) = inode.location()? else {
+            return Err(Error::INVAL);
+        };
+        let pfd = self.upper_dir(&loc.parent)?;
+        let _g = inode.copy_lock.lock();
+        let dirs = self.dir_fds(inode)?;
+        let top = self.object(inode)?;
+        let st = top.stat()?;
+        let staged = Staged::new(upper);
+        sys::mkdirat(upper.staging(), staged.cstr(), st.st_mode & 0o7777)?;
+        let new_dir = sys::open_child_dir(upper.staging(), staged.cstr())?;
+        let mut links = HashMap::new();
+        self.copy_children(&dirs, new_dir.as_fd(), &mut links)?;
+        upper.mark_opaque(upper.staging(), staged.cstr(), new_dir.as_fd())?;
+        self.copy_meta(&top, &st, upper.staging(), staged.cstr(), inode.st_ino)?;
+        let in_upper = inode.top_layer()? == 0;
+        let flags = if in_upper {
+            libc::RENAME_EXCHANGE
+        } else {
+            libc::RENAME_NOREPLACE
+        };
+        sys::renameat2(
+            upper.staging(),
+            staged.cstr(),
+            pfd.as_fd(),
+            loc.name.as_cstr(),
+            flags,
+        )?;
+        if in_upper {
+            // The old upper directory is now the staged name: dropped with
+            // `staged`. Its upper files live on as links in the copy.
+            drop(staged);
+        } else {
+            staged.keep();
+        }
+        *inode.layers.write() = vec![0];
+        self.fds.release(inode);
+        inode.invalidate_listing();
+        // Inodes below now live only in the upper, at the same names.
+        for other in self.inodes.all() {
+            if other.descends_from(inode) {
+                *other.layers.write() = vec![0];
+                self.fds.release(&other);
+                other.invalidate_listing();
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the merged children of the directory whose layer directories
+    /// are `dirs` into `dst`. `links` maps a lower object already copied to
+    /// its copy, so that hard links stay links.
+    fn copy_children(
+        &self,
+        dirs: &DirFds,
+        dst: BorrowedFd<'_>,
+        links: &mut HashMap<(u64, u64), (Arc<OwnedFd>, Name)>,
+    ) -> Result<()> {
+        let snap = resolve::list(&self.layers, dirs, 0, 0, None)?;
+        let dst_arc = Arc::new(sys::open_child_dir(dst, c".")?);
+        for e in snap.entries() {
+            let raw = snap.name(e);
+            if raw == b"." || raw == b".." {
+                continue;
+            }
+            let name = Name::from_bytes(raw)?;
+            let Some(found) = resolve::lookup(dirs, &name)? else {
+                continue;
+            };
+            let (layer, sdir) = match dirs.iter().find(|(l, _)| *l == found.layers[0]) {
+                Some((l, d)) => (*l, Arc::clone(d)),
+                None => continue,
+            };
+            let src = Object {
+                dir: sdir,
+                name: Some(name.clone()),
+            };
+            let st = found.stat;
+            let ino = self.reported_ino(dirs, &found, &name);
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                sys::mkdirat(dst, name.as_cstr(), st.st_mode & 0o7777)?;
+                let sub = sys::open_child_dir(dst, name.as_cstr())?;
+                let subdirs: DirFds = found
+                    .layers
+                    .iter()
+                    .zip(found.dir_fds)
+                    .map(|(l, fd)| (*l, Arc::new(fd)))
+                    .collect();
+                self.copy_children(&subdirs, sub.as_fd(), links)?;
+                self.copy_meta(&src, &st, dst, name.as_cstr(), ino)?;
+                continue;
+            }
+            if layer == 0 {
+                sys::linkat(src.dir.as_fd(), name.as_cstr(), dst, name.as_cstr())?;
+                continue;
+            }
+            let key = (st.st_dev, st.st_ino);
+            if st.st_nlink > 1
+                && let Some((ldir, lname)) = links.get(&key)
+            {
+                sys::linkat(ldir.as_fd(), lname.as_cstr(), dst, name.as_cstr())?;
+                continue;
+            }
+            self.copy_object(&src, &st, dst, name.as_cstr(), true, ino)?;
+            if st.st_nlink > 1 {
+                links.insert(key, (Arc::clone(&dst_arc), name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens a lower file for reading without touching its atime.
+pub(crate) fn open_for_copy(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
+    Ok(
+        match sys::open_child_flags(dir, name, libc::O_RDONLY | libc::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                sys::open_child_flags(dir, name, libc::O_RDONLY)?
+            }
+            other => other?,
+        },
+    )
+}
+
+fn read_xattr(t: XTarget<'_>, attr: &CStr, buf: &mut Vec<u8>) -> Result<()> {
+    loop {
+        let n = sys::getxattr(t, attr, &mut [])?;
+        buf.resize(n, 0);
+        match sys::getxattr(t, attr, buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Copies `size` bytes of file data in the kernel: a reflink where the
+/// filesystem shares blocks, else `copy_file_range` over the data segments
+/// only, so holes stay holes.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+    if sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off = 0;
+    while off < size {
+        let Some(data) = sys::seek_data(src, off, libc::SEEK_DATA)? else {
+            break;
+        };
+        let hole = sys::seek_data(src, data, libc::SEEK_HOLE)?
+            .unwrap_or(size)
+            .min(size);
+        copy_range(src, dst, data, hole - data)?;
+        off = hole;
+    }
+    // Sets the size past a trailing hole.
+    sys::ftruncate(dst, size)?;
+    Ok(())
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u64) -> Result<()> {
+    while len > 0 {
+        let chunk = len.min(COPY_CHUNK as u64) as usize;
+        match sys::copy_file_range(src, dst, off, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                off += n as u64;
+                len -= n as u64;
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                return copy_range_rw(src, dst, off, len);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The fallback where the kernel cannot copy between the two filesystems.
+fn copy_range_rw(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut off: u64,
+    mut len: u64,
+) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while len > 0 {
+        let want = (len as usize).min(buf.len());
+        let n = sys::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut done = 0;
+        while done < n {
+            done += sys::pwrite(dst, &buf[done..n], off + done as u64)?;
+        }
+        off += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The writable layer's on-disk conventions: the staging directory where
+//! new objects are built out of sight, whiteouts and opaque markers in the
+//! format the upper uses, and unionfuse's private per-object xattrs.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use log::{info, warn};
+
+use super::whiteout::{self, OCI_OPAQUE};
+use crate::error::{Error, Result};
+use crate::name::Name;
+use crate::sys::{self, XTarget};
+
+/// How deletions and opaque directories are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// Kernel overlayfs: char device 0:0, `*.overlay.opaque=y`.
+    Overlay,
+    /// OCI image layers: `.wh.NAME`, `.wh..wh..opq`.
+    Oci,
+}
+
+impl WhiteoutFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhiteoutFormat::Overlay => "overlay",
+            WhiteoutFormat::Oci => "oci",
+        }
+    }
+}
+
+/// The staging directory inside the work directory. Kernel overlayfs keeps
+/// its own `work` and `index` there, so one work directory may serve both.
+const STAGING: &CStr = c"unionfuse-staging";
+
+/// How many entries of an existing upper are looked at to learn its format.
+const FORMAT_SCAN_LIMIT: usize = 4096;
+
+/// The writable layer's conventions, fixed at mount time.
+#[derive(Debug)]
+pub struct Upper {
+    /// Where objects are built before being renamed into place; on the same
+    /// filesystem as the upper, emptied at every mount.
+    staging: Arc<OwnedFd>,
+    pub format: WhiteoutFormat,
+    /// `trusted.overlay.opaque` where trusted xattrs may be written (root),
+    /// else `user.overlay.opaque` (what overlayfs reads with `userxattr`).
+    opaque_xattr: &'static CStr,
+    /// The xattr keeping an object's inode number across copy-up.
+    ino_xattr: &'static CStr,
+    /// The xattr recording the upper's whiteout format, on its root.
+    format_xattr: &'static CStr,
+    next: AtomicU64,
+}
+
+impl Upper {
+    /// Opens (creating, or emptying leftovers of a crash) the staging
+    /// directory in `work` and settles the whiteout format: `wanted`, else
+    /// the one the upper already uses, else what its filesystem accepts.
+    pub fn open(
+        upper: BorrowedFd<'_>,
+        work: BorrowedFd<'_>,
+        wanted: Option<WhiteoutFormat>,
+    ) -> std::io::Result<Upper> {
+        let trusted = sys::is_root();
+        match sys::mkdirat(work, STAGING, 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // A crash mid-copy-up leaves half-built objects here; they
+                // were never visible, so they go.
+                let dir = sys::open_child_dir(work, STAGING)?;
+                clear_dir(dir.as_fd())?;
+            }
+            Err(e) => return Err(e),
+        }
+        let staging = Arc::new(sys::open_child_dir(work, STAGING)?);
+        let (opaque_xattr, ino_xattr, format_xattr) = if trusted {
+            (
+                c"trusted.overlay.opaque",
+                c"trusted.unionfuse.ino",
+                c"trusted.unionfuse.whiteout",
+            )
+        } else {
+            (
+                c"user.overlay.opaque",
+                c"user.unionfuse.ino",
+                c"user.unionfuse.whiteout",
+            )
+        };
+        let recorded = read_format(upper, format_xattr);
+        let format = match wanted.or(recorded) {
+            Some(f) => f,
+            None => match scan_format(upper) {
+                Some(f) => f,
+                None => probe_format(staging.as_fd()),
+            },
+        };
+        if recorded != Some(format)
+            && let Err(e) = sys::setxattr(
+                XTarget::Fd(upper),
+                format_xattr,
+                format.as_str().as_bytes(),
+                0,
+            )
+        {
+            warn!("cannot record the whiteout format on the upper: {e}");
+        }
+        info!("whiteout format {}", format.as_str());
+        Ok(Upper {
+            staging,
+            format,
+            opaque_xattr,
+            ino_xattr,
+            format_xattr,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    pub fn staging(&self) -> BorrowedFd<'_> {
+        self.staging.as_fd()
+    }
+
+    /// A fresh name in the staging directory.
+    pub fn temp_name(&self) -> Name {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let s = format!("{}.{n}", std::process::id());
+        Name::from_bytes(s.as_bytes()).unwrap_or_else(|_| unreachable!("short name"))
+    }
+
+    /// The inode number recorded on an upper object at copy-up.
+    pub fn recorded_ino(&self, dir: BorrowedFd<'_>, name: &CStr) -> Option<u64> {
+        let mut buf = [0u8; 24];
+        let n = sys::getxattr(XTarget::At(dir, name), self.ino_xattr, &mut buf).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+    }
+
+    /// Records `ino` on a staged object. Best effort: where the xattr cannot
+    /// be set (user xattrs on a symlink), the copy reports its own number
+    /// after a remount, as kernel overlayfs without `xino` does.
+    pub fn record_ino(&self, dir: BorrowedFd<'_>, name: &CStr, ino: u64) {
+        let v = ino.to_string();
+        let _ = sys::setxattr(XTarget::At(dir, name), self.ino_xattr, v.as_bytes(), 0);
+    }
+
+    /// Whether `name` in upper directory `dir` is a whiteout (either format).
+    pub fn has_whiteout(&self, dir: BorrowedFd<'_>, name: &Name) -> bool {
+        match sys::fstatat(dir, name.as_cstr()) {
+            Ok(st) => whiteout::is_whiteout(&st),
+            Err(_) => whiteout::has_oci_whiteout(dir, name),
+        }
+    }
+
+    /// Hides the lower `name` in upper directory `dir`, where nothing of that
+    /// name exists yet.
+    pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+        match self.format {
+            WhiteoutFormat::Overlay => {
+                sys::mknodat(dir, name.as_cstr(), libc::S_IFCHR, 0)?;
+            }
+            WhiteoutFormat::Oci => {
+                let wh = name.oci_whiteout().ok_or(Error::NAMETOOLONG)?;
+                match sys::create_file(dir, wh.as_cstr(), libc::O_WRONLY, 0o644) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an OCI whiteout of `name` in `dir`, if any.
+    pub fn remove_oci_whiteout(&self, dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+        if let Some(wh) = name.oci_whiteout() {
+            match sys::unlinkat(dir, wh.as_cstr(), false) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a directory (`name` in `parent`, open as `dir`) opaque with the
+    /// format's one marker.
+    pub fn mark_opaque(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        dir: BorrowedFd<'_>,
+    ) -> Result<()> {
+        match self.format {
+            WhiteoutFormat::Overlay => {
+                sys::setxattr(XTarget::At(parent, name), self.opaque_xattr, b"y", 0)?;
+            }
+            WhiteoutFormat::Oci => match sys::create_file(dir, OCI_OPAQUE, libc::O_WRONLY, 0o644) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+        Ok(())
+    }
+
+    /// Whether an xattr is one this module writes and so must never be
+    /// copied from a lower object.
+    pub fn is_own_xattr(&self, name: &[u8]) -> bool {
+        name == self.ino_xattr.to_bytes() || name == self.format_xattr.to_bytes()
+    }
+}
+
+fn read_format(upper: BorrowedFd<'_>, attr: &CStr) -> Option<WhiteoutFormat> {
+    let mut buf = [0u8; 16];
+    let n = sys::getxattr(XTarget::Fd(upper), attr, &mut buf).ok()?;
+    match &buf[..n] {
+        b"overlay" => Some(WhiteoutFormat::Overlay),
+        b"oci" => Some(WhiteoutFormat::Oci),
+        _ => None,
+    }
+}
+
+/// The format of the first whiteout or opaque marker found in a bounded
+/// breadth-first walk of an existing upper.
+fn scan_format(upper: BorrowedFd<'_>) -> Option<WhiteoutFormat> {
+    let mut queue: std::collections::VecDeque<OwnedFd> = std::collections::VecDeque::new();
+    let mut seen = 0;
+    let first = sys::open_child_dir(upper, c".").ok()?;
+    queue.push_back(first);
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = sys::read_dir(dir.as_fd()) else {
+            continue;
+        };
+        for e in entries.iter() {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            seen += 1;
+            if seen > FORMAT_SCAN_LIMIT {
+                return None;
+            }
+            if whiteout::oci_whiteout_target(e.name).is_some() {
+                return Some(WhiteoutFormat::Oci);
+            }
+            let Ok(n) = Name::from_bytes(e.name) else {
+                continue;
+            };
+            if e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN {
+                if let Ok(st) = sys::fstatat(dir.as_fd(), n.as_cstr())
+                    && whiteout::is_whiteout(&st)
+                {
+                    return Some(WhiteoutFormat::Overlay);
+                }
+            }
+            if (e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN)
+                && let Ok(fd) = sys::open_child_dir(dir.as_fd(), n.as_cstr())
+            {
+                queue.push_back(fd);
+            }
+        }
+    }
+    None
+}
+
+/// `overlay` where the filesystem lets this process create a 0:0 char device.
+fn probe_format(staging: BorrowedFd<'_>) -> WhiteoutFormat {
+    let probe = CString::new(format!("probe.{}", std::process::id())).unwrap_or_default();
+    match sys::mknodat(staging, &probe, libc::S_IFCHR, 0) {
+        Ok(()) => {
+            let _ = sys::unlinkat(staging, &probe, false);
+            WhiteoutFormat::Overlay
+        }
+        Err(_) => WhiteoutFormat::Oci,
+    }
+}
+
+/// Removes everything inside `dir`, never following a symlink.
+pub fn clear_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
+    let entries = sys::read_dir(dir)?;
+    for e in entries.iter() {
+        if e.name == b"." || e.name == b".." {
+            continue;
+        }
+        let Ok(n) = Name::from_bytes(e.name) else {
+            continue;
+        };
+        remove_tree(dir, n.as_cstr())?;
+    }
+    Ok(())
+}
+
+/// Removes `name` in `dir`, recursively for a directory.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+    match sys::unlinkat(dir, name, false) {
+        Ok(()) => return Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_child_dir(dir, name)?;
+    clear_dir(sub.as_fd())?;
+    sys::unlinkat(dir, name, true)
+}

@@ -1,0 +1,819 @@
+//! The operations that change the merged tree. Changes land in the upper
+//! layer only: lower objects are copied up first, deletions of lower names
+//! leave whiteouts, and new objects are built in the staging directory and
+//! renamed into place, so no crash exposes a half-made object.
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::copyup::Staged;
+use crate::error::{Error, Result};
+use crate::handle::Handle;
+use crate::inode::{Inode, Location};
+use crate::layer::upper::{WhiteoutFormat, clear_dir};
+use crate::layer::whiteout::is_private_xattr;
+use crate::name::Name;
+use crate::resolve::{self, DirFds, Found};
+use crate::sys;
+use crate::union::Union;
+
+/// Who asks for a new object: its owner.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A time in a setattr request.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(i64, i64),
+}
+
+/// The attributes a setattr request changes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// What a new object is.
+enum NewKind<'a> {
+    File { flags: i32 },
+    Dir,
+    Node { rdev: u64 },
+    Symlink { target: &'a CStr },
+    Link { dir: BorrowedFd<'a>, name: &'a CStr },
+}
+
+impl SetTime {
+    fn timespec(t: Option<SetTime>) -> libc::timespec {
+        match t {
+            None => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            Some(SetTime::Now) => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            Some(SetTime::At(s, ns)) => libc::timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            },
+        }
+    }
+}
+
+/// A name the kernel sent for a new entry. `.wh.*` names are the whiteout
+/// format's: creating one would forge a deletion, so it is refused.
+fn new_name(name: &OsStr) -> Result<Name> {
+    let n = Name::new(name)?;
+    if n.is_reserved() {
+        return Err(Error::INVAL);
+    }
+    Ok(n)
+}
+
+impl Union {
+    fn dir_inode(&self, nodeid: u64) -> Result<Arc<Inode>> {
+        let p = self.inodes.get(nodeid)?;
+        if !p.is_dir() {
+            return Err(Error::NOTDIR);
+        }
+        Ok(p)
+    }
+
+    /// What `name` in `parent` is, with the parent's layer directories.
+    fn find(&self, parent: &Arc<Inode>, name: &Name) -> Result<(DirFds, Option<Found>)> {
+        let dirs = self.dir_fds(parent)?;
+        if name.is_reserved() {
+            return Ok((dirs, None));
+        }
+        let found = resolve::lookup(&dirs, name)?;
+        Ok((dirs, found))
+    }
+
+    /// Whether a lower layer shows something at `name` under `parent` that
+    /// the upper would have to hide.
+    fn lower_has(&self, parent: &Arc<Inode>, name: &Name) -> Result<bool> {
+        let dirs = self.dir_fds(parent)?;
+        let lowers: DirFds = dirs.into_iter().filter(|(l, _)| *l != 0).collect();
+        Ok(!lowers.is_empty() && resolve::lookup(&lowers, name)?.is_some())
+    }
+
+    /// The inode of a found object: the table's when the kernel holds it,
+    /// else a transient one for the duration of the operation.
+    fn inode_of(
+        &self,
+        parent: &Arc<Inode>,
+        name: &Name,
+        dirs: &DirFds,
+        found: Found,
+    ) -> Arc<Inode> {
+        let st_ino = self.reported_ino(dirs, &found, name);
+        let kind = found.stat.st_mode & libc::S_IFMT;
+        if let Ok(i) = self.inodes.get(st_ino)
+            && i.kind == kind
+            && !i.dead.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return i;
+        }
+        let loc = Location {
+            parent: Arc::clone(parent),
+            name: name.clone(),
+        };
+        let inode = Arc::new(Inode::new(
+            st_ino,
+            st_ino,
+            kind,
+            Some(loc),
+            found.layers.clone(),
+        ));
+        for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
+            self.fds.insert(&inode, *layer, fd);
+        }
+        inode
+    }
+
+    /// Creates `name` in `parent`: built in the staging directory, owned by
+    /// the caller, then renamed into place (over a whiteout when one hides a
+    /// deleted lower object, making a new directory opaque).
+    fn create_object(
+        &self,
+        caller: Caller,
+        parent: &Arc<Inode>,
+        name: &Name,
+        mode: u32,
+        kind: NewKind<'_>,
+    ) -> Result<(libc::stat, Option<OwnedFd>)> {
+        let upper = self.upper()?;
+        if self.find(parent, name)?.1.is_some() {
+            return Err(Error::new(libc::EEXIST));
+        }
+        let pfd = self.upper_dir(parent)?;
+        let pst = sys::fstat(pfd.as_fd())?;
+        let staged = Staged::new(upper);
+        let (sdir, sname) = (upper.staging(), staged.cstr());
+        let mut owned = true;
+        let mut is_dir = false;
+        let perm = mode & 0o7777;
+        let fd = match kind {
+            NewKind::File { flags } => {
+                let acc = flags & libc::O_ACCMODE;
+                let extra = flags & (libc::O_SYNC | libc::O_DSYNC);
+                Some(sys::create_file(sdir, sname, acc | extra, perm)?)
+            }
+            NewKind::Dir => {
+                is_dir = true;
+                sys::mkdirat(sdir, sname, perm)?;
+                None
+            }
+            NewKind::Node { rdev } => {
+                sys::mknodat(sdir, sname, mode, rdev)?;
+                None
+            }
+            NewKind::Symlink { target } => {
+                sys::symlinkat(target, sdir, sname)?;
+                None
+            }
+            NewKind::Link { dir, name } => {
+                owned = false;
+                sys::linkat(dir, name, sdir, sname)?;
+                None
+            }
+        };
+        if owned {
+            // A set-group-ID directory passes its group (and, to
+            // directories, the bit itself) on, as the kernel does.
+            let setgid = pst.st_mode & libc::S_ISGID != 0;
+            let gid = if setgid { pst.st_gid } else { caller.gid };
+            let (euid, egid) = sys::ids();
+            if caller.uid != euid || gid != egid {
+                sys::fchownat(sdir, sname, caller.uid, gid)?;
+                if perm & (libc::S_ISUID | libc::S_ISGID) != 0 && !is_dir {
+                    // chown dropped the set-id bits the caller asked for.
+                    sys::fchmodat(sdir, sname, perm)?;
+                }
+            }
+            if is_dir && setgid {
+                sys::fchmodat(sdir, sname, perm | libc::S_ISGID)?;
+            }
+        }
+        let over_whiteout = upper.has_whiteout(pfd.as_fd(), name);
+        if is_dir && over_whiteout {
+            let d = sys::open_child_dir(sdir, sname)?;
+            upper.mark_opaque(sdir, sname, d.as_fd())?;
+        }
+        self.place(sdir, sname, pfd.as_fd(), name, is_dir, over_whiteout)?;
+        staged.keep();
+        let st = sys::fstatat(pfd.as_fd(), name.as_cstr())?;
+        if !owned {
+            // A new name of an existing inode: the caller registers it.
+            parent.invalidate_listing();
+            return Ok((st, fd));
+        }
+        Ok((self.register(parent, name, st), fd))
+    }
+
+    /// Renames a staged object to `name` in upper directory `dir`, replacing
+    /// a whiteout there if `over_whiteout`.
+    fn place(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &CStr,
+        dir: BorrowedFd<'_>,
+        name: &Name,
+        is_dir: bool,
+        over_whiteout: bool,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        if !over_whiteout {
+            sys::renameat2(sdir, sname, dir, name.as_cstr(), libc::RENAME_NOREPLACE)?;
+            return Ok(());
+        }
+        match upper.format {
+            WhiteoutFormat::Overlay if is_dir => {
+                // rename(2) will not put a directory over a device node:
+                // swap them, then drop the whiteout.
+                sys::renameat2(sdir, sname, dir, name.as_cstr(), libc::RENAME_EXCHANGE)?;
+                sys::unlinkat(sdir, sname, false)?;
+            }
+            WhiteoutFormat::Overlay => sys::renameat2(sdir, sname, dir, name.as_cstr(), 0)?,
+            WhiteoutFormat::Oci => {
+                // The new object wins over `.wh.NAME` in its own layer, so
+                // the order cannot expose the lower object.
+                sys::renameat2(sdir, sname, dir, name.as_cstr(), libc::RENAME_NOREPLACE)?;
+                upper.remove_oci_whiteout(dir, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enters a new upper object into the inode table (one kernel lookup)
+    /// and returns its stat as the mount reports it.
+    fn register(&self, parent: &Arc<Inode>, name: &Name, mut st: libc::stat) -> libc::stat {
+        let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
+        let kind = st.st_mode & libc::S_IFMT;
+        let mut fresh = false;
+        let inode = self.inodes.lookup(st_ino, kind, || {
+            fresh = true;
+            let loc = Location {
+                parent: Arc::clone(parent),
+                name: name.clone(),
+            };
+            Inode::new(st_ino, st_ino, kind, Some(loc), vec![0])
+        });
+        if !fresh {
+            if inode.dead.load(std::sync::atomic::Ordering::Acquire) {
+                *inode.layers.write() = vec![0];
+                self.fds.release(&inode);
+            }
+            inode.note_location(parent, name);
+        }
+        parent.invalidate_listing();
+        st.st_ino = inode.st_ino;
+        st
+    }
+
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(libc::stat, u64)> {
+        let p = self.dir_inode(parent)?;
+        let name = new_name(name)?;
+        let (st, fd) = self.create_object(caller, &p, &name, mode, NewKind::File { flags })?;
+        let inode = self.inodes.get(st.st_ino)?;
+        let fd = fd.ok_or(Error::INVAL)?;
+        let fh = self.handles.insert(Handle::File { fd, inode });
+        Ok((st, fh))
+    }
+
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<libc::stat> {
+        let p = self.dir_inode(parent)?;
+        let name = new_name(name)?;
+        let (mut st, _) = self.create_object(caller, &p, &name, mode, NewKind::Dir)?;
+        st.st_nlink = 2;
+        Ok(st)
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<libc::stat> {
+        let p = self.dir_inode(parent)?;
+        let name = new_name(name)?;
+        Ok(self
+            .create_object(caller, &p, &name, mode, NewKind::Node { rdev })?
+            .0)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> Result<libc::stat> {
+        let p = self.dir_inode(parent)?;
+        let name = new_name(name)?;
+        let target = std::ffi::CString::new(target.as_bytes()).map_err(|_| Error::INVAL)?;
+        Ok(self
+            .create_object(
+                caller,
+                &p,
+                &name,
+                0o777,
+                NewKind::Symlink { target: &target },
+            )?
+            .0)
+    }
+
+    /// A hard link: the object is copied up first, then linked in the upper,
+    /// so every name shares one inode, its data and its number.
+    pub fn link(&self, nodeid: u64, newparent: u64, newname: &OsStr) -> Result<libc::stat> {
+        let inode = self.inodes.get(nodeid)?;
+        if inode.is_dir() {
+            return Err(Error::new(libc::EPERM));
+        }
+        let np = self.dir_inode(newparent)?;
+        let name = new_name(newname)?;
+        self.copy_up(&inode, true)?;
+        let src = self.object(&inode)?;
+        let (sdir, sname) = src.dir_and_name();
+        let (uid, gid) = sys::ids();
+        let caller = Caller { uid, gid };
+        let (mut st, _) = self.create_object(
+            caller,
+            &np,
+            &name,
+            0,
+            NewKind::Link {
+                dir: sdir,
+                name: sname,
+            },
+        )?;
+        // The link shares the copied-up object's number, not the one its
+        // upper inode would get.
+        st.st_ino = inode.st_ino;
+        let i = self.inodes.lookup(inode.nodeid, inode.kind, || {
+            Inode::new(inode.nodeid, inode.st_ino, inode.kind, None, vec![0])
+        });
+        i.note_location(&np, &name);
+        Ok(st)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.dir_inode(parent)?;
+        let name = Name::new(name)?;
+        let (dirs, found) = self.find(&p, &name)?;
+        let found = found.ok_or(Error::NOENT)?;
+        if found.stat.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(Error::new(libc::EISDIR));
+        }
+        let st_ino = self.reported_ino(&dirs, &found, &name);
+        self.remove_entry(&p, &name, found.layers[0] == 0, false)?;
+        if let Ok(i) = self.inodes.get(st_ino) {
+            i.remove_location(&p, name.as_bytes());
+        }
+        p.invalidate_listing();
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.dir_inode(parent)?;
+        let name = Name::new(name)?;
+        let (dirs, found) = self.find(&p, &name)?;
+        let found = found.ok_or(Error::NOENT)?;
+        if found.stat.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(Error::NOTDIR);
+        }
+        let in_upper = found.layers[0] == 0;
+        let dir = self.inode_of(&p, &name, &dirs, found);
+        if !self.is_empty_dir(&dir)? {
+            return Err(Error::new(libc::ENOTEMPTY));
+        }
+        self.remove_entry(&p, &name, in_upper, true)?;
+        dir.remove_location(&p, name.as_bytes());
+        p.invalidate_listing();
+        Ok(())
+    }
+
+    /// Whether a merged directory shows no entry besides `.` and `..`.
+    fn is_empty_dir(&self, dir: &Arc<Inode>) -> Result<bool> {
+        let dirs = self.dir_fds(dir)?;
+        let snap = resolve::list(&self.layers, &dirs, 0, 0, None)?;
+        Ok(snap.entries().len() <= 2)
+    }
+
+    /// Removes the visible `name` from `parent`: the upper object if there
+    /// is one, and a whiteout where a lower layer holds the name.
+    fn remove_entry(
+        &self,
+        parent: &Arc<Inode>,
+        name: &Name,
+        in_upper: bool,
+        is_dir: bool,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        let pfd = self.upper_dir(parent)?;
+        let pfd = pfd.as_fd();
+        let hide = self.lower_has(parent, name)?;
+        if !in_upper {
+            return upper.write_whiteout(pfd, name);
+        }
+        if !hide {
+            if is_dir {
+                // Only whiteouts can be left inside (the merged view is
+                // empty); move the directory out of sight before emptying.
+                let staged = Staged::new(upper);
+                sys::renameat2(pfd, name.as_cstr(), upper.staging(), staged.cstr(), 0)?;
+                drop(staged);
+            } else {
+                sys::unlinkat(pfd, name.as_cstr(), false)?;
+            }
+            return Ok(());
+        }
+        match upper.format {
+            WhiteoutFormat::Overlay => {
+                // One atomic step from the object to its whiteout.
+                let staged = Staged::new(upper);
+                sys::mknodat(upper.staging(), staged.cstr(), libc::S_IFCHR, 0)?;
+                let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
+                sys::renameat2(upper.staging(), staged.cstr(), pfd, name.as_cstr(), flags)?;
+                if !is_dir {
+                    staged.keep();
+                }
+            }
+            WhiteoutFormat::Oci => {
+                upper.write_whiteout(pfd, name)?;
+                if is_dir {
+                    let staged = Staged::new(upper);
+                    sys::renameat2(pfd, name.as_cstr(), upper.staging(), staged.cstr(), 0)?;
+                } else {
+                    sys::unlinkat(pfd, name.as_cstr(), false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// rename(2) with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`. A directory
+    /// that lower layers hold is first copied up whole (see
+    /// [`Union::copy_up_tree`]), so directory renames never fail with EXDEV.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Error::INVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let p = self.dir_inode(parent)?;
+        let np = self.dir_inode(newparent)?;
+        let name = Name::new(name)?;
+        let newname = if exchange {
+            Name::new(newname)?
+        } else {
+            new_name(newname)?
+        };
+        let (sdirs, src) = self.find(&p, &name)?;
+        let src = src.ok_or(Error::NOENT)?;
+        let (ddirs, dst) = self.find(&np, &newname)?;
+        let src_dir = src.stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let dst_dir = dst
+            .as_ref()
+            .map(|d| d.stat.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        if exchange && dst.is_none() {
+            return Err(Error::NOENT);
+        }
+        if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(Error::new(libc::EEXIST));
+        }
+        let src_inode = self.inode_of(&p, &name, &sdirs, src);
+        let dst_inode = dst.map(|d| self.inode_of(&np, &newname, &ddirs, d));
+        if let Some(d) = &dst_inode
+            && Arc::ptr_eq(d, &src_inode)
+        {
+            return Ok(());
+        }
+        if !exchange && let Some(d) = &dst_inode {
+            match (src_dir, dst_dir == Some(true)) {
+                (true, false) => return Err(Error::NOTDIR),
+                (false, true) => return Err(Error::new(libc::EISDIR)),
+                (true, true) if !self.is_empty_dir(d)? => return Err(Error::new(libc::ENOTEMPTY)),
+                _ => {}
+            }
+        }
+        let upper = self.upper()?;
+        // Bring both ends wholly into the upper.
+        let bring_up = |i: &Arc<Inode>| -> Result<()> {
+            if i.is_dir() {
+                self.copy_up_tree(i)
+            } else {
+                self.copy_up(i, true)
+            }
+        };
+        bring_up(&src_inode)?;
+        if exchange && let Some(d) = &dst_inode {
+            bring_up(d)?;
+        }
+        let pfd = self.upper_dir(&p)?;
+        let npfd = self.upper_dir(&np)?;
+        let (pfd, npfd) = (pfd.as_fd(), npfd.as_fd());
+        // A directory arriving where a lower layer holds the name must not
+        // merge with it.
+        if src_dir && self.lower_has(&np, &newname)? {
+            let fd = self.dir_fd(&src_inode, 0)?;
+            upper.mark_opaque(pfd, name.as_cstr(), fd.as_fd())?;
+        }
+        if exchange {
+            let d = dst_inode.as_ref().ok_or(Error::NOENT)?;
+            if d.is_dir() && self.lower_has(&p, &name)? {
+                let fd = self.dir_fd(d, 0)?;
+                upper.mark_opaque(npfd, newname.as_cstr(), fd.as_fd())?;
+            }
+            sys::renameat2(
+                pfd,
+                name.as_cstr(),
+                npfd,
+                newname.as_cstr(),
+                libc::RENAME_EXCHANGE,
+            )?;
+            src_inode.move_location(
+                &p,
+                name.as_bytes(),
+                Location {
+                    parent: Arc::clone(&np),
+                    name: newname.clone(),
+                },
+            );
+            d.move_location(
+                &np,
+                newname.as_bytes(),
+                Location {
+                    parent: Arc::clone(&p),
+                    name: name.clone(),
+                },
+            );
+        } else {
+            self.rename_into(pfd, &name, npfd, &newname, src_dir, dst_inode.as_ref())?;
+            if self.lower_has(&p, &name)? {
+                upper.write_whiteout(pfd, &name)?;
+            }
+            if let Some(d) = &dst_inode {
+                d.remove_location(&np, newname.as_bytes());
+            }
+            src_inode.move_location(
+                &p,
+                name.as_bytes(),
+                Location {
+                    parent: Arc::clone(&np),
+                    name: newname.clone(),
+                },
+            );
+        }
+        p.invalidate_listing();
+        np.invalidate_listing();
+        Ok(())
+    }
+
+    /// Moves upper `name` in `pfd` to `newname` in `npfd`, replacing
+    /// whatever the upper holds there (an object the merged view allows to
+    /// be replaced, or a whiteout).
+    fn rename_into(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &Name,
+        npfd: BorrowedFd<'_>,
+        newname: &Name,
+        src_dir: bool,
+        dst: Option<&Arc<Inode>>,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        match sys::fstatat(npfd, newname.as_cstr()) {
+            Ok(st) if crate::layer::whiteout::is_whiteout(&st) && src_dir => {
+                // A directory cannot replace a device node: swap, then the
+                // whiteout (now at the old name) goes.
+                sys::renameat2(
+                    pfd,
+                    name.as_cstr(),
+                    npfd,
+                    newname.as_cstr(),
+                    libc::RENAME_EXCHANGE,
+                )?;
+                sys::unlinkat(pfd, name.as_cstr(), false)?;
+            }
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR && dst.is_some() => {
+                // The merged target is empty, but its upper directory may
+                // still hold whiteouts that rename(2) counts.
+                let d = sys::open_child_dir(npfd, newname.as_cstr())?;
+                clear_dir(
+                    sys::open_child_flags(d.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?
+                        .as_fd(),
+                )?;
+                sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
+            }
+            _ => sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?,
+        }
+        upper.remove_oci_whiteout(npfd, newname)?;
+        Ok(())
+    }
+
+    /// Opens a file for writing, copying it up first; O_TRUNC skips the
+    /// copy of its data.
+    pub(crate) fn open_for_write(&self, inode: Arc<Inode>, flags: i32) -> Result<u64> {
+        if self.read_only() {
+            return Err(Error::ROFS);
+        }
+        self.copy_up(&inode, flags & libc::O_TRUNC == 0)?;
+        let obj = self.object(&inode)?;
+        let (dir, name) = obj.dir_and_name();
+        // The kernel hands every write its offset (appends included), and
+        // reads and writes go through the page cache or passthrough.
+        let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
+        let fd = sys::open_child_flags(dir, name, flags & keep)?;
+        Ok(self.handles.insert(Handle::File { fd, inode }))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        match &*self.handles.get(fh)? {
+            Handle::File { fd, .. } => Ok(sys::pwrite(fd.as_fd(), data, offset)?),
+            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        match &*self.handles.get(fh)? {
+            Handle::File { fd, .. } => Ok(sys::fsync(fd.as_fd(), datasync)?),
+            Handle::Dir { inode, .. } => self.fsync_dir(inode, datasync),
+        }
+    }
+
+    fn fsync_dir(&self, inode: &Arc<Inode>, datasync: bool) -> Result<()> {
+        if inode.top_layer()? != 0 {
+            // Nothing of it is in the upper; there is nothing to flush.
+            return Ok(());
+        }
+        let fd = self.dir_fd(inode, 0)?;
+        let d = sys::open_child_flags(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(sys::fsync(d.as_fd(), datasync)?)
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> Result<()> {
+        self.fsync(fh, datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        match &*self.handles.get(fh)? {
+            Handle::File { fd, .. } => Ok(sys::fallocate(fd.as_fd(), mode, offset, len)?),
+            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
+        }
+    }
+
+    /// chmod, chown, truncate, utimes: on the upper copy.
+    pub fn setattr(&self, nodeid: u64, fh: Option<u64>, a: SetAttr) -> Result<libc::stat> {
+        let inode = self.inodes.get(nodeid)?;
+        if self.read_only() {
+            return Err(Error::ROFS);
+        }
+        if inode.is_dir() {
+            self.upper_dir(&inode)?;
+        } else if inode.location().is_ok() {
+            self.copy_up(&inode, a.size != Some(0))?;
+        }
+        let handle_fd = fh.and_then(|fh| self.handles.get(fh).ok());
+        let obj = self.object(&inode);
+        if let Err(e) = &obj
+            && *e == Error::STALE
+        {
+            // Every name is gone: only an open handle reaches the file.
+            let Some(h) = handle_fd else { return Err(*e) };
+            let Handle::File { fd, .. } = &*h else {
+                return Err(*e);
+            };
+            if let Some(size) = a.size {
+                sys::ftruncate(fd.as_fd(), size)?;
+            }
+            return self.getattr(nodeid, fh);
+        }
+        let obj = obj?;
+        let (dir, name) = obj.dir_and_name();
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchownat(
+                dir,
+                name,
+                a.uid.unwrap_or(u32::MAX),
+                a.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = a.mode {
+            if inode.kind == libc::S_IFLNK {
+                return Err(Error::new(libc::EOPNOTSUPP));
+            }
+            sys::fchmodat(dir, name, mode & 0o7777)?;
+        }
+        if let Some(size) = a.size {
+            match handle_fd.as_deref() {
+                Some(Handle::File { fd, .. })
+                    if inode.top_layer()? == 0 && self.handle_in_upper(fd.as_fd(), &obj) =>
+                {
+                    sys::ftruncate(fd.as_fd(), size)?
+                }
+                _ => {
+                    let f = sys::open_child_flags(dir, name, libc::O_WRONLY)?;
+                    sys::ftruncate(f.as_fd(), size)?;
+                }
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let times = [SetTime::timespec(a.atime), SetTime::timespec(a.mtime)];
+            sys::utimensat(dir, name, &times)?;
+        }
+        self.getattr(nodeid, fh)
+    }
+
+    /// Whether a handle's descriptor is the object `obj` (and not the lower
+    /// file it was opened on before a copy-up).
+    fn handle_in_upper(&self, fd: BorrowedFd<'_>, obj: &crate::union::Object) -> bool {
+        match (sys::fstat(fd), obj.stat()) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        }
+    }
+
+    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Error::new(libc::EOPNOTSUPP));
+        }
+        let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| Error::INVAL)?;
+        let inode = self.inodes.get(nodeid)?;
+        self.copy_up_for_meta(&inode)?;
+        let obj = self.object(&inode)?;
+        Ok(sys::setxattr(obj.xattr_target(), &cname, value, flags)?)
+    }
+
+    pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> Result<()> {
+        if is_private_xattr(name.as_bytes()) {
+            return Err(Error::NODATA);
+        }
+        let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| Error::INVAL)?;
+        let inode = self.inodes.get(nodeid)?;
+        // As overlayfs: removing an attribute the object does not have
+        // fails without copying anything up.
+        let obj = self.object(&inode)?;
+        sys::getxattr(obj.xattr_target(), &cname, &mut [])?;
+        self.copy_up_for_meta(&inode)?;
+        let obj = self.object(&inode)?;
+        Ok(sys::removexattr(obj.xattr_target(), &cname)?)
+    }
+
+    fn copy_up_for_meta(&self, inode: &Arc<Inode>) -> Result<()> {
+        if self.read_only() {
+            return Err(Error::ROFS);
+        }
+        if inode.is_dir() {
+            self.upper_dir(inode).map(|_| ())
+        } else {
+            self.copy_up(inode, true)
+        }
+    }
+
+    /// Whether an open file's data lives in the upper layer (or the mount
+    /// is read-only), so the kernel may read and write its backing file
+    /// directly for the handle's whole life.
+    pub fn stable_backing(&self, fh: u64) -> bool {
+        if self.read_only() {
+            return true;
+        }
+        match self.handles.get(fh).as_deref() {
+            Ok(Handle::File { inode, .. }) => inode.top_layer().is_ok_and(|l| l == 0),
+            _ => false,
+        }
+    }
+}
