@@ -1,7 +1,7 @@
 //! Open files and directory snapshots, by FUSE file handle.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -70,7 +70,13 @@ impl DirSnapshot {
 #[derive(Debug)]
 pub enum Handle {
     /// An open regular file: a real descriptor of the backing object.
-    File { fd: OwnedFd, inode: Arc<Inode> },
+    File {
+        fd: OwnedFd,
+        inode: Arc<Inode>,
+        /// Opened read-only on a lower file: once the file is copied up,
+        /// reads switch to this descriptor of the copy.
+        copied: Option<OnceLock<OwnedFd>>,
+    },
     /// An open directory; the listing is taken at the first readdir.
     Dir {
         inode: Arc<Inode>,

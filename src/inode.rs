@@ -147,6 +147,22 @@ impl Inode {
         }
     }
 
+    /// Makes `name` in `parent` the location used to reach the object,
+    /// keeping the previous one as an alias.
+    pub fn move_location_front(&self, parent: &Arc<Inode>, name: &Name) {
+        let new = Location {
+            parent: Arc::clone(parent),
+            name: name.clone(),
+        };
+        let mut loc = self.loc.write();
+        let mut aliases = self.aliases.lock();
+        aliases.retain(|l| !(Arc::ptr_eq(&l.parent, parent) && l.name.as_bytes() == name.as_bytes()));
+        if let Some(old) = loc.replace(new) {
+            aliases.push(old);
+        }
+        self.dead.store(false, Ordering::Release);
+    }
+
     /// Forgets the name `name` in `parent` (unlinked or replaced). When it
     /// was the last known one, the inode is dead.
     pub fn remove_location(&self, parent: &Inode, name: &[u8]) {

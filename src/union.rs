@@ -3,7 +3,7 @@
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::handle::{DirSnapshot, Handle, Handles};
@@ -177,7 +177,15 @@ impl Union {
                 *inode.layers.write() = found.layers.clone();
                 self.fds.release(&inode);
             }
-            inode.note_location(&p, &name);
+            if !inode.is_dir() && found.layers[0] == 0 && inode.top_layer() != Ok(0) {
+                // Another name of a file hard-linked in a lower layer was
+                // copied up (in an earlier mount): that copy holds the data
+                // now, for every name of the inode.
+                *inode.layers.write() = vec![0];
+                inode.move_location_front(&p, &name);
+            } else {
+                inode.note_location(&p, &name);
+            }
         }
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
@@ -301,7 +309,8 @@ impl Union {
             }
             other => other?,
         };
-        Ok(self.handles.insert(Handle::File { fd, inode }))
+        let copied = (inode.top_layer()? != 0 && !self.read_only()).then(OnceLock::new);
+        Ok(self.handles.insert(Handle::File { fd, inode, copied }))
     }
 
     /// The handle behind `fh`, for the adapter's passthrough setup.
@@ -313,8 +322,34 @@ impl Union {
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let h = self.handles.get(fh)?;
         match &*h {
-            Handle::File { fd, .. } => Ok(sys::pread(fd.as_fd(), buf, offset)?),
+            Handle::File { fd, inode, copied } => {
+                let fd = match copied {
+                    Some(c) => self.current_fd(fd, inode, c),
+                    None => fd.as_fd(),
+                };
+                Ok(sys::pread(fd, buf, offset)?)
+            }
             Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
+        }
+    }
+
+    /// The descriptor reads of a handle opened on a lower file use: the
+    /// upper copy's once there is one, so that reads see writes made
+    /// through other handles, as in overlayfs.
+    fn current_fd<'a>(&self, fd: &'a OwnedFd, inode: &Arc<Inode>, copied: &'a OnceLock<OwnedFd>) -> BorrowedFd<'a> {
+        if let Some(c) = copied.get() {
+            return c.as_fd();
+        }
+        if inode.top_layer() != Ok(0) {
+            return fd.as_fd();
+        }
+        let reopened = self.object(inode).and_then(|obj| {
+            let (dir, name) = obj.dir_and_name();
+            Ok(sys::open_child_flags(dir, name, libc::O_RDONLY)?)
+        });
+        match reopened {
+            Ok(c) => copied.get_or_init(|| c).as_fd(),
+            Err(_) => fd.as_fd(),
         }
     }
 
