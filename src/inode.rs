@@ -156,7 +156,8 @@ impl Inode {
         };
         let mut loc = self.loc.write();
         let mut aliases = self.aliases.lock();
-        aliases.retain(|l| !(Arc::ptr_eq(&l.parent, parent) && l.name.as_bytes() == name.as_bytes()));
+        aliases
+            .retain(|l| !(Arc::ptr_eq(&l.parent, parent) && l.name.as_bytes() == name.as_bytes()));
         if let Some(old) = loc.replace(new) {
             aliases.push(old);
         }

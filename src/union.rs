@@ -336,7 +336,12 @@ impl Union {
     /// The descriptor reads of a handle opened on a lower file use: the
     /// upper copy's once there is one, so that reads see writes made
     /// through other handles, as in overlayfs.
-    fn current_fd<'a>(&self, fd: &'a OwnedFd, inode: &Arc<Inode>, copied: &'a OnceLock<OwnedFd>) -> BorrowedFd<'a> {
+    fn current_fd<'a>(
+        &self,
+        fd: &'a OwnedFd,
+        inode: &Arc<Inode>,
+        copied: &'a OnceLock<OwnedFd>,
+    ) -> BorrowedFd<'a> {
         if let Some(c) = copied.get() {
             return c.as_fd();
         }

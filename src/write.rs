@@ -296,7 +296,11 @@ impl Union {
         let (st, fd) = self.create_object(caller, &p, &name, mode, NewKind::File { flags })?;
         let inode = self.inodes.get(st.st_ino)?;
         let fd = fd.ok_or(Error::INVAL)?;
-        let fh = self.handles.insert(Handle::File { fd, inode, copied: None });
+        let fh = self.handles.insert(Handle::File {
+            fd,
+            inode,
+            copied: None,
+        });
         Ok((st, fh))
     }
 
@@ -658,7 +662,11 @@ impl Union {
         // reads and writes go through the page cache or passthrough.
         let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
         let fd = sys::open_child_flags(dir, name, flags & keep)?;
-        Ok(self.handles.insert(Handle::File { fd, inode, copied: None }))
+        Ok(self.handles.insert(Handle::File {
+            fd,
+            inode,
+            copied: None,
+        }))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
