@@ -12,7 +12,7 @@ use crate::copyup::Staged;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::inode::{Inode, Location};
-use crate::layer::upper::{WhiteoutFormat, clear_dir};
+use crate::layer::upper::WhiteoutFormat;
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
 use crate::resolve::{self, DirFds, Found};
@@ -447,38 +447,37 @@ impl Union {
         if !in_upper {
             return upper.write_whiteout(pfd, name);
         }
-        if !hide {
-            if is_dir {
-                // Only whiteouts can be left inside (the merged view is
-                // empty); move the directory out of sight before emptying.
-                let staged = Staged::new(upper);
-                sys::renameat2(pfd, name.as_cstr(), upper.staging(), staged.cstr(), 0)?;
-                drop(staged);
-            } else {
-                sys::unlinkat(pfd, name.as_cstr(), false)?;
+        self.drop_upper(pfd, name, is_dir, hide)
+    }
+
+    /// Removes the upper object `name` in `pfd`, leaving a whiteout in its
+    /// place when `hide`, in one atomic step where the format allows.
+    fn drop_upper(&self, pfd: BorrowedFd<'_>, name: &Name, is_dir: bool, hide: bool) -> Result<()> {
+        let upper = self.upper()?;
+        if hide && upper.format == WhiteoutFormat::Overlay {
+            let staged = Staged::new(upper);
+            sys::mknodat(upper.staging(), staged.cstr(), libc::S_IFCHR, 0)?;
+            // rename(2) will not put a device node over a directory: swap
+            // them, and the directory leaves with the staged name.
+            let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
+            sys::renameat2(upper.staging(), staged.cstr(), pfd, name.as_cstr(), flags)?;
+            if !is_dir {
+                staged.keep();
             }
             return Ok(());
         }
-        match upper.format {
-            WhiteoutFormat::Overlay => {
-                // One atomic step from the object to its whiteout.
-                let staged = Staged::new(upper);
-                sys::mknodat(upper.staging(), staged.cstr(), libc::S_IFCHR, 0)?;
-                let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
-                sys::renameat2(upper.staging(), staged.cstr(), pfd, name.as_cstr(), flags)?;
-                if !is_dir {
-                    staged.keep();
-                }
-            }
-            WhiteoutFormat::Oci => {
-                upper.write_whiteout(pfd, name)?;
-                if is_dir {
-                    let staged = Staged::new(upper);
-                    sys::renameat2(pfd, name.as_cstr(), upper.staging(), staged.cstr(), 0)?;
-                } else {
-                    sys::unlinkat(pfd, name.as_cstr(), false)?;
-                }
-            }
+        if hide {
+            // `.wh.NAME` first: the upper object still wins over it until
+            // it is gone.
+            upper.write_whiteout(pfd, name)?;
+        }
+        if is_dir {
+            // Only whiteouts can be left inside (the merged view is empty);
+            // the directory leaves the tree in one rename, then is emptied.
+            let staged = Staged::new(upper);
+            sys::renameat2(pfd, name.as_cstr(), upper.staging(), staged.cstr(), 0)?;
+        } else {
+            sys::unlinkat(pfd, name.as_cstr(), false)?;
         }
         Ok(())
     }
@@ -586,10 +585,8 @@ impl Union {
                 },
             );
         } else {
-            self.rename_into(pfd, &name, npfd, &newname, src_dir, dst_inode.as_ref())?;
-            if self.lower_has(&p, &name)? {
-                upper.write_whiteout(pfd, &name)?;
-            }
+            let hide = self.lower_has(&p, &name)?;
+            self.rename_into(pfd, &name, npfd, &newname, src_dir, hide)?;
             if let Some(d) = &dst_inode {
                 d.remove_location(&np, newname.as_bytes());
             }
@@ -617,33 +614,39 @@ impl Union {
         npfd: BorrowedFd<'_>,
         newname: &Name,
         src_dir: bool,
-        dst: Option<&Arc<Inode>>,
+        hide: bool,
     ) -> Result<()> {
         let upper = self.upper()?;
-        match sys::fstatat(npfd, newname.as_cstr()) {
-            Ok(st) if crate::layer::whiteout::is_whiteout(&st) && src_dir => {
-                // A directory cannot replace a device node: swap, then the
-                // whiteout (now at the old name) goes.
-                sys::renameat2(
-                    pfd,
-                    name.as_cstr(),
-                    npfd,
-                    newname.as_cstr(),
-                    libc::RENAME_EXCHANGE,
-                )?;
-                sys::unlinkat(pfd, name.as_cstr(), false)?;
+        let overlay = upper.format == WhiteoutFormat::Overlay;
+        let target = sys::fstatat(npfd, newname.as_cstr()).ok();
+        let target_dir = target.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let target_wh = target.is_some_and(|st| crate::layer::whiteout::is_whiteout(&st));
+        if target_dir || (src_dir && target_wh) {
+            // rename(2) will neither put a directory over a device node nor
+            // replace a directory still holding whiteouts (the merged view
+            // of it is empty): swap the two, then drop what lands at the
+            // old name.
+            if hide && !overlay {
+                upper.write_whiteout(pfd, name)?;
             }
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR && dst.is_some() => {
-                // The merged target is empty, but its upper directory may
-                // still hold whiteouts that rename(2) counts.
-                let d = sys::open_child_dir(npfd, newname.as_cstr())?;
-                clear_dir(
-                    sys::open_child_flags(d.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?
-                        .as_fd(),
-                )?;
-                sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
+            sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), libc::RENAME_EXCHANGE)?;
+            if !(target_wh && hide && overlay) {
+                self.drop_upper(pfd, name, target_dir, hide && overlay)?;
             }
-            _ => sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?,
+        } else if hide && overlay {
+            // The whiteout appears at the old name in the same step.
+            match sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), libc::RENAME_WHITEOUT) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
+                    sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
+                    upper.write_whiteout(pfd, name)?;
+                }
+                r => r?,
+            }
+        } else {
+            if hide {
+                upper.write_whiteout(pfd, name)?;
+            }
+            sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
         }
         upper.remove_oci_whiteout(npfd, newname)?;
         Ok(())
