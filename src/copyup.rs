@@ -12,6 +12,7 @@ use log::debug;
 
 use crate::error::{Error, Result};
 use crate::inode::Inode;
+use crate::layer::INDEX;
 use crate::layer::upper::{Upper, remove_tree};
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
@@ -111,6 +112,19 @@ impl Union {
         if inode.top_layer()? == 0 {
             return Ok(());
         }
+        let index = Upper::index_name(inode.st_ino);
+        if inode.top_layer()? == INDEX {
+            // Another name of this lower hard link was copied up: link to
+            // that copy.
+            sys::linkat(
+                upper.index.as_fd(),
+                index.as_cstr(),
+                pfd.as_fd(),
+                loc.name.as_cstr(),
+            )?;
+            *inode.layers.write() = vec![0];
+            return Ok(());
+        }
         let src = self.object(inode)?;
         let st = src.stat()?;
         let staged = Staged::new(upper);
@@ -122,6 +136,30 @@ impl Union {
             data,
             inode.st_ino,
         )?;
+        if st.st_nlink > 1 {
+            // The lower object has other names: index the copy so that they
+            // find it, now and after a remount.
+            upper.record_nlink(upper.staging(), staged.cstr(), st.st_nlink as u64);
+            match sys::linkat(
+                upper.staging(),
+                staged.cstr(),
+                upper.index.as_fd(),
+                index.as_cstr(),
+            ) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    drop(staged);
+                    sys::linkat(
+                        upper.index.as_fd(),
+                        index.as_cstr(),
+                        pfd.as_fd(),
+                        loc.name.as_cstr(),
+                    )?;
+                    *inode.layers.write() = vec![0];
+                    return Ok(());
+                }
+                r => r?,
+            }
+        }
         sys::renameat2(
             upper.staging(),
             staged.cstr(),
@@ -289,6 +327,7 @@ impl Union {
         dst: BorrowedFd<'_>,
         links: &mut HashMap<(u64, u64), (Arc<OwnedFd>, Name)>,
     ) -> Result<()> {
+        let upper = self.upper()?;
         let snap = resolve::list(&self.layers, dirs, 0, 0, None)?;
         let dst_arc = Arc::new(sys::open_child_dir(dst, c".")?);
         for e in snap.entries() {
@@ -325,6 +364,12 @@ impl Union {
             }
             if layer == 0 {
                 sys::linkat(src.dir.as_fd(), name.as_cstr(), dst, name.as_cstr())?;
+                continue;
+            }
+            if st.st_nlink > 1 && upper.indexed(ino).is_some() {
+                // Another name of this lower hard link was copied up.
+                let index = Upper::index_name(ino);
+                sys::linkat(upper.index.as_fd(), index.as_cstr(), dst, name.as_cstr())?;
                 continue;
             }
             let key = (st.st_dev, st.st_ino);

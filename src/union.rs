@@ -10,7 +10,7 @@ use crate::handle::{DirSnapshot, Handle, Handles};
 use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
 use crate::layer::upper::Upper;
 use crate::layer::whiteout::is_private_xattr;
-use crate::layer::{LayerIdx, Layers};
+use crate::layer::{INDEX, LayerIdx, Layers};
 use crate::name::Name;
 use crate::resolve::{self, DirFds};
 use crate::sys::{self, XTarget};
@@ -125,6 +125,13 @@ impl Union {
     /// The winning layer object of `inode`.
     pub(crate) fn object(&self, inode: &Arc<Inode>) -> Result<Object> {
         let layer = inode.top_layer()?;
+        if layer == INDEX {
+            let upper = self.upper.as_ref().ok_or(Error::STALE)?;
+            return Ok(Object {
+                dir: Arc::clone(&upper.index),
+                name: Some(Upper::index_name(inode.st_ino)),
+            });
+        }
         let loc = inode.location()?;
         match loc {
             None => Ok(Object {
@@ -150,11 +157,22 @@ impl Union {
             return Ok(None);
         }
         let dirs = self.dir_fds(&p)?;
-        let Some(found) = resolve::lookup(&dirs, &name)? else {
+        let Some(mut found) = resolve::lookup(&dirs, &name)? else {
             return Ok(None);
         };
-        let mut st = found.stat;
         let st_ino = self.reported_ino(&dirs, &found, &name);
+        if found.layers[0] != 0
+            && found.stat.st_nlink > 1
+            && let Some(upper) = &self.upper
+            && let Some(ist) = upper.indexed(st_ino)
+        {
+            // Another name of this lower hard link was copied up: the copy
+            // is the object now.
+            found.layers = vec![INDEX];
+            found.stat = ist;
+        }
+        let mut st = found.stat;
+        self.fix_nlink(&mut st, st_ino, found.layers[0]);
         let kind = st.st_mode & libc::S_IFMT;
         let mut fresh = false;
         let inode = self.inodes.lookup(st_ino, kind, || {
@@ -209,6 +227,23 @@ impl Union {
         self.layers.st_ino(found.stat.st_dev, found.stat.st_ino)
     }
 
+    /// Leaves the index's own link out of an indexed copy's `st_nlink`.
+    fn fix_nlink(&self, st: &mut libc::stat, st_ino: u64, layer: LayerIdx) {
+        if st.st_nlink <= 1
+            || (layer != 0 && layer != INDEX)
+            || st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        {
+            return;
+        }
+        if let Some(upper) = &self.upper
+            && let Some(ist) = upper.indexed(st_ino)
+            && ist.st_dev == st.st_dev
+            && ist.st_ino == st.st_ino
+        {
+            st.st_nlink = upper.indexed_nlink(st_ino, st);
+        }
+    }
+
     pub fn forget(&self, nodeid: u64, n: u64) {
         if let Some(gone) = self.inodes.forget(nodeid, n) {
             self.fds.release(&gone);
@@ -230,6 +265,8 @@ impl Union {
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
+        } else {
+            self.fix_nlink(&mut st, inode.st_ino, inode.top_layer()?);
         }
         Ok(st)
     }

@@ -629,13 +629,25 @@ impl Union {
             if hide && !overlay {
                 upper.write_whiteout(pfd, name)?;
             }
-            sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), libc::RENAME_EXCHANGE)?;
+            sys::renameat2(
+                pfd,
+                name.as_cstr(),
+                npfd,
+                newname.as_cstr(),
+                libc::RENAME_EXCHANGE,
+            )?;
             if !(target_wh && hide && overlay) {
                 self.drop_upper(pfd, name, target_dir, hide && overlay)?;
             }
         } else if hide && overlay {
             // The whiteout appears at the old name in the same step.
-            match sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), libc::RENAME_WHITEOUT) {
+            match sys::renameat2(
+                pfd,
+                name.as_cstr(),
+                npfd,
+                newname.as_cstr(),
+                libc::RENAME_WHITEOUT,
+            ) {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
                     sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
                     upper.write_whiteout(pfd, name)?;

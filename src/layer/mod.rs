@@ -23,6 +23,10 @@ pub struct Layer {
 /// is one).
 pub type LayerIdx = u16;
 
+/// Stands for the upper layer's index of copied-up hard links in an inode's
+/// layer list: the object is the index entry named by its inode number.
+pub const INDEX: LayerIdx = LayerIdx::MAX;
+
 /// All layers of a mount, top-most first.
 #[derive(Debug)]
 pub struct Layers {

@@ -36,6 +36,11 @@ impl WhiteoutFormat {
 /// its own `work` and `index` there, so one work directory may serve both.
 const STAGING: &CStr = c"unionfuse-staging";
 
+/// The index of copied-up lower hard links, inside the work directory: one
+/// extra link per copied-up file whose lower object had several names, named
+/// by its inode number, so that the other names find the copy.
+const INDEX: &CStr = c"unionfuse-index";
+
 /// How many entries of an existing upper are looked at to learn its format.
 const FORMAT_SCAN_LIMIT: usize = 4096;
 
@@ -45,6 +50,7 @@ pub struct Upper {
     /// Where objects are built before being renamed into place; on the same
     /// filesystem as the upper, emptied at every mount.
     staging: Arc<OwnedFd>,
+    pub index: Arc<OwnedFd>,
     pub format: WhiteoutFormat,
     /// `trusted.overlay.opaque` where trusted xattrs may be written (root),
     /// else `user.overlay.opaque` (what overlayfs reads with `userxattr`).
@@ -53,6 +59,8 @@ pub struct Upper {
     ino_xattr: &'static CStr,
     /// The xattr recording the upper's whiteout format, on its root.
     format_xattr: &'static CStr,
+    /// The lower link count, on an index entry.
+    nlink_xattr: &'static CStr,
     next: AtomicU64,
 }
 
@@ -77,17 +85,24 @@ impl Upper {
             Err(e) => return Err(e),
         }
         let staging = Arc::new(sys::open_child_dir(work, STAGING)?);
-        let (opaque_xattr, ino_xattr, format_xattr) = if trusted {
+        match sys::mkdirat(work, INDEX, 0o700) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+        let index = Arc::new(sys::open_child_dir(work, INDEX)?);
+        let (opaque_xattr, ino_xattr, format_xattr, nlink_xattr) = if trusted {
             (
                 c"trusted.overlay.opaque",
                 c"trusted.unionfuse.ino",
                 c"trusted.unionfuse.whiteout",
+                c"trusted.unionfuse.nlink",
             )
         } else {
             (
                 c"user.overlay.opaque",
                 c"user.unionfuse.ino",
                 c"user.unionfuse.whiteout",
+                c"user.unionfuse.nlink",
             )
         };
         let recorded = read_format(upper, format_xattr);
@@ -111,10 +126,12 @@ impl Upper {
         info!("whiteout format {}", format.as_str());
         Ok(Upper {
             staging,
+            index,
             format,
             opaque_xattr,
             ino_xattr,
             format_xattr,
+            nlink_xattr,
             next: AtomicU64::new(0),
         })
     }
@@ -143,6 +160,46 @@ impl Upper {
     pub fn record_ino(&self, dir: BorrowedFd<'_>, name: &CStr, ino: u64) {
         let v = ino.to_string();
         let _ = sys::setxattr(XTarget::At(dir, name), self.ino_xattr, v.as_bytes(), 0);
+    }
+
+    /// The index entry's name for inode number `ino`.
+    pub fn index_name(ino: u64) -> Name {
+        Name::from_bytes(format!("{ino:x}").as_bytes())
+            .unwrap_or_else(|_| unreachable!("short name"))
+    }
+
+    /// `stat` of the index entry for `ino`, if a copy was indexed.
+    pub fn indexed(&self, ino: u64) -> Option<libc::stat> {
+        sys::fstatat(self.index.as_fd(), Self::index_name(ino).as_cstr()).ok()
+    }
+
+    /// Records the lower object's link count on a staged copy about to be
+    /// indexed.
+    pub fn record_nlink(&self, dir: BorrowedFd<'_>, name: &CStr, nlink: u64) {
+        let v = nlink.to_string();
+        let _ = sys::setxattr(XTarget::At(dir, name), self.nlink_xattr, v.as_bytes(), 0);
+    }
+
+    /// `st_nlink` as the mount reports it for an indexed copy: its upper
+    /// names (the index's own link left out), but never fewer than the
+    /// lower object had, whose names not yet copied up still count.
+    pub fn indexed_nlink(&self, ino: u64, st: &libc::stat) -> libc::nlink_t {
+        let name = Self::index_name(ino);
+        let mut buf = [0u8; 24];
+        let lower = sys::getxattr(
+            XTarget::At(self.index.as_fd(), name.as_cstr()),
+            self.nlink_xattr,
+            &mut buf,
+        )
+        .ok()
+        .and_then(|n| {
+            std::str::from_utf8(&buf[..n])
+                .ok()?
+                .parse::<libc::nlink_t>()
+                .ok()
+        })
+        .unwrap_or(0);
+        (st.st_nlink.saturating_sub(1)).max(lower).max(1)
     }
 
     /// Whether `name` in upper directory `dir` is a whiteout (either format).
@@ -208,7 +265,9 @@ impl Upper {
     /// Whether an xattr is one this module writes and so must never be
     /// copied from a lower object.
     pub fn is_own_xattr(&self, name: &[u8]) -> bool {
-        name == self.ino_xattr.to_bytes() || name == self.format_xattr.to_bytes()
+        name == self.ino_xattr.to_bytes()
+            || name == self.format_xattr.to_bytes()
+            || name == self.nlink_xattr.to_bytes()
     }
 }
 
