@@ -84,6 +84,7 @@ impl Union {
         let staged = Staged::new(upper);
         sys::mkdirat(upper.staging(), staged.cstr(), st.st_mode & 0o7777)?;
         self.copy_meta(&src, &st, upper.staging(), staged.cstr(), inode.st_ino)?;
+        let pst = sys::fstat(pfd.as_fd())?;
         sys::renameat2(
             upper.staging(),
             staged.cstr(),
@@ -92,6 +93,7 @@ impl Union {
             libc::RENAME_NOREPLACE,
         )?;
         staged.keep();
+        keep_times(pfd.as_fd(), &pst);
         let fd = sys::open_child_dir(pfd.as_fd(), loc.name.as_cstr())?;
         inode.layers.write().insert(0, 0);
         Ok(self.fds.insert(inode, 0, fd))
@@ -103,7 +105,6 @@ impl Union {
         if inode.top_layer()? == 0 {
             return Ok(());
         }
-        let upper = self.upper()?;
         let Some(loc) = inode.location()? else {
             return Err(Error::ROFS);
         };
@@ -112,18 +113,35 @@ impl Union {
         if inode.top_layer()? == 0 {
             return Ok(());
         }
+        let pst = sys::fstat(pfd.as_fd())?;
+        self.copy_up_locked(inode, pfd.as_fd(), &loc.name, data)?;
+        *inode.layers.write() = vec![0];
+        keep_times(pfd.as_fd(), &pst);
+        Ok(())
+    }
+
+    /// Puts the copy of `inode` at `name` in upper directory `pfd`.
+    fn copy_up_locked(
+        &self,
+        inode: &Arc<Inode>,
+        pfd: BorrowedFd<'_>,
+        name: &Name,
+        data: bool,
+    ) -> Result<()> {
+        let upper = self.upper()?;
         let index = Upper::index_name(inode.st_ino);
-        if inode.top_layer()? == INDEX {
-            // Another name of this lower hard link was copied up: link to
-            // that copy.
-            sys::linkat(
+        let link_up = || -> Result<()> {
+            // Another name of this lower hard link was copied up: this name
+            // becomes a link to that copy.
+            Ok(sys::linkat(
                 upper.index.as_fd(),
                 index.as_cstr(),
-                pfd.as_fd(),
-                loc.name.as_cstr(),
-            )?;
-            *inode.layers.write() = vec![0];
-            return Ok(());
+                pfd,
+                name.as_cstr(),
+            )?)
+        };
+        if inode.top_layer()? == INDEX {
+            return link_up();
         }
         let src = self.object(inode)?;
         let st = src.stat()?;
@@ -139,36 +157,29 @@ impl Union {
         if st.st_nlink > 1 {
             // The lower object has other names: index the copy so that they
             // find it, now and after a remount.
-            upper.record_nlink(upper.staging(), staged.cstr(), st.st_nlink as u64);
-            match sys::linkat(
+            upper.record_nlink(upper.staging(), staged.cstr(), st.st_nlink);
+            let indexed = sys::linkat(
                 upper.staging(),
                 staged.cstr(),
                 upper.index.as_fd(),
                 index.as_cstr(),
-            ) {
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            );
+            if let Err(e) = indexed {
+                if e.raw_os_error() == Some(libc::EEXIST) {
                     drop(staged);
-                    sys::linkat(
-                        upper.index.as_fd(),
-                        index.as_cstr(),
-                        pfd.as_fd(),
-                        loc.name.as_cstr(),
-                    )?;
-                    *inode.layers.write() = vec![0];
-                    return Ok(());
+                    return link_up();
                 }
-                r => r?,
+                return Err(e.into());
             }
         }
         sys::renameat2(
             upper.staging(),
             staged.cstr(),
-            pfd.as_fd(),
-            loc.name.as_cstr(),
+            pfd,
+            name.as_cstr(),
             libc::RENAME_NOREPLACE,
         )?;
         staged.keep();
-        *inode.layers.write() = vec![0];
         Ok(())
     }
 
@@ -245,17 +256,7 @@ impl Union {
             }
         }
         upper.record_ino(dir, name, ino);
-        let times = [
-            libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            },
-            libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            },
-        ];
-        sys::utimensat(dir, name, &times)?;
+        sys::utimensat(dir, name, &sys::stat_times(st))?;
         Ok(())
     }
 
@@ -284,6 +285,7 @@ impl Union {
         self.copy_children(&dirs, new_dir.as_fd(), &mut links)?;
         upper.mark_opaque(upper.staging(), staged.cstr(), new_dir.as_fd())?;
         self.copy_meta(&top, &st, upper.staging(), staged.cstr(), inode.st_ino)?;
+        let pst = sys::fstat(pfd.as_fd())?;
         let in_upper = inode.top_layer()? == 0;
         let flags = if in_upper {
             libc::RENAME_EXCHANGE
@@ -304,6 +306,7 @@ impl Union {
         } else {
             staged.keep();
         }
+        keep_times(pfd.as_fd(), &pst);
         *inode.layers.write() = vec![0];
         self.fds.release(inode);
         inode.invalidate_listing();
@@ -385,6 +388,15 @@ impl Union {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts a parent directory's times back after a copy-up renamed a child
+/// into it: a copy-up is no change the merged view may show, as in
+/// overlayfs.
+fn keep_times(dir: BorrowedFd<'_>, before: &libc::stat) {
+    if let Err(e) = sys::futimens_path(dir, &sys::stat_times(before)) {
+        debug!("copy-up: restoring parent times: {e}");
     }
 }
 

@@ -2,12 +2,12 @@
 //! directory: overlayfs's rules, in one place.
 
 use std::collections::HashSet;
-use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::handle::DirSnapshot;
+use crate::layer::upper::Upper;
 use crate::layer::whiteout::{self, is_opaque_dir, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
@@ -103,7 +103,7 @@ pub fn list(
     dirs: &[(LayerIdx, Arc<OwnedFd>)],
     self_ino: u64,
     parent_ino: u64,
-    upper_ino: Option<&dyn Fn(BorrowedFd<'_>, &CStr) -> Option<u64>>,
+    upper: Option<&Upper>,
 ) -> Result<DirSnapshot> {
     if dirs.is_empty() {
         return Err(Error::NOENT);
@@ -150,10 +150,10 @@ pub fn list(
             }
             // A copied-up object keeps the number of its origin; d_ino must
             // agree with st_ino.
-            let recorded = match (upper_ino, *layer) {
-                (Some(f), 0) => Name::from_bytes(e.name)
+            let recorded = match (upper, *layer) {
+                (Some(u), 0) => Name::from_bytes(e.name)
                     .ok()
-                    .and_then(|n| f(dirfd, n.as_cstr())),
+                    .and_then(|n| u.recorded_ino(dirfd, n.as_cstr())),
                 _ => None,
             };
             snap.push(

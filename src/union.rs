@@ -296,21 +296,12 @@ impl Union {
 
     fn list(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
         let dirs = self.dir_fds(inode)?;
-        let recorded = |dir: BorrowedFd<'_>, name: &CStr| {
-            self.upper.as_ref().and_then(|u| u.recorded_ino(dir, name))
-        };
-        let upper_ino: Option<&dyn Fn(BorrowedFd<'_>, &CStr) -> Option<u64>> =
-            if self.upper.is_some() {
-                Some(&recorded)
-            } else {
-                None
-            };
         resolve::list(
             &self.layers,
             &dirs,
             inode.st_ino,
             inode.parent_ino(),
-            upper_ino,
+            self.upper.as_ref(),
         )
     }
 

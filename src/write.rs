@@ -326,6 +326,10 @@ impl Union {
         mode: u32,
         rdev: u64,
     ) -> Result<libc::stat> {
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            // A 0:0 device is a whiteout on disk; overlayfs refuses it too.
+            return Err(Error::new(libc::EPERM));
+        }
         let p = self.dir_inode(parent)?;
         let name = new_name(name)?;
         Ok(self

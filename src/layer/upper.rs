@@ -306,12 +306,11 @@ fn scan_format(upper: BorrowedFd<'_>) -> Option<WhiteoutFormat> {
             let Ok(n) = Name::from_bytes(e.name) else {
                 continue;
             };
-            if e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN {
-                if let Ok(st) = sys::fstatat(dir.as_fd(), n.as_cstr())
-                    && whiteout::is_whiteout(&st)
-                {
-                    return Some(WhiteoutFormat::Overlay);
-                }
+            if (e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN)
+                && let Ok(st) = sys::fstatat(dir.as_fd(), n.as_cstr())
+                && whiteout::is_whiteout(&st)
+            {
+                return Some(WhiteoutFormat::Overlay);
             }
             if (e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN)
                 && let Ok(fd) = sys::open_child_dir(dir.as_fd(), n.as_cstr())

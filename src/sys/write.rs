@@ -232,3 +232,40 @@ pub fn ids() -> (u32, u32) {
     // SAFETY: no preconditions.
     unsafe { (libc::geteuid(), libc::getegid()) }
 }
+
+/// Sets atime and mtime of the object `fd` refers to (an `O_PATH`
+/// descriptor included).
+pub fn futimens_path(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    // SAFETY: the empty path is NUL-terminated; times points to two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: path is NUL-terminated; following the magic link lands on the
+    // object the descriptor holds.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
+    Ok(())
+}
+
+/// atime and mtime of a `struct stat`, as utimensat wants them.
+pub fn stat_times(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        },
+        libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        },
+    ]
+}
