@@ -3,7 +3,6 @@
 //! place, so the merged view shows the old object or the complete new one,
 //! never a partial copy.
 
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use crate::layer::INDEX;
 use crate::layer::upper::{Upper, remove_tree};
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
-use crate::resolve::{self, DirFds};
+use crate::resolve;
 use crate::sys::{self, XTarget};
 use crate::union::{Object, Union};
 
@@ -99,8 +98,8 @@ impl Union {
         Ok(self.fds.insert(inode, 0, fd))
     }
 
-    /// Copies a non-directory up; without `data` the copy is empty (an
-    /// open with O_TRUNC, a truncate to 0).
+    /// Copies a non-directory up at its current name; without `data` the
+    /// copy is empty (an open with O_TRUNC, a truncate to 0).
     pub(crate) fn copy_up(&self, inode: &Arc<Inode>, data: bool) -> Result<()> {
         if inode.top_layer()? == 0 {
             return Ok(());
@@ -108,37 +107,53 @@ impl Union {
         let Some(loc) = inode.location()? else {
             return Err(Error::ROFS);
         };
-        let pfd = self.upper_dir(&loc.parent)?;
-        let _g = inode.copy_lock.lock();
+        self.copy_up_at(inode, &loc.parent, &loc.name, data)
+    }
+
+    /// Copies a non-directory up as `name` in `parent`, one of its names.
+    /// A lower object with several names is copied once, into the index;
+    /// each name is then a link to that copy, made as it is changed.
+    pub(crate) fn copy_up_at(
+        &self,
+        inode: &Arc<Inode>,
+        parent: &Arc<Inode>,
+        name: &Name,
+        data: bool,
+    ) -> Result<()> {
         if inode.top_layer()? == 0 {
             return Ok(());
         }
+        let pfd = self.upper_dir(parent)?;
+        let _g = inode.copy_lock.lock();
+        let top = inode.top_layer()?;
+        if top == 0 || (top == INDEX && sys::fstatat(pfd.as_fd(), name.as_cstr()).is_ok()) {
+            return Ok(());
+        }
         let pst = sys::fstat(pfd.as_fd())?;
-        self.copy_up_locked(inode, pfd.as_fd(), &loc.name, data)?;
-        *inode.layers.write() = vec![0];
+        let indexed = self.copy_up_locked(inode, pfd.as_fd(), name, data)?;
+        // An indexed object is reached through its index entry from now
+        // on, whichever of its names is used.
+        *inode.layers.write() = vec![if indexed { INDEX } else { 0 }];
         keep_times(pfd.as_fd(), &pst);
         Ok(())
     }
 
-    /// Puts the copy of `inode` at `name` in upper directory `pfd`.
+    /// Puts the copy of `inode` at `name` in upper directory `pfd`; `true`
+    /// when the copy is indexed.
     fn copy_up_locked(
         &self,
         inode: &Arc<Inode>,
         pfd: BorrowedFd<'_>,
         name: &Name,
         data: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let upper = self.upper()?;
         let index = Upper::index_name(inode.st_ino);
-        let link_up = || -> Result<()> {
+        let link_up = || -> Result<bool> {
             // Another name of this lower hard link was copied up: this name
             // becomes a link to that copy.
-            Ok(sys::linkat(
-                upper.index.as_fd(),
-                index.as_cstr(),
-                pfd,
-                name.as_cstr(),
-            )?)
+            sys::linkat(upper.index.as_fd(), index.as_cstr(), pfd, name.as_cstr())?;
+            Ok(true)
         };
         if inode.top_layer()? == INDEX {
             return link_up();
@@ -180,7 +195,7 @@ impl Union {
             libc::RENAME_NOREPLACE,
         )?;
         staged.keep();
-        Ok(())
+        Ok(st.st_nlink > 1)
     }
 
     /// Builds a copy of non-directory `src` as `name` in `dir`.
@@ -260,133 +275,48 @@ impl Union {
         Ok(())
     }
 
-    /// Copies the whole merged directory `inode` into the upper, so that it
-    /// no longer depends on where its lower parts live: the first step of
-    /// renaming a directory that lower layers hold. The copy is opaque and
-    /// takes the place of the directory in one rename. Upper objects inside
-    /// are hard-linked, not copied, so they keep their identity.
-    pub(crate) fn copy_up_tree(&self, inode: &Arc<Inode>) -> Result<()> {
-        if *inode.layers.read() == [0] {
+    /// Copies the whole merged directory `inode` into the upper and marks
+    /// every directory in it opaque, so that it no longer depends on where
+    /// its lower parts live: the first step of renaming a directory that
+    /// lower layers hold. Each step leaves the merged view unchanged (an
+    /// opaque marker comes only once everything below it is copied), so a
+    /// crash half-way shows the same tree; upper objects stay where they
+    /// are, keeping their identity.
+    pub(crate) fn copy_up_tree(&self, dir: &Arc<Inode>) -> Result<()> {
+        if *dir.layers.read() == [0] {
             return Ok(());
         }
         let upper = self.upper()?;
-        let Some(loc) = inode.location()? else {
-            return Err(Error::INVAL);
-        };
-        let pfd = self.upper_dir(&loc.parent)?;
-        let _g = inode.copy_lock.lock();
-        let dirs = self.dir_fds(inode)?;
-        let top = self.object(inode)?;
-        let st = top.stat()?;
-        let staged = Staged::new(upper);
-        sys::mkdirat(upper.staging(), staged.cstr(), st.st_mode & 0o7777)?;
-        let new_dir = sys::open_child_dir(upper.staging(), staged.cstr())?;
-        let mut links = HashMap::new();
-        self.copy_children(&dirs, new_dir.as_fd(), &mut links)?;
-        upper.mark_opaque(upper.staging(), staged.cstr(), new_dir.as_fd())?;
-        self.copy_meta(&top, &st, upper.staging(), staged.cstr(), inode.st_ino)?;
-        let pst = sys::fstat(pfd.as_fd())?;
-        let in_upper = inode.top_layer()? == 0;
-        let flags = if in_upper {
-            libc::RENAME_EXCHANGE
-        } else {
-            libc::RENAME_NOREPLACE
-        };
-        sys::renameat2(
-            upper.staging(),
-            staged.cstr(),
-            pfd.as_fd(),
-            loc.name.as_cstr(),
-            flags,
-        )?;
-        if in_upper {
-            // The old upper directory is now the staged name: dropped with
-            // `staged`. Its upper files live on as links in the copy.
-            drop(staged);
-        } else {
-            staged.keep();
-        }
-        keep_times(pfd.as_fd(), &pst);
-        *inode.layers.write() = vec![0];
-        self.fds.release(inode);
-        inode.invalidate_listing();
-        // Inodes below now live only in the upper, at the same names.
-        for other in self.inodes.all() {
-            if other.descends_from(inode) {
-                *other.layers.write() = vec![0];
-                self.fds.release(&other);
-                other.invalidate_listing();
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies the merged children of the directory whose layer directories
-    /// are `dirs` into `dst`. `links` maps a lower object already copied to
-    /// its copy, so that hard links stay links.
-    fn copy_children(
-        &self,
-        dirs: &DirFds,
-        dst: BorrowedFd<'_>,
-        links: &mut HashMap<(u64, u64), (Arc<OwnedFd>, Name)>,
-    ) -> Result<()> {
-        let upper = self.upper()?;
-        let snap = resolve::list(&self.layers, dirs, 0, 0, None)?;
-        let dst_arc = Arc::new(sys::open_child_dir(dst, c".")?);
+        let fd = self.upper_dir(dir)?;
+        let dirs = self.dir_fds(dir)?;
+        let snap = resolve::list(&self.layers, &dirs, 0, 0, None)?;
         for e in snap.entries() {
             let raw = snap.name(e);
             if raw == b"." || raw == b".." {
                 continue;
             }
             let name = Name::from_bytes(raw)?;
-            let Some(found) = resolve::lookup(dirs, &name)? else {
+            let Some(found) = resolve::lookup(&self.layers, &dirs, &name)? else {
                 continue;
             };
-            let (layer, sdir) = match dirs.iter().find(|(l, _)| *l == found.layers[0]) {
-                Some((l, d)) => (*l, Arc::clone(d)),
-                None => continue,
-            };
-            let src = Object {
-                dir: sdir,
-                name: Some(name.clone()),
-            };
-            let st = found.stat;
-            let ino = self.reported_ino(dirs, &found, &name);
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                sys::mkdirat(dst, name.as_cstr(), st.st_mode & 0o7777)?;
-                let sub = sys::open_child_dir(dst, name.as_cstr())?;
-                let subdirs: DirFds = found
-                    .layers
-                    .iter()
-                    .zip(found.dir_fds)
-                    .map(|(l, fd)| (*l, Arc::new(fd)))
-                    .collect();
-                self.copy_children(&subdirs, sub.as_fd(), links)?;
-                self.copy_meta(&src, &st, dst, name.as_cstr(), ino)?;
-                continue;
-            }
-            if layer == 0 {
-                sys::linkat(src.dir.as_fd(), name.as_cstr(), dst, name.as_cstr())?;
-                continue;
-            }
-            if st.st_nlink > 1 && upper.indexed(ino).is_some() {
-                // Another name of this lower hard link was copied up.
-                let index = Upper::index_name(ino);
-                sys::linkat(upper.index.as_fd(), index.as_cstr(), dst, name.as_cstr())?;
-                continue;
-            }
-            let key = (st.st_dev, st.st_ino);
-            if st.st_nlink > 1
-                && let Some((ldir, lname)) = links.get(&key)
-            {
-                sys::linkat(ldir.as_fd(), lname.as_cstr(), dst, name.as_cstr())?;
-                continue;
-            }
-            self.copy_object(&src, &st, dst, name.as_cstr(), true, ino)?;
-            if st.st_nlink > 1 {
-                links.insert(key, (Arc::clone(&dst_arc), name));
+            let child = self.inode_of(dir, &name, &dirs, found);
+            if child.is_dir() {
+                self.copy_up_tree(&child)?;
+            } else {
+                self.copy_up(&child, true)?;
             }
         }
+        let Some(loc) = dir.location()? else {
+            // The root: its lower parts cannot move.
+            return Ok(());
+        };
+        let pfd = self.upper_dir(&loc.parent)?;
+        let st = sys::fstat(fd.as_fd())?;
+        upper.mark_opaque(pfd.as_fd(), loc.name.as_cstr(), fd.as_fd())?;
+        keep_times(fd.as_fd(), &st);
+        *dir.layers.write() = vec![0];
+        self.fds.release(dir);
+        dir.invalidate_listing();
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::handle::DirSnapshot;
 use crate::layer::LayerIdx;
 use crate::name::Name;
+use crate::resolve::Found;
 
 /// The FUSE root nodeid.
 pub const ROOT: u64 = 1;
@@ -65,6 +66,10 @@ pub struct Inode {
     pub layers: RwLock<Vec<LayerIdx>>,
     /// Cached `O_PATH` descriptors of a directory, per layer.
     fds: Mutex<Vec<(LayerIdx, Arc<OwnedFd>)>>,
+    /// The descriptors are never evicted: the directory was found through
+    /// a redirect, so its lower parts cannot be reopened from the parent by
+    /// name. Such directories are rare (renamed by kernel overlayfs).
+    pinned: AtomicBool,
     /// Merged listing of a directory spanning several layers, kept because
     /// both `st_nlink` and readdir need it and the lowers never change.
     pub dir_cache: Mutex<Option<Arc<DirSnapshot>>>,
@@ -89,6 +94,7 @@ impl Inode {
             copy_lock: Mutex::new(()),
             layers: RwLock::new(layers),
             fds: Mutex::new(Vec::new()),
+            pinned: AtomicBool::new(false),
             dir_cache: Mutex::new(None),
         }
     }
@@ -253,6 +259,9 @@ impl FdCache {
             }
             let fd = Arc::new(fd);
             fds.push((layer, Arc::clone(&fd)));
+            if inode.pinned.load(Ordering::Relaxed) {
+                return fd;
+            }
             if fds.len() == 1 {
                 self.queue.lock().push_back(Arc::downgrade(inode));
             }
@@ -281,7 +290,19 @@ impl FdCache {
     /// Accounts for an inode leaving the table with descriptors cached.
     pub fn release(&self, inode: &Inode) {
         let dropped = std::mem::take(&mut *inode.fds.lock());
-        self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
+        if !inode.pinned.swap(false, Ordering::Relaxed) {
+            self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Caches the descriptors a lookup opened for a new inode.
+    pub fn insert_found(&self, inode: &Arc<Inode>, found: Found) {
+        if found.redirected {
+            inode.pinned.store(true, Ordering::Relaxed);
+        }
+        for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
+            self.insert(inode, *layer, fd);
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::handle::DirSnapshot;
 use crate::layer::upper::Upper;
-use crate::layer::whiteout::{self, is_opaque_dir, oci_whiteout_target};
+use crate::layer::whiteout::{self, DirMarks, dir_marks, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
 use crate::sys;
@@ -27,58 +27,194 @@ pub struct Found {
     /// For a directory, its descriptor in each of `layers` (opened anyway
     /// to check opacity, so worth caching).
     pub dir_fds: Vec<OwnedFd>,
+    /// A directory whose lower parts were found through a redirect (a
+    /// directory renamed by kernel overlayfs with `redirect_dir=on`): they
+    /// cannot be found again from the parent by name.
+    pub redirected: bool,
+}
+
+/// Where a redirect points, for the layers below the one that holds it.
+enum Target {
+    /// Another name in the same parent directory.
+    Sibling(Box<Name>),
+    /// A path from the layer roots.
+    Path(Vec<Name>),
+}
+
+impl Target {
+    fn parse(raw: &[u8]) -> Option<Target> {
+        match raw.strip_prefix(b"/") {
+            Some(rest) => {
+                let comps = rest
+                    .split(|b| *b == b'/')
+                    .filter(|c| !c.is_empty())
+                    .map(|c| Name::from_bytes(c).ok())
+                    .collect::<Option<Vec<Name>>>()?;
+                (!comps.is_empty()).then_some(Target::Path(comps))
+            }
+            None => Name::from_bytes(raw)
+                .ok()
+                .map(|n| Target::Sibling(Box::new(n))),
+        }
+    }
+}
+
+/// What one layer said during a lookup.
+enum Step {
+    /// Nothing here; look further down.
+    Continue,
+    /// Nothing below shows through.
+    Stop,
+    /// Look further down elsewhere.
+    Redirect(Target),
 }
 
 /// Looks `name` up in the layer directories `dirs` of a merged directory.
 ///
 /// Walks top-down: a whiteout (char 0:0 or `.wh.NAME`) ends the walk; a
 /// non-directory wins alone and hides everything below; directories merge
-/// until an opaque one or a non-directory below them. Returns `None` when
+/// until an opaque one or a non-directory below them; a directory's
+/// redirect moves the walk to another name or path. Returns `None` when
 /// nothing is visible.
-pub fn lookup(dirs: &[(LayerIdx, Arc<OwnedFd>)], name: &Name) -> Result<Option<Found>> {
+pub fn lookup(
+    layers: &Layers,
+    dirs: &[(LayerIdx, Arc<OwnedFd>)],
+    name: &Name,
+) -> Result<Option<Found>> {
     let mut found: Option<Found> = None;
+    let mut sibling: Option<Name> = None;
     for (i, (layer, dirfd)) in dirs.iter().enumerate() {
         let more_below = i + 1 < dirs.len();
-        let dirfd = dirfd.as_fd();
-        let st = match sys::fstatat(dirfd, name.as_cstr()) {
-            Ok(st) => st,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if more_below && whiteout::has_oci_whiteout(dirfd, name) {
-                    break;
-                }
-                continue;
+        let look = sibling.as_ref().unwrap_or(name);
+        match step(dirfd.as_fd(), look, *layer, more_below, &mut found)? {
+            Step::Continue => {}
+            Step::Stop => break,
+            Step::Redirect(Target::Sibling(n)) => sibling = Some(*n),
+            Step::Redirect(Target::Path(p)) => {
+                lookup_path(layers, *layer, p, &mut found)?;
+                break;
             }
-            Err(e) => return Err(e.into()),
-        };
-        if whiteout::is_whiteout(&st) {
-            break;
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            // A non-directory wins alone; below a directory it ends the
-            // merge and stays hidden, as in overlayfs.
-            if found.is_none() {
-                found = Some(Found {
-                    stat: st,
-                    layers: vec![*layer],
-                    dir_fds: Vec::new(),
-                });
-            }
-            break;
-        }
-        let fd = sys::open_child_dir(dirfd, name.as_cstr())?;
-        let opaque = more_below && is_opaque_dir(dirfd, name, fd.as_fd());
-        let f = found.get_or_insert_with(|| Found {
-            stat: st,
-            layers: Vec::with_capacity(dirs.len() - i),
-            dir_fds: Vec::with_capacity(dirs.len() - i),
-        });
-        f.layers.push(*layer);
-        f.dir_fds.push(fd);
-        if opaque || (more_below && whiteout::has_oci_whiteout(dirfd, name)) {
-            break;
         }
     }
     Ok(found)
+}
+
+/// `name` in one layer directory `dir`, adding what it finds to `found`.
+fn step(
+    dir: BorrowedFd<'_>,
+    name: &Name,
+    layer: LayerIdx,
+    more_below: bool,
+    found: &mut Option<Found>,
+) -> Result<Step> {
+    let st = match sys::fstatat(dir, name.as_cstr()) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if more_below && whiteout::has_oci_whiteout(dir, name) {
+                return Ok(Step::Stop);
+            }
+            return Ok(Step::Continue);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if whiteout::is_whiteout(&st) {
+        return Ok(Step::Stop);
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        // A non-directory wins alone; below a directory it ends the merge
+        // and stays hidden, as in overlayfs.
+        if found.is_none() {
+            *found = Some(Found {
+                stat: st,
+                layers: vec![layer],
+                dir_fds: Vec::new(),
+                redirected: false,
+            });
+        }
+        return Ok(Step::Stop);
+    }
+    let fd = sys::open_child_dir(dir, name.as_cstr())?;
+    let marks = if more_below {
+        dir_marks(dir, name, fd.as_fd())
+    } else {
+        DirMarks::default()
+    };
+    let f = found.get_or_insert_with(|| Found {
+        stat: st,
+        layers: Vec::new(),
+        dir_fds: Vec::new(),
+        redirected: false,
+    });
+    f.layers.push(layer);
+    f.dir_fds.push(fd);
+    if marks.opaque || (more_below && whiteout::has_oci_whiteout(dir, name)) {
+        return Ok(Step::Stop);
+    }
+    if let Some(t) = marks.redirect.as_deref().and_then(Target::parse) {
+        f.redirected = true;
+        return Ok(Step::Redirect(t));
+    }
+    Ok(Step::Continue)
+}
+
+/// Continues a lookup below layer `above` at `path` from each layer's root,
+/// as overlayfs follows an absolute redirect.
+fn lookup_path(
+    layers: &Layers,
+    above: LayerIdx,
+    mut path: Vec<Name>,
+    found: &mut Option<Found>,
+) -> Result<()> {
+    let below: Vec<(LayerIdx, BorrowedFd<'_>)> = layers
+        .iter()
+        .filter(|(l, _)| *l > above)
+        .map(|(l, layer)| (l, layer.root.as_fd()))
+        .collect();
+    'layers: for (k, (layer, root)) in below.iter().enumerate() {
+        let more_below = k + 1 < below.len();
+        let Some((last, parents)) = path.split_last() else {
+            return Ok(());
+        };
+        // An opaque directory on the way hides the layers below this one.
+        let mut stop_after = false;
+        let mut cur: Option<OwnedFd> = None;
+        for c in parents {
+            let base = cur.as_ref().map_or(*root, |f| f.as_fd());
+            match sys::fstatat(base, c.as_cstr()) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                // A whiteout or a non-directory on the way hides the path
+                // here and below.
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if whiteout::has_oci_whiteout(base, c) {
+                        return Ok(());
+                    }
+                    continue 'layers;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let fd = sys::open_child_dir(base, c.as_cstr())?;
+            if more_below && dir_marks(base, c, fd.as_fd()).opaque {
+                stop_after = true;
+            }
+            cur = Some(fd);
+        }
+        let base = cur.as_ref().map_or(*root, |f| f.as_fd());
+        match step(base, last, *layer, more_below && !stop_after, found)? {
+            Step::Continue => {}
+            Step::Stop => return Ok(()),
+            Step::Redirect(Target::Sibling(n)) => {
+                if let Some(l) = path.last_mut() {
+                    *l = *n;
+                }
+            }
+            Step::Redirect(Target::Path(p)) => path = p,
+        }
+        if stop_after {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Maps a `d_type` that the filesystem did not fill in, or a char device that

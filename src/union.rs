@@ -157,17 +157,19 @@ impl Union {
             return Ok(None);
         }
         let dirs = self.dir_fds(&p)?;
-        let Some(mut found) = resolve::lookup(&dirs, &name)? else {
+        let Some(mut found) = resolve::lookup(&self.layers, &dirs, &name)? else {
             return Ok(None);
         };
         let st_ino = self.reported_ino(&dirs, &found, &name);
-        if found.layers[0] != 0
-            && found.stat.st_nlink > 1
+        if found.stat.st_nlink > 1
+            && found.stat.st_mode & libc::S_IFMT != libc::S_IFDIR
             && let Some(upper) = &self.upper
             && let Some(ist) = upper.indexed(st_ino)
+            && (found.layers[0] != 0
+                || (ist.st_dev == found.stat.st_dev && ist.st_ino == found.stat.st_ino))
         {
-            // Another name of this lower hard link was copied up: the copy
-            // is the object now.
+            // A copied-up lower hard link: whichever name is used, the
+            // index entry is the object.
             found.layers = vec![INDEX];
             found.stat = ist;
         }
@@ -185,21 +187,23 @@ impl Union {
         });
         // Directory descriptors opened by the lookup are worth keeping, but
         // only for a new inode: an existing one already has its own.
-        if fresh {
-            for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
-                self.fds.insert(&inode, *layer, fd);
-            }
+        let revived = !fresh && inode.dead.load(std::sync::atomic::Ordering::Acquire);
+        if revived {
+            // An unlinked object's number now names a new object.
+            *inode.layers.write() = found.layers.clone();
+            self.fds.release(&inode);
+        }
+        if fresh || revived {
+            self.fds.insert_found(&inode, found);
         } else {
-            if inode.dead.load(std::sync::atomic::Ordering::Acquire) {
-                // An unlinked object's number now names a new object.
-                *inode.layers.write() = found.layers.clone();
-                self.fds.release(&inode);
-            }
-            if !inode.is_dir() && found.layers[0] == 0 && inode.top_layer() != Ok(0) {
+            if !inode.is_dir()
+                && found.layers[0] == INDEX
+                && inode.top_layer().is_ok_and(|l| l != 0 && l != INDEX)
+            {
                 // Another name of a file hard-linked in a lower layer was
                 // copied up (in an earlier mount): that copy holds the data
                 // now, for every name of the inode.
-                *inode.layers.write() = vec![0];
+                *inode.layers.write() = vec![INDEX];
                 inode.move_location_front(&p, &name);
             } else {
                 inode.note_location(&p, &name);
@@ -262,12 +266,12 @@ impl Union {
             },
             (Err(e), _) => return Err(e),
         };
-        st.st_ino = inode.st_ino;
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
         } else {
             self.fix_nlink(&mut st, inode.st_ino, inode.top_layer()?);
         }
+        st.st_ino = inode.st_ino;
         Ok(st)
     }
 
@@ -373,7 +377,7 @@ impl Union {
         if let Some(c) = copied.get() {
             return c.as_fd();
         }
-        if inode.top_layer() != Ok(0) {
+        if !inode.top_layer().is_ok_and(|l| l == 0 || l == INDEX) {
             return fd.as_fd();
         }
         let reopened = self.object(inode).and_then(|obj| {

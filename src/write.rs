@@ -12,6 +12,7 @@ use crate::copyup::Staged;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::inode::{Inode, Location};
+use crate::layer::INDEX;
 use crate::layer::upper::WhiteoutFormat;
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
@@ -97,7 +98,7 @@ impl Union {
         if name.is_reserved() {
             return Ok((dirs, None));
         }
-        let found = resolve::lookup(&dirs, name)?;
+        let found = resolve::lookup(&self.layers, &dirs, name)?;
         Ok((dirs, found))
     }
 
@@ -106,12 +107,12 @@ impl Union {
     fn lower_has(&self, parent: &Arc<Inode>, name: &Name) -> Result<bool> {
         let dirs = self.dir_fds(parent)?;
         let lowers: DirFds = dirs.into_iter().filter(|(l, _)| *l != 0).collect();
-        Ok(!lowers.is_empty() && resolve::lookup(&lowers, name)?.is_some())
+        Ok(!lowers.is_empty() && resolve::lookup(&self.layers, &lowers, name)?.is_some())
     }
 
     /// The inode of a found object: the table's when the kernel holds it,
     /// else a transient one for the duration of the operation.
-    fn inode_of(
+    pub(crate) fn inode_of(
         &self,
         parent: &Arc<Inode>,
         name: &Name,
@@ -137,9 +138,7 @@ impl Union {
             Some(loc),
             found.layers.clone(),
         ));
-        for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
-            self.fds.insert(&inode, *layer, fd);
-        }
+        self.fds.insert_found(&inode, found);
         inode
     }
 
@@ -389,6 +388,11 @@ impl Union {
             Inode::new(inode.nodeid, inode.st_ino, inode.kind, None, vec![0])
         });
         i.note_location(&np, &name);
+        let upper = self.upper()?;
+        if upper.indexed(inode.st_ino).is_some() {
+            upper.adjust_nlink(inode.st_ino, 1);
+            st.st_nlink = upper.indexed_nlink(inode.st_ino, &st);
+        }
         Ok(st)
     }
 
@@ -401,7 +405,19 @@ impl Union {
             return Err(Error::new(libc::EISDIR));
         }
         let st_ino = self.reported_ino(&dirs, &found, &name);
-        self.remove_entry(&p, &name, found.layers[0] == 0, false)?;
+        let mut in_upper = found.layers[0] == 0;
+        let linked = found.stat.st_nlink > 1;
+        if linked && !in_upper {
+            // One name of a lower hard link: its copy goes to the index
+            // first, where the other names find the data and the count.
+            let inode = self.inode_of(&p, &name, &dirs, found);
+            self.copy_up_at(&inode, &p, &name, true)?;
+            in_upper = sys::fstatat(self.upper_dir(&p)?.as_fd(), name.as_cstr()).is_ok();
+        }
+        self.remove_entry(&p, &name, in_upper, false)?;
+        if linked {
+            self.upper()?.adjust_nlink(st_ino, -1);
+        }
         if let Ok(i) = self.inodes.get(st_ino) {
             i.remove_location(&p, name.as_bytes());
         }
@@ -522,6 +538,9 @@ impl Union {
         if flags & libc::RENAME_NOREPLACE != 0 && dst.is_some() {
             return Err(Error::new(libc::EEXIST));
         }
+        let dst_linked = dst
+            .as_ref()
+            .is_some_and(|d| d.stat.st_nlink > 1 && dst_dir != Some(true));
         let src_inode = self.inode_of(&p, &name, &sdirs, src);
         let dst_inode = dst.map(|d| self.inode_of(&np, &newname, &ddirs, d));
         if let Some(d) = &dst_inode
@@ -539,16 +558,19 @@ impl Union {
         }
         let upper = self.upper()?;
         // Bring both ends wholly into the upper.
-        let bring_up = |i: &Arc<Inode>| -> Result<()> {
+        let bring_up = |i: &Arc<Inode>, parent: &Arc<Inode>, name: &Name| -> Result<()> {
             if i.is_dir() {
                 self.copy_up_tree(i)
             } else {
-                self.copy_up(i, true)
+                self.copy_up_at(i, parent, name, true)
             }
         };
-        bring_up(&src_inode)?;
-        if exchange && let Some(d) = &dst_inode {
-            bring_up(d)?;
+        bring_up(&src_inode, &p, &name)?;
+        if let Some(d) = &dst_inode
+            && (exchange || dst_linked)
+        {
+            // A replaced hard link is copied (indexed) first, as on unlink.
+            bring_up(d, &np, &newname)?;
         }
         let pfd = self.upper_dir(&p)?;
         let npfd = self.upper_dir(&np)?;
@@ -593,6 +615,9 @@ impl Union {
             self.rename_into(pfd, &name, npfd, &newname, src_dir, hide)?;
             if let Some(d) = &dst_inode {
                 d.remove_location(&np, newname.as_bytes());
+                if dst_linked {
+                    upper.adjust_nlink(d.st_ino, -1);
+                }
             }
             src_inode.move_location(
                 &p,
@@ -839,7 +864,7 @@ impl Union {
             return true;
         }
         match self.handles.get(fh).as_deref() {
-            Ok(Handle::File { inode, .. }) => inode.top_layer().is_ok_and(|l| l == 0),
+            Ok(Handle::File { inode, .. }) => inode.top_layer().is_ok_and(|l| l == 0 || l == INDEX),
             _ => false,
         }
     }

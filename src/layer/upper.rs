@@ -61,6 +61,7 @@ pub struct Upper {
     format_xattr: &'static CStr,
     /// The lower link count, on an index entry.
     nlink_xattr: &'static CStr,
+    nlink_lock: parking_lot::Mutex<()>,
     next: AtomicU64,
 }
 
@@ -132,6 +133,7 @@ impl Upper {
             ino_xattr,
             format_xattr,
             nlink_xattr,
+            nlink_lock: parking_lot::Mutex::new(()),
             next: AtomicU64::new(0),
         })
     }
@@ -180,26 +182,35 @@ impl Upper {
         let _ = sys::setxattr(XTarget::At(dir, name), self.nlink_xattr, v.as_bytes(), 0);
     }
 
-    /// `st_nlink` as the mount reports it for an indexed copy: its upper
-    /// names (the index's own link left out), but never fewer than the
-    /// lower object had, whose names not yet copied up still count.
-    pub fn indexed_nlink(&self, ino: u64, st: &libc::stat) -> libc::nlink_t {
-        let name = Self::index_name(ino);
+    fn recorded_nlink(&self, name: &Name) -> Option<libc::nlink_t> {
         let mut buf = [0u8; 24];
-        let lower = sys::getxattr(
-            XTarget::At(self.index.as_fd(), name.as_cstr()),
-            self.nlink_xattr,
-            &mut buf,
-        )
-        .ok()
-        .and_then(|n| {
-            std::str::from_utf8(&buf[..n])
-                .ok()?
-                .parse::<libc::nlink_t>()
-                .ok()
-        })
-        .unwrap_or(0);
-        (st.st_nlink.saturating_sub(1)).max(lower).max(1)
+        let t = XTarget::At(self.index.as_fd(), name.as_cstr());
+        let n = sys::getxattr(t, self.nlink_xattr, &mut buf).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+    }
+
+    /// `st_nlink` as the mount reports it for an indexed copy: the names
+    /// the merged view has, counted since the copy (the lower's count,
+    /// plus links made, minus names removed). Without a record: the upper
+    /// names, the index's own link left out.
+    pub fn indexed_nlink(&self, ino: u64, st: &libc::stat) -> libc::nlink_t {
+        self.recorded_nlink(&Self::index_name(ino))
+            .unwrap_or(st.st_nlink.saturating_sub(1))
+            .max(1)
+    }
+
+    /// Counts a name of an indexed copy made (`+1`) or removed (`-1`).
+    pub fn adjust_nlink(&self, ino: u64, delta: i64) {
+        // Names of one inode may change in parallel from different
+        // directories; hard-link changes are rare enough for one lock.
+        let _g = self.nlink_lock.lock();
+        let name = Self::index_name(ino);
+        let Some(n) = self.recorded_nlink(&name) else {
+            return;
+        };
+        let v = (n as i64 + delta).max(0).to_string();
+        let t = XTarget::At(self.index.as_fd(), name.as_cstr());
+        let _ = sys::setxattr(t, self.nlink_xattr, v.as_bytes(), 0);
     }
 
     /// Whether `name` in upper directory `dir` is a whiteout (either format).

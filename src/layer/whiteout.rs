@@ -63,30 +63,55 @@ pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> bool {
     }
 }
 
-/// Whether the directory `name` in `parent`, open as `fd`, is opaque in any
-/// format. Errors count as not opaque: a marker that cannot be read cannot be
+/// xattrs holding a kernel overlayfs redirect: where a renamed directory's
+/// lower parts live.
+const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+
+/// What a layer directory says about the layers below it.
+#[derive(Debug, Default)]
+pub struct DirMarks {
+    /// Nothing below shows through.
+    pub opaque: bool,
+    /// The raw redirect: a name in the same parent, or a path from the
+    /// layer roots when it starts with `/`.
+    pub redirect: Option<Vec<u8>>,
+}
+
+/// The markers on directory `name` in `parent`, open as `fd`, in any format.
+/// Errors count as no marker: a marker that cannot be read cannot be
 /// honoured either, and the requests that follow report real failures.
-pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &Name, fd: BorrowedFd<'_>) -> bool {
-    if sys::fstatat(fd, OCI_OPAQUE).is_ok() {
-        return true;
-    }
+pub fn dir_marks(parent: BorrowedFd<'_>, name: &Name, fd: BorrowedFd<'_>) -> DirMarks {
+    let mut marks = DirMarks {
+        opaque: sys::fstatat(fd, OCI_OPAQUE).is_ok(),
+        redirect: None,
+    };
     let target = XTarget::At(parent, name.as_cstr());
     // One listxattr first: most directories carry no xattr at all, and this
-    // saves three getxattr calls on each of them.
+    // saves a getxattr per marker on each of them.
     let Ok(list) = sys::listxattr_vec(target) else {
-        return false;
+        return marks;
     };
+    let has = |want: &CStr| list.split(|b| *b == 0).any(|n| n == want.to_bytes());
     for want in OPAQUE_XATTRS {
-        if list.split(|b| *b == 0).any(|n| n == want.to_bytes()) {
+        if !marks.opaque && has(want) {
             let mut v = [0u8; 2];
             if let Ok(1) = sys::getxattr(target, want, &mut v)
                 && v[0] == b'y'
             {
-                return true;
+                marks.opaque = true;
             }
         }
     }
-    false
+    for want in REDIRECT_XATTRS {
+        if marks.redirect.is_none() && has(want) {
+            let mut v = vec![0u8; libc::PATH_MAX as usize];
+            if let Ok(n) = sys::getxattr(target, want, &mut v) {
+                v.truncate(n);
+                marks.redirect = Some(v);
+            }
+        }
+    }
+    marks
 }
 
 #[cfg(test)]
