@@ -86,7 +86,9 @@ pub fn lookup(
     for (i, (layer, dirfd)) in dirs.iter().enumerate() {
         let more_below = i + 1 < dirs.len();
         let look = sibling.as_ref().unwrap_or(name);
-        match step(dirfd.as_fd(), look, *layer, more_below, &mut found)? {
+        // An absolute redirect reaches layers the parent does not merge.
+        let deeper = more_below || usize::from(*layer) + 1 < layers.len();
+        match step(dirfd.as_fd(), look, *layer, more_below, deeper, &mut found)? {
             Step::Continue => {}
             Step::Stop => break,
             Step::Redirect(Target::Sibling(n)) => sibling = Some(*n),
@@ -100,11 +102,14 @@ pub fn lookup(
 }
 
 /// `name` in one layer directory `dir`, adding what it finds to `found`.
+/// `deeper`: whether any layer lies below this one at all (a redirect may
+/// lead there even when the parent merges no further).
 fn step(
     dir: BorrowedFd<'_>,
     name: &Name,
     layer: LayerIdx,
     more_below: bool,
+    deeper: bool,
     found: &mut Option<Found>,
 ) -> Result<Step> {
     let st = match sys::fstatat(dir, name.as_cstr()) {
@@ -134,11 +139,22 @@ fn step(
         return Ok(Step::Stop);
     }
     let fd = sys::open_child_dir(dir, name.as_cstr())?;
-    let marks = if more_below {
+    let mut marks = if deeper {
         dir_marks(dir, name, fd.as_fd())
     } else {
         DirMarks::default()
     };
+    if !more_below {
+        // Nothing below in this parent to hide, nor a sibling to go to.
+        marks.opaque = false;
+        if marks
+            .redirect
+            .as_deref()
+            .is_some_and(|r| !r.starts_with(b"/"))
+        {
+            marks.redirect = None;
+        }
+    }
     let f = found.get_or_insert_with(|| Found {
         stat: st,
         layers: Vec::new(),
@@ -200,7 +216,8 @@ fn lookup_path(
             cur = Some(fd);
         }
         let base = cur.as_ref().map_or(*root, |f| f.as_fd());
-        match step(base, last, *layer, more_below && !stop_after, found)? {
+        let more = more_below && !stop_after;
+        match step(base, last, *layer, more, more, found)? {
             Step::Continue => {}
             Step::Stop => return Ok(()),
             Step::Redirect(Target::Sibling(n)) => {

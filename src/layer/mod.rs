@@ -74,6 +74,10 @@ impl Layers {
         })
     }
 
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
