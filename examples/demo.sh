@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mounts the bundled two-layer image (examples/image) with unionfuse and
-# shows the merged view, read-only use only:
+# shows the merged view, then changes it the way a container would:
 #   - lower2 (bottom) has etc/os-release, etc/hostname, bin/hello.sh,
 #     the symlink bin/hi -> hello.sh, usr/share/doc/{README,NOTES} and
 #     var/cache/old.txt;
@@ -8,6 +8,9 @@
 #     var/cache/new.txt, deletes usr/share/doc/README with the OCI whiteout
 #     `.wh.README`, and makes var/cache opaque with `.wh..wh..opq`, hiding
 #     old.txt.
+# Then it edits a lower file, deletes one, renames a lower directory and
+# creates new files, and shows what landed in the upper: copies, whiteouts
+# (character devices 0:0) and nothing else; the lowers stay unchanged.
 # Run from anywhere: examples/demo.sh. Needs fuse3 (installed via apt-get
 # when run as root). Set UNIONFUSE=/path/to/binary to skip the build.
 set -euo pipefail
@@ -73,6 +76,25 @@ echo "etc/hostname comes from lower1, etc/os-release from lower2;"
 echo "usr/share/doc/README is whited out and var/cache shows only new.txt."
 echo "No .wh.* names are visible. Nothing was written to the upper:"
 show find "$up" -mindepth 1
+
+echo
+echo "==> changes, as a container would make them"
+cd "$mnt"
+show sh -c 'echo demo-container > etc/hostname'
+show rm usr/share/doc/NOTES
+show mv var/cache var/cache.old
+show mkdir -p tmp
+show sh -c 'echo hello > tmp/new-file.txt'
+show ls -la etc var tmp
+cd - >/dev/null
+
+echo
+echo "The upper holds only the changes: copied-up files, new files, and a"
+echo "whiteout (c 0,0) for each deleted or renamed-away lower name:"
+show find "$up" -mindepth 1 -printf '%y %M %p\n'
+echo
+echo "The image layers are unchanged:"
+show cat "$image/lower1/etc/hostname"
 
 echo
 echo "==> $bin umount $mnt"
