@@ -12,6 +12,7 @@
 #   BENCH_BIG_MB   size of the file for sequential/random reads [1024]
 #   BENCH_FIO_SECS seconds per fio run [10]
 #   BENCH_CYCLES   mount/unmount cycles [20]
+#   BENCH_TAR_FILES files in the tarball unpacked onto each mount [20000]
 #   BENCH_TIMEOUT  seconds any one measurement may take [300]
 #   BENCH_TMPFS=1  skip the ext4 loop image and use tmpfs
 #   UNIONFUSE      a unionfuse binary to use instead of building one
@@ -35,6 +36,7 @@ BIGDIR=${BENCH_BIGDIR:-$FILES}
 BIG_MB=${BENCH_BIG_MB:-1024}
 FIO_SECS=${BENCH_FIO_SECS:-10}
 CYCLES=${BENCH_CYCLES:-20}
+TAR_FILES=${BENCH_TAR_FILES:-20000}
 TMO=${BENCH_TIMEOUT:-300}
 
 ensure_cargo
@@ -132,6 +134,20 @@ perl -e '
     }
 ' "$L1" "$L2" "$FILES" "$DIRS" "$BIGDIR"
 dd if=/dev/urandom of="$L2/bigfile" bs=1M count="$BIG_MB" status=none
+# A tarball to unpack onto each mount (create-heavy, like `docker build`).
+mkdir -p "$work/tarsrc"
+perl -e '
+    my ($root, $n) = @ARGV;
+    for my $i (0 .. $n - 1) {
+        my $d = "$root/p" . int($i / 100);
+        mkdir $d;
+        open(my $fh, ">", "$d/s$i.c") or die "create: $!";
+        print $fh "int f$i(void) { return $i; }\n";
+        close($fh);
+    }
+' "$work/tarsrc" "$TAR_FILES"
+tar -C "$work/tarsrc" -cf "$work/src.tar" .
+rm -rf "$work/tarsrc"
 sync
 echo "    took $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 
@@ -256,6 +272,32 @@ measure() {
     fi
 }
 
+# measure_writes NAME: the write workloads on the mount (a fresh upper).
+# t0, t1 and t2 are distinct lower subtrees of about FILES/50 files each.
+measure_writes() {
+    local name=$1 v
+    echo "    $name: unpack a $TAR_FILES-file tarball"
+    drop_caches
+    timed v sh -c "mkdir '$MNT/untar' && tar -C '$MNT/untar' -xf '$work/src.tar' && sync -f '$MNT/untar'"
+    R["untar|$name"]=$v
+    echo "    $name: chmod every file of a lower subtree (metadata copy-up)"
+    drop_caches
+    timed v find "$MNT/t0" -type f -exec chmod 600 {} +
+    R["chmod_tree|$name"]=$v
+    echo "    $name: rm -rf a lower subtree (whiteouts)"
+    drop_caches
+    timed v rm -rf "$MNT/t1"
+    R["rm_tree|$name"]=$v
+    echo "    $name: mv a lower subtree"
+    drop_caches
+    timed v mv "$MNT/t2" "$MNT/t2.moved"
+    R["mv_tree|$name"]=$v
+    echo "    $name: append a byte to the $BIG_MB MiB lower file (copy-up)"
+    drop_caches
+    timed v sh -c "echo x >> '$MNT/bigfile'"
+    R["copyup_big|$name"]=$v
+}
+
 # cycles NAME: mean milliseconds per mount + unmount over CYCLES cycles.
 cycles() {
     local name=$1 t0 t1
@@ -295,6 +337,7 @@ for c in "${candidates[@]}"; do
         continue
     fi
     measure "$c" "$MNT"
+    measure_writes "$c"
     do_umount "$c" || unmount_matching "$MNT"
     echo "    $c: $CYCLES mount/unmount cycles"
     fresh_upper "$c"
@@ -306,7 +349,7 @@ done
 # ---------------------------------------------------------------------------
 ops=(walk_cold walk_warm readdir_cold readdir_warm seq_mbs)
 [ "$have_fio" = 1 ] && ops+=(fio_iops)
-ops+=(cycle_ms)
+ops+=(untar chmod_tree rm_tree mv_tree copyup_big cycle_ms)
 declare -A label=(
     [walk_cold]="tree walk, cold (s)"
     [walk_warm]="tree walk, warm (s)"
@@ -314,6 +357,11 @@ declare -A label=(
     [readdir_warm]="ls -f big dir, warm (s)"
     [seq_mbs]="seq read 1M blocks (MB/s)"
     [fio_iops]="rand 4k read (IOPS)"
+    [untar]="untar $TAR_FILES files (s)"
+    [chmod_tree]="chmod lower subtree (s)"
+    [rm_tree]="rm -rf lower subtree (s)"
+    [mv_tree]="mv lower subtree (s)"
+    [copyup_big]="copy-up $BIG_MB MiB file (s)"
     [cycle_ms]="mount+umount (ms/cycle)"
 )
 
@@ -337,7 +385,7 @@ for op in "${ops[@]}"; do
         ratio=$(awk -v u="$u" -v k="$k" 'BEGIN { if (k > 0) printf "%.2f", u / k; else print "-" }')
     fi
     n=$(cell "$op" native)
-    [ "$op" = cycle_ms ] && n=n/a
+    case $op in cycle_ms | untar | chmod_tree | rm_tree | mv_tree | copyup_big) n=n/a ;; esac
     printf '%-26s %10s %10s %10s %14s %8s\n' "${label[$op]}" "$n" "$k" "$u" "$(cell "$op" fuse-overlayfs)" "$ratio"
 done
 echo
