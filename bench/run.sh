@@ -80,9 +80,10 @@ trap 'exit 143' TERM
 # Backing filesystem
 # ---------------------------------------------------------------------------
 mkdir -p "$fsroot"
-# Room for the big file, the small files (a block each), and slack.
-img_mb=$((BIG_MB + (FILES * 4 + BIGDIR) / 1024 + 1024))
-inodes=$((FILES + DIRS + BIGDIR + 50000))
+# Room for the big file and its copy-up, the small files (a block each,
+# plus what the write workloads copy or unpack), and slack.
+img_mb=$((2 * BIG_MB + (FILES * 4 + BIGDIR + TAR_FILES * 12) / 1024 + 1024))
+inodes=$((FILES + DIRS + BIGDIR + 3 * TAR_FILES + 50000))
 backing=
 if [ "${BENCH_TMPFS:-0}" != 1 ]; then
     if truncate -s "${img_mb}M" "$work/disk.img" &&
