@@ -82,7 +82,12 @@ impl Union {
         let st = src.stat()?;
         let staged = Staged::new(upper);
         sys::mkdirat(upper.staging(), staged.cstr(), st.st_mode & 0o7777)?;
-        self.copy_meta(&src, &st, upper.staging(), staged.cstr(), inode.st_ino)?;
+        self.copy_meta(
+            &src,
+            &st,
+            XTarget::At(upper.staging(), staged.cstr()),
+            inode.st_ino,
+        )?;
         let pst = sys::fstat(pfd.as_fd())?;
         sys::renameat2(
             upper.staging(),
@@ -160,6 +165,36 @@ impl Union {
         }
         let src = self.object(inode)?;
         let st = src.stat()?;
+        let linked = st.st_nlink > 1;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            // Born unnamed in its final directory: near its neighbours on
+            // disk, and gone without a trace if the daemon dies mid-copy.
+            match sys::open_tmpfile(pfd, libc::O_WRONLY, st.st_mode & 0o7777) {
+                Ok(out) => {
+                    self.fill_copy(&src, &st, out.as_fd(), data, inode.st_ino)?;
+                    if linked {
+                        upper.record_nlink(XTarget::Fd(out.as_fd()), st.st_nlink);
+                        match sys::link_tmpfile(out.as_fd(), upper.index.as_fd(), index.as_cstr()) {
+                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                            r => r?,
+                        }
+                        return link_up();
+                    }
+                    sys::link_tmpfile(out.as_fd(), pfd, name.as_cstr())?;
+                    return Ok(false);
+                }
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                    ) =>
+                {
+                    return Err(e.into());
+                }
+                // No O_TMPFILE here: stage it under a name instead.
+                Err(_) => {}
+            }
+        }
         let staged = Staged::new(upper);
         self.copy_object(
             &src,
@@ -169,23 +204,21 @@ impl Union {
             data,
             inode.st_ino,
         )?;
-        if st.st_nlink > 1 {
+        if linked {
             // The lower object has other names: index the copy so that they
             // find it, now and after a remount.
-            upper.record_nlink(upper.staging(), staged.cstr(), st.st_nlink);
-            let indexed = sys::linkat(
+            upper.record_nlink(XTarget::At(upper.staging(), staged.cstr()), st.st_nlink);
+            match sys::linkat(
                 upper.staging(),
                 staged.cstr(),
                 upper.index.as_fd(),
                 index.as_cstr(),
-            );
-            if let Err(e) = indexed {
-                if e.raw_os_error() == Some(libc::EEXIST) {
-                    drop(staged);
-                    return link_up();
-                }
-                return Err(e.into());
+            ) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                r => r?,
             }
+            drop(staged);
+            return link_up();
         }
         sys::renameat2(
             upper.staging(),
@@ -195,7 +228,7 @@ impl Union {
             libc::RENAME_NOREPLACE,
         )?;
         staged.keep();
-        Ok(st.st_nlink > 1)
+        Ok(false)
     }
 
     /// Builds a copy of non-directory `src` as `name` in `dir`.
@@ -212,10 +245,8 @@ impl Union {
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
                 let out = sys::create_file(dir, name, libc::O_WRONLY, st.st_mode & 0o7777)?;
-                if data && st.st_size > 0 {
-                    let input = open_for_copy(sdir, sname)?;
-                    copy_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
-                }
+                self.fill_copy(src, st, out.as_fd(), data, ino)?;
+                return Ok(());
             }
             libc::S_IFLNK => {
                 let target = sys::readlinkat(sdir, sname)?;
@@ -224,29 +255,40 @@ impl Union {
             }
             _ => sys::mknodat(dir, name, st.st_mode, st.st_rdev)?,
         }
-        self.copy_meta(src, st, dir, name, ino)
+        self.copy_meta(src, st, XTarget::At(dir, name), ino)
+    }
+
+    /// Data (unless `data` is false) and metadata of regular file `src`
+    /// into the new file `out`.
+    fn fill_copy(
+        &self,
+        src: &Object,
+        st: &libc::stat,
+        out: BorrowedFd<'_>,
+        data: bool,
+        ino: u64,
+    ) -> Result<()> {
+        if data && st.st_size > 0 {
+            let (sdir, sname) = src.dir_and_name();
+            let input = open_for_copy(sdir, sname)?;
+            copy_data(input.as_fd(), out, st.st_size as u64)?;
+        }
+        self.copy_meta(src, st, XTarget::Fd(out), ino)
     }
 
     /// Owner, mode, xattrs, the inode number, then times: chown clears
     /// set-id bits and security.capability, and every later change would
     /// move the times.
-    fn copy_meta(
-        &self,
-        src: &Object,
-        st: &libc::stat,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        ino: u64,
-    ) -> Result<()> {
+    fn copy_meta(&self, src: &Object, st: &libc::stat, dst: XTarget<'_>, ino: u64) -> Result<()> {
         let upper = self.upper()?;
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        if let Err(e) = sys::fchownat(dir, name, st.st_uid, st.st_gid)
+        if let Err(e) = sys::chown(dst, st.st_uid, st.st_gid)
             && sys::is_root()
         {
             return Err(e.into());
         }
         if !is_link {
-            sys::fchmodat(dir, name, st.st_mode & 0o7777)?;
+            sys::chmod(dst, st.st_mode & 0o7777)?;
         }
         let list = sys::listxattr_vec(src.xattr_target()).unwrap_or_default();
         let mut value = Vec::new();
@@ -263,15 +305,15 @@ impl Union {
                 debug!("copy-up: reading xattr {cattr:?}: {e}");
                 continue;
             }
-            if let Err(e) = sys::setxattr(XTarget::At(dir, name), &cattr, &value, 0) {
+            if let Err(e) = sys::setxattr(dst, &cattr, &value, 0) {
                 // As kernel overlayfs: attributes the upper cannot hold
                 // (another LSM's labels, trusted.* without privilege) are
                 // left behind rather than failing the copy.
                 debug!("copy-up: setting xattr {cattr:?}: {e}");
             }
         }
-        upper.record_ino(dir, name, ino);
-        sys::utimensat(dir, name, &sys::stat_times(st))?;
+        upper.record_ino(dst, ino);
+        sys::set_times(dst, &sys::stat_times(st))?;
         Ok(())
     }
 
@@ -316,7 +358,7 @@ impl Union {
         keep_times(fd.as_fd(), &st);
         *dir.layers.write() = vec![0];
         self.fds.release(dir);
-        dir.invalidate_listing();
+        dir.changed(true);
         Ok(())
     }
 }

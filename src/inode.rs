@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -73,7 +73,14 @@ pub struct Inode {
     /// Merged listing of a directory spanning several layers, kept because
     /// both `st_nlink` and readdir need it and the lowers never change.
     pub dir_cache: Mutex<Option<Arc<DirSnapshot>>>,
+    /// Subdirectories of a merged directory, for `st_nlink`: kept apart
+    /// from the listing, which every file created in the directory
+    /// invalidates.
+    subdirs: AtomicU32,
 }
+
+/// `Inode::subdirs` not computed yet.
+const UNKNOWN: u32 = u32::MAX;
 
 impl Inode {
     pub fn new(
@@ -96,6 +103,7 @@ impl Inode {
             fds: Mutex::new(Vec::new()),
             pinned: AtomicBool::new(false),
             dir_cache: Mutex::new(None),
+            subdirs: AtomicU32::new(UNKNOWN),
         }
     }
 
@@ -216,9 +224,23 @@ impl Inode {
         false
     }
 
-    /// Drops the cached merged listing after a change in the directory.
-    pub fn invalidate_listing(&self) {
+    /// Drops the cached merged listing after a change in the directory;
+    /// `subdirs` when the change may add or remove a subdirectory.
+    pub fn changed(&self, subdirs: bool) {
         *self.dir_cache.lock() = None;
+        if subdirs {
+            self.subdirs.store(UNKNOWN, Ordering::Relaxed);
+        }
+    }
+
+    /// The number of subdirectories of a merged directory, when known.
+    pub fn subdirs(&self) -> Option<u32> {
+        let n = self.subdirs.load(Ordering::Relaxed);
+        (n != UNKNOWN).then_some(n)
+    }
+
+    pub fn set_subdirs(&self, n: u32) {
+        self.subdirs.store(n, Ordering::Relaxed);
     }
 
     /// A cached descriptor of this directory in `layer`.

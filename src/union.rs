@@ -283,8 +283,12 @@ impl Union {
         if inode.layers.read().len() <= 1 {
             return Ok(st.st_nlink);
         }
-        let snap = self.merged_listing(inode)?;
-        Ok(2 + snap.subdirs() as libc::nlink_t)
+        if let Some(n) = inode.subdirs() {
+            return Ok(2 + n as libc::nlink_t);
+        }
+        let n = self.merged_listing(inode)?.subdirs() as u32;
+        inode.set_subdirs(n);
+        Ok(2 + n as libc::nlink_t)
     }
 
     /// The cached listing of a directory that spans several layers.

@@ -17,7 +17,7 @@ use crate::layer::upper::WhiteoutFormat;
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
 use crate::resolve::{self, DirFds, Found};
-use crate::sys;
+use crate::sys::{self, XTarget};
 use crate::union::Union;
 
 /// Who asks for a new object: its owner.
@@ -70,6 +70,94 @@ impl SetTime {
                 tv_nsec: ns,
             },
         }
+    }
+}
+
+/// The flags a new file is opened with on the daemon's side.
+fn open_flags(flags: i32) -> i32 {
+    (flags & libc::O_ACCMODE) | (flags & (libc::O_SYNC | libc::O_DSYNC))
+}
+
+/// Makes a new object of `kind` as `name` in `dir`; a file comes back open.
+fn make(
+    kind: &NewKind<'_>,
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+) -> Result<Option<OwnedFd>> {
+    let perm = mode & 0o7777;
+    Ok(match kind {
+        NewKind::File { flags } => Some(sys::create_file(dir, name, open_flags(*flags), perm)?),
+        NewKind::Dir => {
+            sys::mkdirat(dir, name, perm)?;
+            None
+        }
+        NewKind::Node { rdev } => {
+            sys::mknodat(dir, name, mode, *rdev)?;
+            None
+        }
+        NewKind::Symlink { target } => {
+            sys::symlinkat(target, dir, name)?;
+            None
+        }
+        NewKind::Link {
+            dir: odir,
+            name: oname,
+        } => {
+            sys::linkat(*odir, oname, dir, name)?;
+            None
+        }
+    })
+}
+
+/// Who a new object belongs to, as the kernel would decide in the parent:
+/// the caller, with the group (and, for a directory, the bit) of a
+/// set-group-ID parent.
+struct Ownership {
+    uid: u32,
+    gid: u32,
+    perm: u32,
+    is_dir: bool,
+    setgid_parent: bool,
+    daemon: (u32, u32),
+}
+
+impl Ownership {
+    fn new(caller: Caller, parent: &libc::stat, perm: u32, is_dir: bool) -> Ownership {
+        let setgid_parent = parent.st_mode & libc::S_ISGID != 0;
+        Ownership {
+            uid: caller.uid,
+            gid: if setgid_parent {
+                parent.st_gid
+            } else {
+                caller.gid
+            },
+            perm,
+            is_dir,
+            setgid_parent,
+            daemon: sys::ids(),
+        }
+    }
+
+    /// Whether an object the daemon makes in the real parent gets this
+    /// owner by itself (the kernel applies set-group-ID inheritance there).
+    fn in_place(&self) -> bool {
+        self.uid == self.daemon.0 && (self.setgid_parent || self.gid == self.daemon.1)
+    }
+
+    /// Gives an object made elsewhere (or unnamed) its owner.
+    fn apply(&self, t: XTarget<'_>) -> Result<()> {
+        if (self.uid, self.gid) != self.daemon {
+            sys::chown(t, self.uid, self.gid)?;
+            if self.perm & (libc::S_ISUID | libc::S_ISGID) != 0 && !self.is_dir {
+                // chown dropped the set-id bits the caller asked for.
+                sys::chmod(t, self.perm)?;
+            }
+        }
+        if self.is_dir && self.setgid_parent {
+            sys::chmod(t, self.perm | libc::S_ISGID)?;
+        }
+        Ok(())
     }
 }
 
@@ -142,9 +230,12 @@ impl Union {
         inode
     }
 
-    /// Creates `name` in `parent`: built in the staging directory, owned by
-    /// the caller, then renamed into place (over a whiteout when one hides a
-    /// deleted lower object, making a new directory opaque).
+    /// Creates `name` in `parent`, owned by the caller. Where the daemon's
+    /// own ids give the right owner, the object is made in place (complete
+    /// the moment it exists); a file for another owner is made unnamed
+    /// (O_TMPFILE), given its owner, then linked; anything else, and
+    /// anything replacing a whiteout, is built in the staging directory and
+    /// renamed into place (a new directory over a whiteout becomes opaque).
     fn create_object(
         &self,
         caller: Caller,
@@ -157,66 +248,40 @@ impl Union {
         if self.find(parent, name)?.1.is_some() {
             return Err(Error::new(libc::EEXIST));
         }
-        let pfd = self.upper_dir(parent)?;
-        let pst = sys::fstat(pfd.as_fd())?;
-        let staged = Staged::new(upper);
-        let (sdir, sname) = (upper.staging(), staged.cstr());
-        let mut owned = true;
-        let mut is_dir = false;
-        let perm = mode & 0o7777;
-        let fd = match kind {
-            NewKind::File { flags } => {
-                let acc = flags & libc::O_ACCMODE;
-                let extra = flags & (libc::O_SYNC | libc::O_DSYNC);
-                Some(sys::create_file(sdir, sname, acc | extra, perm)?)
+        let pfd_arc = self.upper_dir(parent)?;
+        let pfd = pfd_arc.as_fd();
+        let pst = sys::fstat(pfd)?;
+        let over_whiteout = upper.has_whiteout(pfd, name);
+        let is_dir = matches!(kind, NewKind::Dir);
+        let owned = !matches!(kind, NewKind::Link { .. });
+        let own = Ownership::new(caller, &pst, mode & 0o7777, is_dir);
+        let fd = if !over_whiteout && (!owned || own.in_place()) {
+            make(&kind, pfd, name.as_cstr(), mode)?
+        } else if let (false, NewKind::File { flags }) = (over_whiteout, &kind)
+            && let Ok(tmp) = sys::open_tmpfile(pfd, open_flags(*flags), mode & 0o7777)
+        {
+            own.apply(XTarget::Fd(tmp.as_fd()))?;
+            sys::link_tmpfile(tmp.as_fd(), pfd, name.as_cstr())?;
+            Some(tmp)
+        } else {
+            let staged = Staged::new(upper);
+            let (sdir, sname) = (upper.staging(), staged.cstr());
+            let fd = make(&kind, sdir, sname, mode)?;
+            if owned {
+                own.apply(XTarget::At(sdir, sname))?;
             }
-            NewKind::Dir => {
-                is_dir = true;
-                sys::mkdirat(sdir, sname, perm)?;
-                None
+            if is_dir && over_whiteout {
+                let d = sys::open_child_dir(sdir, sname)?;
+                upper.mark_opaque(sdir, sname, d.as_fd())?;
             }
-            NewKind::Node { rdev } => {
-                sys::mknodat(sdir, sname, mode, rdev)?;
-                None
-            }
-            NewKind::Symlink { target } => {
-                sys::symlinkat(target, sdir, sname)?;
-                None
-            }
-            NewKind::Link { dir, name } => {
-                owned = false;
-                sys::linkat(dir, name, sdir, sname)?;
-                None
-            }
+            self.place(sdir, sname, pfd, name, is_dir, over_whiteout)?;
+            staged.keep();
+            fd
         };
-        if owned {
-            // A set-group-ID directory passes its group (and, to
-            // directories, the bit itself) on, as the kernel does.
-            let setgid = pst.st_mode & libc::S_ISGID != 0;
-            let gid = if setgid { pst.st_gid } else { caller.gid };
-            let (euid, egid) = sys::ids();
-            if caller.uid != euid || gid != egid {
-                sys::fchownat(sdir, sname, caller.uid, gid)?;
-                if perm & (libc::S_ISUID | libc::S_ISGID) != 0 && !is_dir {
-                    // chown dropped the set-id bits the caller asked for.
-                    sys::fchmodat(sdir, sname, perm)?;
-                }
-            }
-            if is_dir && setgid {
-                sys::fchmodat(sdir, sname, perm | libc::S_ISGID)?;
-            }
-        }
-        let over_whiteout = upper.has_whiteout(pfd.as_fd(), name);
-        if is_dir && over_whiteout {
-            let d = sys::open_child_dir(sdir, sname)?;
-            upper.mark_opaque(sdir, sname, d.as_fd())?;
-        }
-        self.place(sdir, sname, pfd.as_fd(), name, is_dir, over_whiteout)?;
-        staged.keep();
-        let st = sys::fstatat(pfd.as_fd(), name.as_cstr())?;
+        let st = sys::fstatat(pfd, name.as_cstr())?;
         if !owned {
             // A new name of an existing inode: the caller registers it.
-            parent.invalidate_listing();
+            parent.changed(false);
             return Ok((st, fd));
         }
         Ok((self.register(parent, name, st), fd))
@@ -277,7 +342,7 @@ impl Union {
             }
             inode.note_location(parent, name);
         }
-        parent.invalidate_listing();
+        parent.changed(kind == libc::S_IFDIR);
         st.st_ino = inode.st_ino;
         st
     }
@@ -421,7 +486,7 @@ impl Union {
         if let Ok(i) = self.inodes.get(st_ino) {
             i.remove_location(&p, name.as_bytes());
         }
-        p.invalidate_listing();
+        p.changed(false);
         Ok(())
     }
 
@@ -440,7 +505,7 @@ impl Union {
         }
         self.remove_entry(&p, &name, in_upper, true)?;
         dir.remove_location(&p, name.as_bytes());
-        p.invalidate_listing();
+        p.changed(true);
         Ok(())
     }
 
@@ -628,8 +693,11 @@ impl Union {
                 },
             );
         }
-        p.invalidate_listing();
-        np.invalidate_listing();
+        // A directory moving out of one parent into another changes both
+        // parents' link counts.
+        let dirs_moved = src_dir || dst_dir == Some(true);
+        p.changed(dirs_moved);
+        np.changed(dirs_moved);
         Ok(())
     }
 

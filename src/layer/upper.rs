@@ -159,9 +159,9 @@ impl Upper {
     /// Records `ino` on a staged object. Best effort: where the xattr cannot
     /// be set (user xattrs on a symlink), the copy reports its own number
     /// after a remount, as kernel overlayfs without `xino` does.
-    pub fn record_ino(&self, dir: BorrowedFd<'_>, name: &CStr, ino: u64) {
+    pub fn record_ino(&self, t: XTarget<'_>, ino: u64) {
         let v = ino.to_string();
-        let _ = sys::setxattr(XTarget::At(dir, name), self.ino_xattr, v.as_bytes(), 0);
+        let _ = sys::setxattr(t, self.ino_xattr, v.as_bytes(), 0);
     }
 
     /// The index entry's name for inode number `ino`.
@@ -177,9 +177,9 @@ impl Upper {
 
     /// Records the lower object's link count on a staged copy about to be
     /// indexed.
-    pub fn record_nlink(&self, dir: BorrowedFd<'_>, name: &CStr, nlink: u64) {
+    pub fn record_nlink(&self, t: XTarget<'_>, nlink: u64) {
         let v = nlink.to_string();
-        let _ = sys::setxattr(XTarget::At(dir, name), self.nlink_xattr, v.as_bytes(), 0);
+        let _ = sys::setxattr(t, self.nlink_xattr, v.as_bytes(), 0);
     }
 
     fn recorded_nlink(&self, name: &Name) -> Option<libc::nlink_t> {

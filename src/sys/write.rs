@@ -269,3 +269,86 @@ pub fn stat_times(st: &libc::stat) -> [libc::timespec; 2] {
         },
     ]
 }
+
+/// An unnamed regular file in directory `dir` (`O_TMPFILE`): it is born
+/// next to where it will be linked, and vanishes if the process dies first.
+pub fn open_tmpfile(dir: BorrowedFd<'_>, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let flags = flags | libc::O_TMPFILE | libc::O_CLOEXEC;
+    // SAFETY: the path is NUL-terminated; the returned fd is owned.
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), c".".as_ptr(), flags, mode) })?;
+    // SAFETY: fd was just returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Gives the unnamed file `fd` the name `name` in `dir`; fails with EEXIST
+/// when the name is taken.
+pub fn link_tmpfile(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+    // SAFETY: the empty path and name are NUL-terminated.
+    let rc = unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) {
+        return Err(e);
+    }
+    // Without CAP_DAC_READ_SEARCH, AT_EMPTY_PATH is refused; the
+    // /proc/self/fd link of an O_TMPFILE file may be linked instead.
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both paths are NUL-terminated.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes the owner of a target (the link itself for a symlink).
+pub fn chown(t: xattr::XTarget<'_>, uid: u32, gid: u32) -> SysResult<()> {
+    match t {
+        xattr::XTarget::At(dir, name) => fchownat(dir, name, uid, gid),
+        xattr::XTarget::Fd(fd) => {
+            // SAFETY: no pointers.
+            cvt(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+            Ok(())
+        }
+    }
+}
+
+/// Changes the mode of a target that is not a symlink.
+pub fn chmod(t: xattr::XTarget<'_>, mode: u32) -> SysResult<()> {
+    match t {
+        xattr::XTarget::At(dir, name) => fchmodat(dir, name, mode),
+        xattr::XTarget::Fd(fd) => {
+            // SAFETY: no pointers.
+            cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })?;
+            Ok(())
+        }
+    }
+}
+
+/// Sets atime and mtime of a target, not following a symlink.
+pub fn set_times(t: xattr::XTarget<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    match t {
+        xattr::XTarget::At(dir, name) => utimensat(dir, name, times),
+        xattr::XTarget::Fd(fd) => {
+            // SAFETY: times points to two timespecs.
+            cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
+            Ok(())
+        }
+    }
+}
