@@ -88,8 +88,29 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
     // Block the termination signals before any thread exists so that every
     // thread inherits the mask and only the signal thread takes them.
     sys::block_term_signals().map_err(|e| format!("cannot block signals: {e}"))?;
-    let mut session = Session::new(fs, &cfg.mountpoint, &config)
-        .map_err(|e| format!("cannot mount at {}: {e}", cfg.mountpoint.display()))?;
+    let mnt = cfg.mountpoint.clone();
+    let (session, mut unmount): (_, Box<dyn FnMut() -> std::io::Result<()> + Send>) = if root {
+        let mut session = Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
+            union.abandon();
+            format!("cannot mount at {}: {e}", cfg.mountpoint.display())
+        })?;
+        let mut unmounter = session.unmount_callable();
+        (session, Box::new(move || unmounter.unmount()))
+    } else {
+        // An ordinary user may not open /dev/fuse (0600 root on many
+        // hosts): the setuid fusermount3 opens it, mounts, and hands the
+        // descriptor over. One descriptor then serves every thread.
+        let fd = fusermount(&cfg.mountpoint, &fusermount_options(cfg.upper.is_none()))
+            .inspect_err(|_| union.abandon())?;
+        config.clone_fd = false;
+        let session = Session::from_fd(fs, fd, SessionACL::Owner, config).map_err(|e| {
+            let _ = fusermount_unmount(&cfg.mountpoint, true);
+            union.abandon();
+            format!("cannot start serving {}: {e}", cfg.mountpoint.display())
+        })?;
+        let m = mnt.clone();
+        (session, Box::new(move || fusermount_unmount(&m, false)))
+    };
     info!(
         "mounted {} (lowers {:?}, upper {:?})",
         cfg.mountpoint.display(),
@@ -97,19 +118,22 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         cfg.upper
     );
 
-    let mut unmounter = session.unmount_callable();
-    let mnt = cfg.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let sig = sys::wait_signal();
             info!("signal {sig}: unmounting {}", mnt.display());
-            if let Err(e) = unmounter.unmount() {
+            if let Err(e) = unmount() {
                 // Busy: files are still open in the mount. Detach it so that
                 // no new process enters; the daemon exits once the last
                 // user lets go, as `umount -l` would.
                 warn!("unmount {}: {e}; detaching lazily", mnt.display());
-                if let Err(e) = sys::umount(&mnt, libc::MNT_DETACH) {
+                let lazy = if root {
+                    sys::umount(&mnt, libc::MNT_DETACH)
+                } else {
+                    fusermount_unmount(&mnt, true)
+                };
+                if let Err(e) = lazy {
                     warn!("lazy unmount {}: {e}", mnt.display());
                 }
             }
@@ -144,6 +168,76 @@ fn announce_ready(mnt: &Path, ready: Option<OwnedFd>, detach: bool) {
     {
         warn!("cannot signal readiness: {e}");
     }
+}
+
+/// The program that mounts and unmounts FUSE filesystems for ordinary
+/// users: `FUSERMOUNT_PATH` (fuser's convention), else `fusermount3` on PATH.
+pub fn fusermount_program() -> std::ffi::OsString {
+    std::env::var_os("FUSERMOUNT_PATH").unwrap_or_else(|| "fusermount3".into())
+}
+
+/// The `-o` options fusermount3 mounts with.
+fn fusermount_options(read_only: bool) -> String {
+    let mut o = String::from("fsname=unionfuse,subtype=unionfuse,default_permissions");
+    o.push_str(if read_only { ",ro" } else { ",rw" });
+    o
+}
+
+/// Mounts `mnt` through fusermount3 and receives the `/dev/fuse`
+/// descriptor it opened (its `_FUSE_COMMFD` protocol).
+fn fusermount(mnt: &Path, opts: &str) -> Result<OwnedFd, String> {
+    use std::os::fd::AsRawFd;
+    let fail = |e: std::io::Error| format!("cannot mount at {}: {e}", mnt.display());
+    let (ours, theirs) = sys::socketpair().map_err(fail)?;
+    sys::set_cloexec(theirs.as_fd(), false).map_err(fail)?;
+    let out = std::process::Command::new(fusermount_program())
+        .arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(mnt)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run fusermount3 (install fuse3): {e}"))?;
+    drop(theirs);
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let msg = msg.trim().lines().last().unwrap_or("failed").to_string();
+        if msg.contains("/dev/fuse") && msg.contains("Permission denied") {
+            // fusermount3 opens the device with the user's own rights.
+            return Err(format!(
+                "cannot mount at {}: /dev/fuse is not open to this user (fusermount3 opens it with the user's rights); make it mode 0666 as distributions ship it, or mount as root",
+                mnt.display()
+            ));
+        }
+        return Err(format!("cannot mount at {}: {msg}", mnt.display()));
+    }
+    sys::recv_fd(ours.as_fd()).map_err(fail)
+}
+
+/// `fusermount3 -u [-z] MNT`.
+pub fn fusermount_unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
+    let mut cmd = std::process::Command::new(fusermount_program());
+    cmd.arg("-u").arg("-q");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(mnt)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    // fusermount3 says "Device or resource busy" for a mount in use.
+    let errno = if msg.contains("busy") {
+        libc::EBUSY
+    } else {
+        libc::EIO
+    };
+    Err(std::io::Error::from_raw_os_error(errno))
 }
 
 /// Where the daemon stages files when `--work` is not given: a hidden

@@ -91,6 +91,14 @@ impl Union {
         })
     }
 
+    /// Takes back what opening the upper changed on disk, when the mount
+    /// itself failed.
+    pub fn abandon(&self) {
+        if let Some(u) = &self.upper {
+            u.undo(self.layers.get(0).root.as_fd());
+        }
+    }
+
     /// Whether the mount has no upper layer and refuses every change.
     pub fn read_only(&self) -> bool {
         !self.layers.has_upper()

@@ -32,6 +32,14 @@ impl WhiteoutFormat {
     }
 }
 
+/// What [`Upper::open`] created or recorded.
+#[derive(Debug, Default)]
+struct Made {
+    staging: bool,
+    index: bool,
+    format: bool,
+}
+
 /// The staging directory inside the work directory. Kernel overlayfs keeps
 /// its own `work` and `index` there, so one work directory may serve both.
 const STAGING: &CStr = c"unionfuse-staging";
@@ -51,6 +59,9 @@ pub struct Upper {
     /// filesystem as the upper, emptied at every mount.
     staging: Arc<OwnedFd>,
     pub index: Arc<OwnedFd>,
+    work: OwnedFd,
+    /// What opening changed on disk, for [`Upper::undo`].
+    made: Made,
     pub format: WhiteoutFormat,
     /// `trusted.overlay.opaque` where trusted xattrs may be written (root),
     /// else `user.overlay.opaque` (what overlayfs reads with `userxattr`).
@@ -75,8 +86,9 @@ impl Upper {
         wanted: Option<WhiteoutFormat>,
     ) -> std::io::Result<Upper> {
         let trusted = sys::is_root();
+        let mut made = Made::default();
         match sys::mkdirat(work, STAGING, 0o700) {
-            Ok(()) => {}
+            Ok(()) => made.staging = true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // A crash mid-copy-up leaves half-built objects here; they
                 // were never visible, so they go.
@@ -87,8 +99,9 @@ impl Upper {
         }
         let staging = Arc::new(sys::open_child_dir(work, STAGING)?);
         match sys::mkdirat(work, INDEX, 0o700) {
+            Ok(()) => made.index = true,
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-            _ => {}
+            Err(_) => {}
         }
         let index = Arc::new(sys::open_child_dir(work, INDEX)?);
         let (opaque_xattr, ino_xattr, format_xattr, nlink_xattr) = if trusted {
@@ -114,18 +127,21 @@ impl Upper {
                 None => probe_format(staging.as_fd()),
             },
         };
-        if recorded != Some(format)
-            && let Err(e) = sys::setxattr(
+        if recorded != Some(format) {
+            match sys::setxattr(
                 XTarget::Fd(upper),
                 format_xattr,
                 format.as_str().as_bytes(),
                 0,
-            )
-        {
-            warn!("cannot record the whiteout format on the upper: {e}");
+            ) {
+                Ok(()) => made.format = true,
+                Err(e) => warn!("cannot record the whiteout format on the upper: {e}"),
+            }
         }
         info!("whiteout format {}", format.as_str());
         Ok(Upper {
+            work: sys::open_child_dir(work, c".")?,
+            made,
             staging,
             index,
             format,
@@ -136,6 +152,20 @@ impl Upper {
             nlink_lock: parking_lot::Mutex::new(()),
             next: AtomicU64::new(0),
         })
+    }
+
+    /// Takes back what [`Upper::open`] changed on disk, for a mount that
+    /// failed: a refused mount leaves the directories as they were.
+    pub fn undo(&self, upper: BorrowedFd<'_>) {
+        if self.made.format {
+            let _ = sys::removexattr(XTarget::Fd(upper), self.format_xattr);
+        }
+        if self.made.staging {
+            let _ = remove_tree(self.work.as_fd(), STAGING);
+        }
+        if self.made.index {
+            let _ = sys::unlinkat(self.work.as_fd(), INDEX, true);
+        }
     }
 
     pub fn staging(&self) -> BorrowedFd<'_> {

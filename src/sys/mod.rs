@@ -418,3 +418,60 @@ pub fn zeroed_stat() -> libc::stat {
 pub fn is_whiteout_stat(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
+
+/// A connected pair of unix stream sockets, both close-on-exec.
+pub fn socketpair() -> SysResult<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a writable array of two ints.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Receives one descriptor sent with `SCM_RIGHTS` (how fusermount3 hands
+/// over the `/dev/fuse` descriptor it opened).
+pub fn recv_fd(sock: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr carrying one int, aligned as the kernel wants.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: msghdr is plain data; zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: msg points to valid iov and control buffers for its lengths.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    cvt_size(n as libc::ssize_t)?;
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR reads within it.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: cmsg is null or points into cbuf.
+    if cmsg.is_null()
+        || unsafe {
+            (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        }
+    {
+        return Err(io::Error::from_raw_os_error(libc::EPROTO));
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one int after the header.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>()) };
+    // SAFETY: the kernel installed fd in this process for us to own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
