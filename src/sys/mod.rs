@@ -462,12 +462,12 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     cvt_size(n as libc::ssize_t)?;
     // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR reads within it.
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: cmsg is null or points into cbuf.
-    if cmsg.is_null()
-        || unsafe {
-            (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-        }
-    {
+    if cmsg.is_null() {
+        return Err(io::Error::from_raw_os_error(libc::EPROTO));
+    }
+    // SAFETY: cmsg is not null, so it points at a header inside cbuf.
+    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
         return Err(io::Error::from_raw_os_error(libc::EPROTO));
     }
     // SAFETY: an SCM_RIGHTS message carries at least one int after the header.
