@@ -17,7 +17,7 @@ use crate::mount::{self, READY_BYTE};
 use crate::sys;
 
 /// Default kernel cache timeout in seconds (see `--cache-timeout`).
-const DEFAULT_CACHE_TIMEOUT: u64 = 86_400;
+pub(crate) const DEFAULT_CACHE_TIMEOUT: u64 = 86_400;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,6 +108,29 @@ pub struct MountArgs {
     #[arg(long, value_name = "FD")]
     pub ready_fd: Option<i32>,
 
+    /// Do not sync the upper to disk on fsync: faster, but a host crash may
+    /// lose recent writes (for throwaway containers, as overlayfs's
+    /// `volatile`).
+    #[arg(long)]
+    pub volatile: bool,
+
+    /// Mount read-only even with an upper layer.
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Device nodes in the mount do not work as devices.
+    #[arg(long)]
+    pub nodev: bool,
+
+    /// Set-user-ID and set-group-ID bits in the mount are ignored.
+    #[arg(long)]
+    pub nosuid: bool,
+
+    /// As an ordinary user, let other users into the mount too (needs
+    /// `user_allow_other` in /etc/fuse.conf). Root mounts always allow them.
+    #[arg(long)]
+    pub allow_other: bool,
+
     /// Where to mount: an existing directory that is not already a mount
     /// point and is neither inside nor above any layer.
     #[arg(value_name = "MOUNTPOINT")]
@@ -134,6 +157,55 @@ pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Mount(args) => mount_cmd(args),
         Cmd::Umount(args) => umount_cmd(&args.mountpoint),
+    }
+}
+
+impl MountArgs {
+    /// The `unionfuse mount` argv that means the same, for the daemonized
+    /// child: whichever syntax the user spoke, the child gets this one.
+    fn to_argv(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["mount".into()];
+        for l in &self.lower {
+            a.push("--lower".into());
+            a.push(l.clone());
+        }
+        let mut path = |flag: &str, v: &Option<PathBuf>| {
+            if let Some(v) = v {
+                a.push(flag.into());
+                a.push(v.clone().into_os_string());
+            }
+        };
+        path("--upper", &self.upper);
+        path("--work", &self.work);
+        a.push("--whiteout".into());
+        a.push(
+            match self.whiteout {
+                WhiteoutArg::Auto => "auto",
+                WhiteoutArg::Overlay => "overlay",
+                WhiteoutArg::Oci => "oci",
+            }
+            .into(),
+        );
+        if let Some(t) = self.threads {
+            a.push("--threads".into());
+            a.push(t.to_string().into());
+        }
+        a.push("--cache-timeout".into());
+        a.push(self.cache_timeout.to_string().into());
+        for (on, flag) in [
+            (self.debug, "--debug"),
+            (self.volatile, "--volatile"),
+            (self.read_only, "--read-only"),
+            (self.nodev, "--nodev"),
+            (self.nosuid, "--nosuid"),
+            (self.allow_other, "--allow-other"),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        a.push(self.mountpoint.clone().into_os_string());
+        a
     }
 }
 
@@ -280,6 +352,11 @@ pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
         threads,
         cache_timeout: Duration::from_secs(args.cache_timeout),
         debug: args.debug,
+        volatile: args.volatile,
+        read_only: args.read_only || args.upper.is_none(),
+        nodev: args.nodev,
+        nosuid: args.nosuid,
+        allow_other: args.allow_other,
         whiteout: match args.whiteout {
             WhiteoutArg::Auto => None,
             WhiteoutArg::Overlay => Some(WhiteoutFormat::Overlay),
@@ -333,7 +410,7 @@ fn check_work(
     Ok(work)
 }
 
-fn mount_cmd(args: MountArgs) -> Result<(), String> {
+pub fn mount_cmd(args: MountArgs) -> Result<(), String> {
     let cfg = validate(&args)?;
     if args.foreground {
         let ready = match args.ready_fd {
@@ -353,7 +430,7 @@ fn mount_cmd(args: MountArgs) -> Result<(), String> {
         }
         return res;
     }
-    daemonize()
+    daemonize(&args)
 }
 
 /// Creates the default work directory when it is missing; returns it when
@@ -376,20 +453,13 @@ fn prepare_work(cfg: &MountConfig) -> Result<Option<PathBuf>, String> {
 /// Runs the same command in the foreground as a detached child and waits
 /// until it reports the mount live (exit 0) or dies (its exit status; the
 /// child has already printed why).
-fn daemonize() -> Result<(), String> {
+fn daemonize(args: &MountArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let (r, w) = sys::ready_pipe().map_err(|e| format!("cannot create pipe: {e}"))?;
-    let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    // `mount ... MOUNTPOINT` becomes `mount -f --ready-fd N ... MOUNTPOINT`:
-    // inserting right after the subcommand keeps every original argument.
-    let pos = argv
-        .iter()
-        .position(|a| a == "mount")
-        .map(|p| p + 1)
-        .unwrap_or(0);
+    let mut argv = args.to_argv();
     let fdnum = std::os::fd::AsRawFd::as_raw_fd(&w).to_string();
     argv.splice(
-        pos..pos,
+        1..1,
         [
             "--foreground".into(),
             "--ready-fd".into(),

@@ -21,6 +21,14 @@ pub struct MountConfig {
     pub cache_timeout: Duration,
     /// Per-request trace on stderr.
     pub debug: bool,
+    /// fsync does not reach the disk.
+    pub volatile: bool,
+    /// Refuse every change, upper or not.
+    pub read_only: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    /// Let other users in on an unprivileged mount.
+    pub allow_other: bool,
     /// The whiteout format to write; `None` picks one (see
     /// [`crate::layer::upper::Upper::open`]).
     pub whiteout: Option<WhiteoutFormat>,

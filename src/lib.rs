@@ -11,6 +11,7 @@
 //! Only [`sys`] contains `unsafe`; only [`fuse`] knows about fuser.
 
 pub mod cli;
+pub mod compat;
 pub mod config;
 mod copyup;
 pub mod error;

@@ -1,8 +1,22 @@
 //! The `unionfuse` command: parse, set up logging, run, print one line on error.
 
+use std::ffi::OsString;
+
 use clap::Parser;
 
 fn main() {
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if unionfuse::compat::is_compat(&argv) {
+        // The fuse-overlayfs form, as container tools run a mount program.
+        let debug = argv.iter().any(|a| a == "-d" || a == "--debug");
+        init_logging(debug);
+        let res = unionfuse::compat::parse(&argv).and_then(unionfuse::cli::mount_cmd);
+        if let Err(msg) = res {
+            eprintln!("unionfuse: {msg}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = match unionfuse::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -23,7 +37,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let debug = matches!(&cli.command, unionfuse::cli::Cmd::Mount(m) if m.debug);
+    init_logging(matches!(&cli.command, unionfuse::cli::Cmd::Mount(m) if m.debug));
+    if let Err(msg) = unionfuse::cli::run(cli) {
+        eprintln!("unionfuse: {msg}");
+        std::process::exit(1);
+    }
+}
+
+/// Warnings by default; with `--debug` every request (RUST_LOG also works).
+fn init_logging(debug: bool) {
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if debug {
             "unionfuse=trace,fuser=debug"
@@ -34,8 +56,4 @@ fn main() {
         logger.parse_filters("unionfuse=trace,fuser=debug");
     }
     logger.init();
-    if let Err(msg) = unionfuse::cli::run(cli) {
-        eprintln!("unionfuse: {msg}");
-        std::process::exit(1);
-    }
 }

@@ -52,9 +52,10 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         }
         _ => None,
     };
-    let union = Arc::new(
-        Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?,
-    );
+    let mut union =
+        Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?;
+    union.set_options(cfg.read_only, cfg.volatile);
+    let union = Arc::new(union);
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);
 
@@ -65,14 +66,23 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         // the union reports, exactly as on a local filesystem.
         MountOption::DefaultPermissions,
     ];
-    if cfg.upper.is_none() {
+    if cfg.read_only {
         options.push(MountOption::RO);
     }
     if root {
         // A container root holds device nodes and setuid binaries that must
-        // work; an unprivileged mount gets the kernel's nodev,nosuid anyway.
-        options.push(MountOption::Dev);
-        options.push(MountOption::Suid);
+        // work (unless asked otherwise); an unprivileged mount gets the
+        // kernel's nodev,nosuid anyway.
+        options.push(if cfg.nodev {
+            MountOption::NoDev
+        } else {
+            MountOption::Dev
+        });
+        options.push(if cfg.nosuid {
+            MountOption::NoSuid
+        } else {
+            MountOption::Suid
+        });
     }
     let mut config = Config::default();
     config.mount_options = options;
@@ -100,7 +110,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         // An ordinary user may not open /dev/fuse (0600 root on many
         // hosts): the setuid fusermount3 opens it, mounts, and hands the
         // descriptor over. One descriptor then serves every thread.
-        let fd = fusermount(&cfg.mountpoint, &fusermount_options(cfg.upper.is_none()))
+        let fd = fusermount(&cfg.mountpoint, &fusermount_options(cfg))
             .inspect_err(|_| union.abandon())?;
         config.clone_fd = false;
         let session = Session::from_fd(fs, fd, SessionACL::Owner, config).map_err(|e| {
@@ -177,9 +187,18 @@ pub fn fusermount_program() -> std::ffi::OsString {
 }
 
 /// The `-o` options fusermount3 mounts with.
-fn fusermount_options(read_only: bool) -> String {
+fn fusermount_options(cfg: &MountConfig) -> String {
     let mut o = String::from("fsname=unionfuse,subtype=unionfuse,default_permissions");
-    o.push_str(if read_only { ",ro" } else { ",rw" });
+    o.push_str(if cfg.read_only { ",ro" } else { ",rw" });
+    for (on, opt) in [
+        (cfg.nodev, ",nodev"),
+        (cfg.nosuid, ",nosuid"),
+        (cfg.allow_other, ",allow_other"),
+    ] {
+        if on {
+            o.push_str(opt);
+        }
+    }
     o
 }
 

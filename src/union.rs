@@ -36,6 +36,10 @@ pub struct Union {
     pub(crate) inodes: InodeTable,
     pub(crate) handles: Handles,
     pub(crate) fds: FdCache,
+    /// Mounted read-only although there is an upper.
+    read_only: bool,
+    /// fsync does not reach the disk.
+    pub(crate) volatile: bool,
 }
 
 /// A layer object as the syscalls want it: a name in a parent directory, or
@@ -88,6 +92,8 @@ impl Union {
             inodes: InodeTable::new(root),
             handles: Handles::default(),
             fds: FdCache::new(fd_budget),
+            read_only: false,
+            volatile: false,
         })
     }
 
@@ -99,9 +105,15 @@ impl Union {
         }
     }
 
-    /// Whether the mount has no upper layer and refuses every change.
+    /// `--read-only` (refuse changes despite an upper) and `--volatile`.
+    pub fn set_options(&mut self, read_only: bool, volatile: bool) {
+        self.read_only = read_only;
+        self.volatile = volatile;
+    }
+
+    /// Whether the mount refuses every change.
     pub fn read_only(&self) -> bool {
-        !self.layers.has_upper()
+        self.read_only || !self.layers.has_upper()
     }
 
     /// The descriptor of directory `inode` in `layer`, from the cache or
