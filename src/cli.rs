@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::MountConfig;
+use crate::idmap::{IdMap, Map};
 use crate::layer::upper::WhiteoutFormat;
 use crate::mount::{self, READY_BYTE};
 use crate::sys;
@@ -131,6 +132,24 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// Show owners through a user namespace's uid mapping:
+    /// `CONTAINER:HOST:LENGTH[:CONTAINER:HOST:LENGTH...]`. Host uids outside
+    /// it show as 65534; chown and new files store the host uid.
+    #[arg(long, value_name = "MAP")]
+    pub uidmap: Option<String>,
+
+    /// As --uidmap, for gids.
+    #[arg(long, value_name = "MAP")]
+    pub gidmap: Option<String>,
+
+    /// Show every object as owned by this uid (0 for `squash_to_root`).
+    #[arg(long, value_name = "UID", conflicts_with = "uidmap")]
+    pub squash_uid: Option<u32>,
+
+    /// Show every object as owned by this gid.
+    #[arg(long, value_name = "GID", conflicts_with = "gidmap")]
+    pub squash_gid: Option<u32>,
+
     /// Where to mount: an existing directory that is not already a mount
     /// point and is neither inside nor above any layer.
     #[arg(value_name = "MOUNTPOINT")]
@@ -202,6 +221,21 @@ impl MountArgs {
         ] {
             if on {
                 a.push(flag.into());
+            }
+        }
+        for (flag, v) in [("--uidmap", &self.uidmap), ("--gidmap", &self.gidmap)] {
+            if let Some(v) = v {
+                a.push(flag.into());
+                a.push(v.into());
+            }
+        }
+        for (flag, v) in [
+            ("--squash-uid", self.squash_uid),
+            ("--squash-gid", self.squash_gid),
+        ] {
+            if let Some(v) = v {
+                a.push(flag.into());
+                a.push(v.to_string().into());
             }
         }
         a.push(self.mountpoint.clone().into_os_string());
@@ -352,6 +386,7 @@ pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
         threads,
         cache_timeout: Duration::from_secs(args.cache_timeout),
         debug: args.debug,
+        ids: id_map(args)?,
         volatile: args.volatile,
         read_only: args.read_only || args.upper.is_none(),
         nodev: args.nodev,
@@ -362,6 +397,20 @@ pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
             WhiteoutArg::Overlay => Some(WhiteoutFormat::Overlay),
             WhiteoutArg::Oci => Some(WhiteoutFormat::Oci),
         },
+    })
+}
+
+fn id_map(args: &MountArgs) -> Result<IdMap, String> {
+    let map = |m: &Option<String>, squash: Option<u32>| -> Result<Map, String> {
+        match (m, squash) {
+            (_, Some(id)) => Ok(Map::squash(id)),
+            (Some(v), None) => Map::parse(v),
+            (None, None) => Ok(Map::default()),
+        }
+    };
+    Ok(IdMap {
+        uid: map(&args.uidmap, args.squash_uid)?,
+        gid: map(&args.gidmap, args.squash_gid)?,
     })
 }
 

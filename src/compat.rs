@@ -151,6 +151,10 @@ pub fn parse(argv: &[OsString]) -> Result<MountArgs, String> {
         nodev: false,
         nosuid: false,
         allow_other: false,
+        uidmap: None,
+        gidmap: None,
+        squash_uid: None,
+        squash_gid: None,
         mountpoint: PathBuf::new(),
     };
     let mut positional: Vec<&OsString> = Vec::new();
@@ -208,6 +212,11 @@ fn number<T: std::str::FromStr>(key: &[u8], v: &[u8]) -> Result<T, String> {
         })
 }
 
+fn text(key: &[u8], v: &[u8]) -> Result<String, String> {
+    String::from_utf8(v.to_vec())
+        .map_err(|_| format!("option {} is not UTF-8", String::from_utf8_lossy(key)))
+}
+
 fn apply(args: &mut MountArgs, o: &[u8]) -> Result<(), String> {
     let (key, val) = match o.iter().position(|b| *b == b'=') {
         Some(i) => (&o[..i], Some(&o[i + 1..])),
@@ -232,6 +241,14 @@ fn apply(args: &mut MountArgs, o: &[u8]) -> Result<(), String> {
                 args.volatile = true;
             }
         }
+        (b"uidmapping", Some(v)) => args.uidmap = Some(text(key, v)?),
+        (b"gidmapping", Some(v)) => args.gidmap = Some(text(key, v)?),
+        (b"squash_to_root", None) => {
+            args.squash_uid = Some(0);
+            args.squash_gid = Some(0);
+        }
+        (b"squash_to_uid", Some(v)) => args.squash_uid = Some(number(key, v)?),
+        (b"squash_to_gid", Some(v)) => args.squash_gid = Some(number(key, v)?),
         (b"volatile", None) => args.volatile = true,
         (b"ro", None) => args.read_only = true,
         (b"nodev", None) => args.nodev = true,
@@ -279,7 +296,7 @@ mod tests {
             "-o",
             "lowerdir=/l1:/l2,upperdir=/u,workdir=/w",
             "-o",
-            "nodev,volatile,squash_to_root",
+            "nodev,volatile,uidmapping=0:1000:1:1:100000:65536",
             "/merged",
         ]))
         .unwrap();
@@ -287,6 +304,7 @@ mod tests {
         assert_eq!(a.upper, Some(PathBuf::from("/u")));
         assert_eq!(a.work, Some(PathBuf::from("/w")));
         assert!(a.nodev && a.volatile && !a.foreground);
+        assert_eq!(a.uidmap.as_deref(), Some("0:1000:1:1:100000:65536"));
         assert_eq!(a.mountpoint, PathBuf::from("/merged"));
     }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::idmap::IdMap;
 use crate::layer::upper::WhiteoutFormat;
 
 /// Everything a mount needs, with every path absolute and checked.
@@ -21,6 +22,8 @@ pub struct MountConfig {
     pub cache_timeout: Duration,
     /// Per-request trace on stderr.
     pub debug: bool,
+    /// Owners as shown and as stored.
+    pub ids: IdMap,
     /// fsync does not reach the disk.
     pub volatile: bool,
     /// Refuse every change, upper or not.

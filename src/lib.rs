@@ -17,6 +17,7 @@ mod copyup;
 pub mod error;
 pub mod fuse;
 pub mod handle;
+pub mod idmap;
 pub mod inode;
 pub mod layer;
 pub mod mount;

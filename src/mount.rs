@@ -55,6 +55,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
     let mut union =
         Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?;
     union.set_options(cfg.read_only, cfg.volatile);
+    union.set_ids(cfg.ids.clone());
     let union = Arc::new(union);
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::handle::{DirSnapshot, Handle, Handles};
+use crate::idmap::IdMap;
 use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
 use crate::layer::upper::Upper;
 use crate::layer::whiteout::is_private_xattr;
@@ -38,6 +39,8 @@ pub struct Union {
     pub(crate) fds: FdCache,
     /// Mounted read-only although there is an upper.
     read_only: bool,
+    /// Owners as shown (container ids) and as stored (host ids).
+    pub(crate) ids: IdMap,
     /// fsync does not reach the disk.
     pub(crate) volatile: bool,
 }
@@ -94,6 +97,7 @@ impl Union {
             fds: FdCache::new(fd_budget),
             read_only: false,
             volatile: false,
+            ids: IdMap::default(),
         })
     }
 
@@ -109,6 +113,11 @@ impl Union {
     pub fn set_options(&mut self, read_only: bool, volatile: bool) {
         self.read_only = read_only;
         self.volatile = volatile;
+    }
+
+    /// Shows owners through `ids` (user-namespace id mapping or squashing).
+    pub fn set_ids(&mut self, ids: IdMap) {
+        self.ids = ids;
     }
 
     /// Whether the mount refuses every change.
@@ -233,6 +242,7 @@ impl Union {
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
         }
+        self.ids.show(&mut st);
         Ok(Some(st))
     }
 
@@ -292,6 +302,7 @@ impl Union {
             self.fix_nlink(&mut st, inode.st_ino, inode.top_layer()?);
         }
         st.st_ino = inode.st_ino;
+        self.ids.show(&mut st);
         Ok(st)
     }
 

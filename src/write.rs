@@ -248,6 +248,16 @@ impl Union {
         if self.find(parent, name)?.1.is_some() {
             return Err(Error::new(libc::EEXIST));
         }
+        // The caller's ids are the mount's (container) ids; the disk holds
+        // host ids.
+        let caller = if matches!(kind, NewKind::Link { .. }) {
+            caller
+        } else {
+            Caller {
+                uid: self.ids.uid.store(caller.uid).ok_or(Error::INVAL)?,
+                gid: self.ids.gid.store(caller.gid).ok_or(Error::INVAL)?,
+            }
+        };
         let pfd_arc = self.upper_dir(parent)?;
         let pfd = pfd_arc.as_fd();
         let pst = sys::fstat(pfd)?;
@@ -344,6 +354,7 @@ impl Union {
         }
         parent.changed(kind == libc::S_IFDIR);
         st.st_ino = inode.st_ino;
+        self.ids.show(&mut st);
         st
     }
 
@@ -449,6 +460,7 @@ impl Union {
         // The link shares the copied-up object's number, not the one its
         // upper inode would get.
         st.st_ino = inode.st_ino;
+        self.ids.show(&mut st);
         let i = self.inodes.lookup(inode.nodeid, inode.kind, || {
             Inode::new(inode.nodeid, inode.st_ino, inode.kind, None, vec![0])
         });
@@ -848,12 +860,9 @@ impl Union {
         let obj = obj?;
         let (dir, name) = obj.dir_and_name();
         if a.uid.is_some() || a.gid.is_some() {
-            sys::fchownat(
-                dir,
-                name,
-                a.uid.unwrap_or(u32::MAX),
-                a.gid.unwrap_or(u32::MAX),
-            )?;
+            let uid = self.store_id(a.uid, &self.ids.uid)?;
+            let gid = self.store_id(a.gid, &self.ids.gid)?;
+            sys::fchownat(dir, name, uid, gid)?;
         }
         if let Some(mode) = a.mode {
             if inode.kind == libc::S_IFLNK {
@@ -879,6 +888,15 @@ impl Union {
             sys::utimensat(dir, name, &times)?;
         }
         self.getattr(nodeid, fh)
+    }
+
+    /// The host id to store for a container id from chown; `u32::MAX`
+    /// (leave unchanged) for none.
+    fn store_id(&self, id: Option<u32>, map: &crate::idmap::Map) -> Result<u32> {
+        match id {
+            None => Ok(u32::MAX),
+            Some(id) => map.store(id).ok_or(Error::INVAL),
+        }
     }
 
     /// Whether a handle's descriptor is the object `obj` (and not the lower
