@@ -15,6 +15,7 @@ use crate::config::MountConfig;
 use crate::idmap::{IdMap, Map};
 use crate::layer::upper::WhiteoutFormat;
 use crate::mount::{self, READY_BYTE};
+use crate::override_stat;
 use crate::sys;
 
 /// Default kernel cache timeout in seconds (see `--cache-timeout`).
@@ -150,6 +151,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "GID", conflicts_with = "gidmap")]
     pub squash_gid: Option<u32>,
 
+    /// Keep owners, modes and device types a user cannot set in an xattr:
+    /// 1 for `security.fuseoverlayfs.override_stat`, 2 for
+    /// `user.containers.override_stat` (rootless containers/storage).
+    #[arg(long, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub xattr_permissions: Option<u8>,
+
     /// Where to mount: an existing directory that is not already a mount
     /// point and is neither inside nor above any layer.
     #[arg(value_name = "MOUNTPOINT")]
@@ -237,6 +244,10 @@ impl MountArgs {
                 a.push(flag.into());
                 a.push(v.to_string().into());
             }
+        }
+        if let Some(x) = self.xattr_permissions {
+            a.push("--xattr-permissions".into());
+            a.push(x.to_string().into());
         }
         a.push(self.mountpoint.clone().into_os_string());
         a
@@ -387,6 +398,11 @@ pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
         cache_timeout: Duration::from_secs(args.cache_timeout),
         debug: args.debug,
         ids: id_map(args)?,
+        override_xattr: match args.xattr_permissions {
+            Some(1) => Some(override_stat::SECURITY),
+            Some(2) => Some(override_stat::CONTAINERS),
+            _ => None,
+        },
         volatile: args.volatile,
         read_only: args.read_only || args.upper.is_none(),
         nodev: args.nodev,

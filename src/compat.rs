@@ -155,6 +155,7 @@ pub fn parse(argv: &[OsString]) -> Result<MountArgs, String> {
         gidmap: None,
         squash_uid: None,
         squash_gid: None,
+        xattr_permissions: None,
         mountpoint: PathBuf::new(),
     };
     let mut positional: Vec<&OsString> = Vec::new();
@@ -249,6 +250,11 @@ fn apply(args: &mut MountArgs, o: &[u8]) -> Result<(), String> {
         }
         (b"squash_to_uid", Some(v)) => args.squash_uid = Some(number(key, v)?),
         (b"squash_to_gid", Some(v)) => args.squash_gid = Some(number(key, v)?),
+        (b"xattr_permissions", Some(v)) => match number::<u8>(key, v)? {
+            0 => args.xattr_permissions = None,
+            n @ (1 | 2) => args.xattr_permissions = Some(n),
+            _ => return Err("xattr_permissions must be 0, 1 or 2".into()),
+        },
         (b"volatile", None) => args.volatile = true,
         (b"ro", None) => args.read_only = true,
         (b"nodev", None) => args.nodev = true,

@@ -24,6 +24,8 @@ pub struct MountConfig {
     pub debug: bool,
     /// Owners as shown and as stored.
     pub ids: IdMap,
+    /// The xattr with ownership overrides, when enabled.
+    pub override_xattr: Option<&'static std::ffi::CStr>,
     /// fsync does not reach the disk.
     pub volatile: bool,
     /// Refuse every change, upper or not.

@@ -282,8 +282,11 @@ impl Union {
     fn copy_meta(&self, src: &Object, st: &libc::stat, dst: XTarget<'_>, ino: u64) -> Result<()> {
         let upper = self.upper()?;
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        // Without full privilege (an ordinary user, or root of a user
+        // namespace) the copy keeps the daemon as owner where the lower's
+        // owner cannot be set, as kernel overlayfs in a user namespace.
         if let Err(e) = sys::chown(dst, st.st_uid, st.st_gid)
-            && sys::is_root()
+            && upper.privileged
         {
             return Err(e.into());
         }
@@ -294,8 +297,10 @@ impl Union {
         let mut value = Vec::new();
         for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
             // overlayfs's own markers describe the lower's position, not
-            // the copy's; unionfuse's are rewritten below.
-            if is_private_xattr(attr) || upper.is_own_xattr(attr) {
+            // the copy's; unionfuse's are rewritten below. An ownership
+            // override belongs to the object and comes along.
+            let is_override = self.override_xattr.is_some_and(|o| o.to_bytes() == attr);
+            if (is_private_xattr(attr) && !is_override) || upper.is_own_xattr(attr) {
                 continue;
             }
             let Ok(cattr) = std::ffi::CString::new(attr) else {

@@ -22,6 +22,7 @@ pub mod inode;
 pub mod layer;
 pub mod mount;
 pub mod name;
+pub mod override_stat;
 pub mod resolve;
 pub mod sys;
 pub mod union;

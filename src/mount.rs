@@ -56,6 +56,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?;
     union.set_options(cfg.read_only, cfg.volatile);
     union.set_ids(cfg.ids.clone());
+    union.set_override_xattr(cfg.override_xattr);
     let union = Arc::new(union);
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);

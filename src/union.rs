@@ -13,6 +13,7 @@ use crate::layer::upper::Upper;
 use crate::layer::whiteout::is_private_xattr;
 use crate::layer::{INDEX, LayerIdx, Layers};
 use crate::name::Name;
+use crate::override_stat::Override;
 use crate::resolve::{self, DirFds};
 use crate::sys::{self, XTarget};
 
@@ -41,6 +42,8 @@ pub struct Union {
     read_only: bool,
     /// Owners as shown (container ids) and as stored (host ids).
     pub(crate) ids: IdMap,
+    /// The xattr holding ownership and mode overrides, when enabled.
+    pub(crate) override_xattr: Option<&'static CStr>,
     /// fsync does not reach the disk.
     pub(crate) volatile: bool,
 }
@@ -98,6 +101,7 @@ impl Union {
             read_only: false,
             volatile: false,
             ids: IdMap::default(),
+            override_xattr: None,
         })
     }
 
@@ -118,6 +122,31 @@ impl Union {
     /// Shows owners through `ids` (user-namespace id mapping or squashing).
     pub fn set_ids(&mut self, ids: IdMap) {
         self.ids = ids;
+    }
+
+    /// Reads and writes ownership overrides in `attr` (see
+    /// [`crate::override_stat`]).
+    pub fn set_override_xattr(&mut self, attr: Option<&'static CStr>) {
+        self.override_xattr = attr;
+    }
+
+    /// The override recorded on an object, if overrides are enabled.
+    pub(crate) fn override_of(&self, t: XTarget<'_>) -> Option<Override> {
+        let attr = self.override_xattr?;
+        let mut buf = [0u8; 64];
+        let n = sys::getxattr(t, attr, &mut buf).ok()?;
+        Override::parse(&buf[..n])
+    }
+
+    /// A stat result as the mount shows it: overrides, then id mapping.
+    pub(crate) fn present(&self, inode: &Arc<Inode>, st: &mut libc::stat) {
+        if self.override_xattr.is_some()
+            && let Ok(obj) = self.object(inode)
+            && let Some(o) = self.override_of(obj.xattr_target())
+        {
+            o.apply(st);
+        }
+        self.ids.show(st);
     }
 
     /// Whether the mount refuses every change.
@@ -242,7 +271,7 @@ impl Union {
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
         }
-        self.ids.show(&mut st);
+        self.present(&inode, &mut st);
         Ok(Some(st))
     }
 
@@ -302,7 +331,7 @@ impl Union {
             self.fix_nlink(&mut st, inode.st_ino, inode.top_layer()?);
         }
         st.st_ino = inode.st_ino;
-        self.ids.show(&mut st);
+        self.present(&inode, &mut st);
         Ok(st)
     }
 

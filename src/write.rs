@@ -16,6 +16,7 @@ use crate::layer::INDEX;
 use crate::layer::upper::WhiteoutFormat;
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
+use crate::override_stat::Override;
 use crate::resolve::{self, DirFds, Found};
 use crate::sys::{self, XTarget};
 use crate::union::Union;
@@ -270,7 +271,7 @@ impl Union {
         } else if let (false, NewKind::File { flags }) = (over_whiteout, &kind)
             && let Ok(tmp) = sys::open_tmpfile(pfd, open_flags(*flags), mode & 0o7777)
         {
-            own.apply(XTarget::Fd(tmp.as_fd()))?;
+            self.own(&own, XTarget::Fd(tmp.as_fd()), None)?;
             sys::link_tmpfile(tmp.as_fd(), pfd, name.as_cstr())?;
             Some(tmp)
         } else {
@@ -278,7 +279,7 @@ impl Union {
             let (sdir, sname) = (upper.staging(), staged.cstr());
             let fd = make(&kind, sdir, sname, mode)?;
             if owned {
-                own.apply(XTarget::At(sdir, sname))?;
+                self.own(&own, XTarget::At(sdir, sname), None)?;
             }
             if is_dir && over_whiteout {
                 let d = sys::open_child_dir(sdir, sname)?;
@@ -354,7 +355,7 @@ impl Union {
         }
         parent.changed(kind == libc::S_IFDIR);
         st.st_ino = inode.st_ino;
-        self.ids.show(&mut st);
+        self.present(&inode, &mut st);
         st
     }
 
@@ -407,6 +408,36 @@ impl Union {
         }
         let p = self.dir_inode(parent)?;
         let name = new_name(name)?;
+        let kind = mode & libc::S_IFMT;
+        if self.override_xattr.is_some()
+            && matches!(kind, libc::S_IFCHR | libc::S_IFBLK)
+            && !self.upper()?.privileged
+        {
+            // A user cannot make a device: an empty file stands in, and the
+            // override says what it is.
+            let perm = mode & 0o7777;
+            let (st, _) = self.create_object(
+                caller,
+                &p,
+                &name,
+                libc::S_IFREG | 0o600,
+                NewKind::File { flags: 0 },
+            )?;
+            let inode = self.inodes.get(st.st_ino)?;
+            let obj = self.object(&inode)?;
+            let pst = sys::fstat(obj.dir.as_fd())?;
+            let own = Ownership::new(
+                Caller {
+                    uid: self.ids.uid.store(caller.uid).ok_or(Error::INVAL)?,
+                    gid: self.ids.gid.store(caller.gid).ok_or(Error::INVAL)?,
+                },
+                &pst,
+                perm,
+                false,
+            );
+            self.own(&own, obj.xattr_target(), Some((kind, rdev)))?;
+            return self.getattr(st.st_ino, None);
+        }
         Ok(self
             .create_object(caller, &p, &name, mode, NewKind::Node { rdev })?
             .0)
@@ -460,7 +491,7 @@ impl Union {
         // The link shares the copied-up object's number, not the one its
         // upper inode would get.
         st.st_ino = inode.st_ino;
-        self.ids.show(&mut st);
+        self.present(&inode, &mut st);
         let i = self.inodes.lookup(inode.nodeid, inode.kind, || {
             Inode::new(inode.nodeid, inode.st_ino, inode.kind, None, vec![0])
         });
@@ -859,6 +890,34 @@ impl Union {
         }
         let obj = obj?;
         let (dir, name) = obj.dir_and_name();
+        let mut a = a;
+        if let Some(attr) = self.override_xattr
+            && (a.uid.is_some() || a.gid.is_some() || a.mode.is_some())
+        {
+            // Ownership and mode live in the override; the disk keeps the
+            // daemon's own access to the object.
+            let st = obj.stat()?;
+            let mut o = self.override_of(obj.xattr_target()).unwrap_or(Override {
+                uid: st.st_uid,
+                gid: st.st_gid,
+                perm: st.st_mode & 0o7777,
+                kind: None,
+            });
+            if a.uid.is_some() {
+                o.uid = self.store_id(a.uid, &self.ids.uid)?;
+            }
+            if a.gid.is_some() {
+                o.gid = self.store_id(a.gid, &self.ids.gid)?;
+            }
+            if let Some(mode) = a.mode {
+                o.perm = mode & 0o7777;
+                let own = if inode.is_dir() { 0o700 } else { 0o600 };
+                a.mode = Some((st.st_mode & 0o7777 & !0o7000) | own | (mode & 0o777 & !own));
+            }
+            sys::setxattr(obj.xattr_target(), attr, o.format().as_bytes(), 0)?;
+            a.uid = None;
+            a.gid = None;
+        }
         if a.uid.is_some() || a.gid.is_some() {
             let uid = self.store_id(a.uid, &self.ids.uid)?;
             let gid = self.store_id(a.gid, &self.ids.gid)?;
@@ -888,6 +947,30 @@ impl Union {
             sys::utimensat(dir, name, &times)?;
         }
         self.getattr(nodeid, fh)
+    }
+
+    /// Gives a new object its owner: recorded in the override xattr where
+    /// overrides are on and the daemon cannot chown, else by chown. `kind`
+    /// records a type the disk cannot hold (a device made by a user).
+    fn own(&self, own: &Ownership, t: XTarget<'_>, kind: Option<(u32, u64)>) -> Result<()> {
+        if let Some(attr) = self.override_xattr
+            && (kind.is_some() || (!self.upper()?.privileged && (own.uid, own.gid) != own.daemon))
+        {
+            let o = Override {
+                uid: own.uid,
+                gid: own.gid,
+                perm: own.perm
+                    | if own.is_dir && own.setgid_parent {
+                        libc::S_ISGID
+                    } else {
+                        0
+                    },
+                kind,
+            };
+            sys::setxattr(t, attr, o.format().as_bytes(), 0)?;
+            return Ok(());
+        }
+        own.apply(t)
     }
 
     /// The host id to store for a container id from chown; `u32::MAX`

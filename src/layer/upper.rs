@@ -60,6 +60,10 @@ pub struct Upper {
     staging: Arc<OwnedFd>,
     pub index: Arc<OwnedFd>,
     work: OwnedFd,
+    /// The daemon may write trusted.* xattrs (CAP_SYS_ADMIN in the
+    /// filesystem's user namespace): real root, not root of a user
+    /// namespace. Only then must owners be kept exactly on copy-up.
+    pub privileged: bool,
     /// What opening changed on disk, for [`Upper::undo`].
     made: Made,
     pub format: WhiteoutFormat,
@@ -85,7 +89,6 @@ impl Upper {
         work: BorrowedFd<'_>,
         wanted: Option<WhiteoutFormat>,
     ) -> std::io::Result<Upper> {
-        let trusted = sys::is_root();
         let mut made = Made::default();
         match sys::mkdirat(work, STAGING, 0o700) {
             Ok(()) => made.staging = true,
@@ -104,6 +107,7 @@ impl Upper {
             Err(_) => {}
         }
         let index = Arc::new(sys::open_child_dir(work, INDEX)?);
+        let trusted = may_write_trusted(staging.as_fd());
         let (opaque_xattr, ino_xattr, format_xattr, nlink_xattr) = if trusted {
             (
                 c"trusted.overlay.opaque",
@@ -140,6 +144,7 @@ impl Upper {
         }
         info!("whiteout format {}", format.as_str());
         Ok(Upper {
+            privileged: trusted,
             work: sys::open_child_dir(work, c".")?,
             made,
             staging,
@@ -309,6 +314,19 @@ impl Upper {
         name == self.ino_xattr.to_bytes()
             || name == self.format_xattr.to_bytes()
             || name == self.nlink_xattr.to_bytes()
+    }
+}
+
+/// Whether trusted.* xattrs can be written here: a probe, since euid 0
+/// in a user namespace cannot.
+fn may_write_trusted(dir: BorrowedFd<'_>) -> bool {
+    let probe = c"trusted.unionfuse.probe";
+    match sys::setxattr(XTarget::Fd(dir), probe, b"1", 0) {
+        Ok(()) => {
+            let _ = sys::removexattr(XTarget::Fd(dir), probe);
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -25,12 +25,15 @@ const OPAQUE_XATTRS: [&CStr; 3] = [
 ];
 
 /// xattr prefixes that belong to the union's bookkeeping and are never shown.
-const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
+const PRIVATE_XATTR_PREFIXES: [&[u8]; 7] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
     b"trusted.unionfuse.",
     b"user.unionfuse.",
+    // Ownership overrides of rootless images (see `override_stat`).
+    b"user.containers.",
+    b"security.fuseoverlayfs.",
 ];
 
 /// Whether an xattr name is overlay-private and hidden from the mount.
