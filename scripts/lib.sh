@@ -106,3 +106,34 @@ unmount_matching() {
         umount -l "$mnt" 2>/dev/null || fusermount3 -uz "$mnt" 2>/dev/null || say "could not unmount $mnt"
     done < <(printf '%s\n' "${found[@]}" | awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2-)
 }
+
+# ensure_system_user NAME
+# Creates NAME, with a group of its own and no home directory, unless it
+# exists. Root only.
+ensure_system_user() {
+    local name=$1
+    id -u "$name" >/dev/null 2>&1 && return 0
+    command -v useradd >/dev/null 2>&1 || die "useradd not found: cannot create user $name"
+    say "creating system user $name"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin "$name" || die "useradd $name failed"
+}
+
+# as_user NAME CMD...
+# Runs CMD as NAME (its own group, no supplementary groups), keeping the
+# environment, from root.
+as_user() {
+    local name=$1
+    shift
+    setpriv --reuid="$(id -u "$name")" --regid="$(id -g "$name")" --clear-groups -- "$@"
+}
+
+# test_artifacts [CARGO TEST ARGS...]
+# Builds the integration tests and prints what they run: `test PATH` for
+# each test executable, `bin PATH` for each binary of the package.
+test_artifacts() {
+    cargo test --tests --no-run --message-format=json "$@" \
+        | grep '"reason":"compiler-artifact"' \
+        | sed -n -e 's/.*"kind":\["test"\].*"executable":"\([^"]*\)".*/test \1/p' \
+            -e 's/.*"kind":\["bin"\].*"test":false.*"executable":"\([^"]*\)".*/bin \1/p'
+}

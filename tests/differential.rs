@@ -1874,6 +1874,9 @@ fn env_num(name: &str) -> Option<u64> {
 
 fn oracle_unavailable(why: &str) -> bool {
     if std::env::var("UNIONFUSE_NO_KERNEL_ORACLE").as_deref() == Ok("1") {
+        if !is_root() {
+            eprintln!("skipped as non-root: differential test against kernel overlayfs ({why})");
+        }
         eprintln!(
             "\n!!!!!!!!!! differential test against kernel overlayfs SKIPPED ({why}); \
              UNIONFUSE_NO_KERNEL_ORACLE=1 is set !!!!!!!!!!\n"

@@ -524,6 +524,9 @@ fn compare_min(fuse_root: &Path, kernel_root: &Path, label: &str, min_objects: u
 /// and skipping was not asked for.
 fn oracle_unavailable(why: &str) -> bool {
     if std::env::var("UNIONFUSE_NO_KERNEL_ORACLE").as_deref() == Ok("1") {
+        if !is_root() {
+            eprintln!("skipped as non-root: kernel overlayfs oracle ({why})");
+        }
         eprintln!(
             "\n!!!!!!!!!! kernel overlayfs oracle SKIPPED ({why}); \
              UNIONFUSE_NO_KERNEL_ORACLE=1 is set !!!!!!!!!!\n"

@@ -326,6 +326,11 @@ fn opaque_dirs_every_format_over_four_layers() {
         Opaque::FuseOverlayfsXattr,
         Opaque::WhOpqFile,
     ] {
+        if matches!(how, Opaque::TrustedXattr)
+            && skip_as_non_root("opaque directories marked with trusted.overlay.opaque")
+        {
+            continue;
+        }
         // Read-only: 4 lowers, opaque in the 2nd.
         let s = Scratch::new();
         let (l1, l2, l3, l4) = (s.mkdir("l1"), s.mkdir("l2"), s.mkdir("l3"), s.mkdir("l4"));
@@ -471,7 +476,7 @@ fn hidden_children_are_not_reachable_by_exact_name() {
     // Opaque directory (each format).
     write(&l2, "op1/lowerchild", "x");
     write(&l1, "op1/mine", "m");
-    setxattr(&l1, "op1", "trusted.overlay.opaque", b"y");
+    setxattr(&l1, "op1", opaque_xattr(), b"y");
     write(&l2, "op2/lowerchild", "x");
     mkdir(&l1, "op2");
     setxattr(&l1, "op2", "user.overlay.opaque", b"y");
@@ -484,7 +489,7 @@ fn hidden_children_are_not_reachable_by_exact_name() {
     write(&l2, "op5/lowerchild", "x");
     write(&l1, "op5/l1child", "x");
     mkdir(&u, "op5");
-    setxattr(&u, "op5", "trusted.overlay.opaque", b"y");
+    setxattr(&u, "op5", opaque_xattr(), b"y");
     // Whited-out single child of a merged dir.
     write(&l2, "md/gone", "x");
     write(&l2, "md/stay", "x");
@@ -525,6 +530,7 @@ fn readdir_reports_d_type_for_every_type_and_dots() {
     let s = Scratch::new();
     let (l1, l2) = (s.mkdir("l1"), s.mkdir("l2"));
     let mnt = s.mkdir("mnt");
+    let devices = !skip_as_non_root("device nodes in the layers (mknod needs root)");
     for root in [&l1, &l2] {
         let tag = if root == &l1 { "1" } else { "2" };
         let d = "d/";
@@ -534,8 +540,10 @@ fn readdir_reports_d_type_for_every_type_and_dots() {
         mkfifo(root, &format!("{d}fifo{tag}"), 0o644);
         let sock = root.join(format!("{d}sock{tag}"));
         drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
-        mknod(root, &format!("{d}chr{tag}"), libc::S_IFCHR | 0o644, 1, 3);
-        mknod(root, &format!("{d}blk{tag}"), libc::S_IFBLK | 0o644, 7, 0);
+        if devices {
+            mknod(root, &format!("{d}chr{tag}"), libc::S_IFCHR | 0o644, 1, 3);
+            mknod(root, &format!("{d}blk{tag}"), libc::S_IFBLK | 0o644, 7, 0);
+        }
     }
     let m = Mounted::new(&[&l1, &l2], None, &mnt, &[]);
     let want: BTreeMap<String, u8> = ["1", "2"]
@@ -551,6 +559,7 @@ fn readdir_reports_d_type_for_every_type_and_dots() {
                 (format!("blk{t}"), libc::DT_BLK),
             ]
         })
+        .filter(|(_, t)| devices || ![libc::DT_CHR, libc::DT_BLK].contains(t))
         .collect();
     let raw = readdir_raw(&m.path("d"));
     let mut seen: BTreeMap<String, u8> = BTreeMap::new();
@@ -594,14 +603,14 @@ fn readdir_reports_d_type_for_every_type_and_dots() {
 /// Two layers of 50k entries each in `big/`, 10k overlapping, and 1k upper
 /// whiteouts (half of each format) of lower-only names. Returns the expected
 /// merged names. The layers live on a tmpfs of their own: creating and
-/// removing 100k files there is several times faster than on disk.
-fn build_big(s: &Scratch) -> (Tmpfs, PathBuf, PathBuf, PathBuf, BTreeSet<String>) {
-    let t = Tmpfs::new(&s.path("layers"), "256m");
-    let (u, w, l) = (
-        t.path.join("upper"),
-        t.path.join("work"),
-        t.path.join("lower"),
-    );
+/// removing 100k files there is several times faster than on disk. Without
+/// root (no mount) they live in the scratch directory.
+fn build_big(s: &Scratch) -> (Option<Tmpfs>, PathBuf, PathBuf, PathBuf, BTreeSet<String>) {
+    let t = is_root().then(|| Tmpfs::new(&s.path("layers"), "256m"));
+    let base = t
+        .as_ref()
+        .map_or_else(|| s.mkdir("layers"), |t| t.path.clone());
+    let (u, w, l) = (base.join("upper"), base.join("work"), base.join("lower"));
     for d in [&u, &w, &l] {
         fs::create_dir_all(d).expect("mkdir");
     }
@@ -800,6 +809,9 @@ fn drop_caches() {
 
 #[test]
 fn inode_numbers_unique_and_stable_across_layers_on_distinct_filesystems() {
+    if skip_as_non_root("layers on distinct tmpfs mounts (mounting needs root)") {
+        return;
+    }
     let s = Scratch::new();
     // Fresh tmpfs instances number their inodes alike: the same st_ino in
     // every layer, which the mount must still keep apart.
@@ -976,7 +988,7 @@ fn directory_nlink_counts_merged_subdirectories() {
     write(&l2, "leaf/file", "x");
     // Opaque in l1: only l1's subdirectories count.
     mkdir(&l1, "op/mine");
-    setxattr(&l1, "op", "trusted.overlay.opaque", b"y");
+    setxattr(&l1, "op", opaque_xattr(), b"y");
     mkdir(&l2, "op/hidden1");
     mkdir(&l2, "op/hidden2");
     mkdir(&l2, "op/mine");
@@ -1020,6 +1032,9 @@ fn statvfs(p: &Path) -> libc::statvfs {
 
 #[test]
 fn statfs_reports_upper_or_top_lower_filesystem() {
+    if skip_as_non_root("layers on tmpfs mounts of distinct sizes (mounting needs root)") {
+        return;
+    }
     let s = Scratch::new();
     let t1 = Tmpfs::new(&s.path("l1fs"), "24m");
     let t2 = Tmpfs::new(&s.path("l2fs"), "40m");
@@ -1213,9 +1228,12 @@ fn special_files_from_a_lower() {
     let sock = l2.join("sock");
     drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
     fs::set_permissions(&sock, fs::Permissions::from_mode(0o751)).unwrap();
-    mknod(&l2, "null", libc::S_IFCHR | 0o620, 1, 3);
-    mknod(&l1, "loop0", libc::S_IFBLK | 0o604, 7, 0);
-    mknod(&l1, "big", libc::S_IFCHR | 0o600, 259, 70_000);
+    let devices = !skip_as_non_root("device nodes in a lower (mknod needs root)");
+    if devices {
+        mknod(&l2, "null", libc::S_IFCHR | 0o620, 1, 3);
+        mknod(&l1, "loop0", libc::S_IFBLK | 0o604, 7, 0);
+        mknod(&l1, "big", libc::S_IFCHR | 0o600, 259, 70_000);
+    }
     let m = Mounted::new(&[&l1, &l2], None, &mnt, &[]);
     let fifo = lstat(&m.path("fifo"));
     assert!(fifo.file_type().is_fifo());
@@ -1223,6 +1241,9 @@ fn special_files_from_a_lower() {
     let so = lstat(&m.path("sock"));
     assert!(so.file_type().is_socket());
     assert_eq!(so.mode(), libc::S_IFSOCK | 0o751);
+    if !devices {
+        return;
+    }
     let null = lstat(&m.path("null"));
     assert!(null.file_type().is_char_device());
     assert_eq!(null.mode(), libc::S_IFCHR | 0o620);
@@ -1250,25 +1271,33 @@ fn user_xattrs_visible_overlay_private_ones_hidden() {
         s.mkdir("l2"),
     );
     let mnt = s.mkdir("mnt");
+    let trusted = !skip_as_non_root("trusted.* xattrs in the layers (setting them needs root)");
     write(&l2, "f", "data");
     setxattr(&l2, "f", "user.foo", b"bar");
     // Not overlay-private: the kernel shows other trusted.* names to root.
-    setxattr(&l2, "f", "trusted.other", b"t");
+    if trusted {
+        setxattr(&l2, "f", "trusted.other", b"t");
+    }
     setxattr(&l2, "f", "user.empty", b"");
     setxattr(&l2, "f", "user.bin", &[0, 1, 2, 255]);
-    let private = [
+    let private: Vec<&str> = [
         "trusted.overlay.origin",
         "trusted.overlay.foo",
         "user.overlay.foo",
         "user.overlay.origin",
         "user.fuseoverlayfs.foo",
-    ];
-    for x in private {
+    ]
+    .into_iter()
+    .filter(|x| trusted || !x.starts_with("trusted."))
+    .collect();
+    for x in &private {
         setxattr(&l2, "f", x, b"secret");
     }
     mkdir(&l1, "d");
     setxattr(&l1, "d", "user.dirattr", b"dv");
-    setxattr(&l1, "d", "trusted.overlay.redirect", b"/x");
+    if trusted {
+        setxattr(&l1, "d", "trusted.overlay.redirect", b"/x");
+    }
     write(&u, "g", "upper");
     setxattr(&u, "g", "user.up", b"1");
     setxattr(&u, "g", "user.overlay.impure", b"y");
@@ -1276,11 +1305,15 @@ fn user_xattrs_visible_overlay_private_ones_hidden() {
     write(&l1, "g", "lower");
     setxattr(&l1, "g", "user.lowonly", b"1");
     let m = mount_with_work(&[&l1, &l2], Some((&u, &w)), &mnt);
-    assert_eq!(
-        listxattr(&m.path("f")),
-        strs(&["trusted.other", "user.bin", "user.empty", "user.foo"])
-    );
-    assert_eq!(getxattr(&m.path("f"), "trusted.other").unwrap(), b"t");
+    let visible: &[&str] = if trusted {
+        &["trusted.other", "user.bin", "user.empty", "user.foo"]
+    } else {
+        &["user.bin", "user.empty", "user.foo"]
+    };
+    assert_eq!(listxattr(&m.path("f")), strs(visible));
+    if trusted {
+        assert_eq!(getxattr(&m.path("f"), "trusted.other").unwrap(), b"t");
+    }
     assert_eq!(getxattr(&m.path("f"), "user.foo").unwrap(), b"bar");
     assert_eq!(getxattr(&m.path("f"), "user.empty").unwrap(), b"");
     assert_eq!(
@@ -1320,7 +1353,7 @@ fn user_xattrs_visible_overlay_private_ones_hidden() {
     assert_eq!(len, 3);
     // SAFETY: valid C string; a null buffer with size 0 asks for the size.
     let llen = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-    let want = "trusted.other\0user.bin\0user.empty\0user.foo\0".len() as isize;
+    let want = visible.iter().map(|x| x.len() + 1).sum::<usize>() as isize;
     assert_eq!(llen, want, "listxattr size excludes hidden names");
 }
 
@@ -1642,7 +1675,7 @@ fn upper_dir_replaces_a_lower_file_of_the_same_name() {
     // Kernel: an (opaque) upper dir over a lower file.
     write(&l1, "y", "lower file");
     write(&u, "y/child", "c");
-    setxattr(&u, "y", "trusted.overlay.opaque", b"y");
+    setxattr(&u, "y", opaque_xattr(), b"y");
     // Plain upper dir over a lower file, no marker at all.
     write(&l2, "z", "lower file");
     write(&u, "z/child", "c");
@@ -1902,6 +1935,9 @@ fn executables_and_mmap_from_a_lower_work() {
 
 #[test]
 fn other_users_get_kernel_permission_checks() {
+    if skip_as_non_root("acting as another user (setuid needs root)") {
+        return;
+    }
     let s = Scratch::new();
     // The scratch dir is 0700; let an unprivileged user reach the mount.
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -1979,7 +2015,7 @@ fn parallel_walks_agree_with_the_layers() {
         }
         if opaque {
             write(&u, &format!("{dir}/mine"), "mine");
-            setxattr(&u, &dir, "trusted.overlay.opaque", b"y");
+            setxattr(&u, &dir, opaque_xattr(), b"y");
             want.insert(format!("{dir}/mine"));
         }
     }

@@ -13,9 +13,15 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-/// Path of the binary cargo built for these tests.
+/// Path of the binary under test: cargo's build, or `UNIONFUSE_BIN` when the
+/// test executables run from a copy that another user can reach (scripts/test
+/// does that for its unprivileged run, as `target/` may sit in a private home).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionfuse")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("UNIONFUSE_BIN") {
+        Ok(p) if !p.is_empty() => p,
+        _ => env!("CARGO_BIN_EXE_unionfuse").to_string(),
+    })
 }
 
 /// Runs `unionfuse ARGS...` to completion, with a deadline so that a hang
@@ -361,6 +367,36 @@ impl Drop for KernelOverlay {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// True, after saying so on stderr, when not running as root: for a test,
+/// or the part of one, that needs privileges (another owner, device nodes,
+/// `trusted.*` xattrs, kernel overlayfs, tmpfs mounts). scripts/test runs
+/// the suite a second time as an unprivileged user, where these skip
+/// visibly instead of passing in silence.
+pub fn skip_as_non_root(reason: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped as non-root: {reason}");
+    true
+}
+
+/// The caller's uid and gid.
+pub fn my_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// The xattr that marks a directory opaque in an overlay-format upper: the
+/// `trusted.` one needs CAP_SYS_ADMIN, so an unprivileged unionfuse (like
+/// overlayfs with `userxattr`) writes the `user.` one.
+pub fn opaque_xattr() -> &'static str {
+    if is_root() {
+        "trusted.overlay.opaque"
+    } else {
+        "user.overlay.opaque"
+    }
 }
 
 // ---------------------------------------------------------------------------
