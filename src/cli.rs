@@ -53,6 +53,34 @@ directly; other users go through fusermount3, which allows the user who mounted.
 exits once the mount is gone."
     )]
     Umount(UmountArgs),
+    /// Show what the writable layer changes, as `docker diff` does.
+    #[command(
+        long_about = "Print what the upper layer changes in the merged tree, one line per path, \
+sorted: `A /path` added, `C /path` changed (content or metadata, and each directory holding a \
+change), `D /path` deleted. Give the layers (--upper and --lower, as for mount) or the \
+mountpoint of a live mount. Only the upper is walked: the cost follows the size of the \
+changes, not of the image."
+    )]
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// A read-only layer, top-most first (repeatable, or a colon list).
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lower: Vec<OsString>,
+
+    /// The writable layer to describe.
+    #[arg(long, value_name = "DIR", requires = "lower")]
+    pub upper: Option<PathBuf>,
+
+    /// Print a JSON array of {"kind", "path"} objects instead.
+    #[arg(long)]
+    pub json: bool,
+
+    /// A live unionfuse mount, instead of --upper and --lower.
+    #[arg(value_name = "MOUNTPOINT", conflicts_with_all = ["upper", "lower"])]
+    pub mountpoint: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +211,118 @@ pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Mount(args) => mount_cmd(args),
         Cmd::Umount(args) => umount_cmd(&args.mountpoint),
+        Cmd::Diff(args) => diff_cmd(&args),
     }
+}
+
+fn diff_cmd(args: &DiffArgs) -> Result<(), String> {
+    let (upper, lowers) = match (&args.mountpoint, &args.upper) {
+        (Some(mnt), _) => {
+            let m = mount_args_of(mnt)?;
+            let upper = m.upper.ok_or_else(|| {
+                format!(
+                    "{} is a read-only mount: it has no upper layer",
+                    mnt.display()
+                )
+            })?;
+            (upper, m.lower)
+        }
+        (None, Some(u)) => (u.clone(), args.lower.clone()),
+        (None, None) => return Err("give --upper and --lower, or a mountpoint".into()),
+    };
+    let upper = existing_dir("upper layer", &upper)?;
+    let mut lowers_ok = Vec::new();
+    for v in &lowers {
+        for l in split_lowers(v) {
+            lowers_ok.push(existing_dir("lower layer", &l)?);
+        }
+    }
+    if lowers_ok.is_empty() {
+        return Err("at least one --lower is required".into());
+    }
+    let layers = crate::diff::open_layers(&upper, &lowers_ok)
+        .map_err(|e| format!("cannot open layers: {e}"))?;
+    let changes = crate::diff::diff(&layers).map_err(|e| format!("cannot walk the upper: {e}"))?;
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let res = if args.json {
+        stdout.write_all(crate::diff::format_json(&changes).as_bytes())
+    } else {
+        stdout.write_all(&crate::diff::format_text(&changes))
+    };
+    res.map_err(|e| format!("cannot write the diff: {e}"))
+}
+
+/// The layers of the live mount at `mnt`, read from its daemon's command
+/// line (relative paths resolved against the daemon's working directory).
+fn mount_args_of(mnt: &Path) -> Result<MountArgs, String> {
+    let want = std::fs::canonicalize(mnt)
+        .map_err(|e| format!("mountpoint {} {}", mnt.display(), describe(&e)))?;
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let procs = std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))?;
+    for p in procs.flatten() {
+        let dir = p.path();
+        let exe = std::fs::read_link(dir.join("exe")).ok();
+        if me.is_some() && exe != me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<OsString> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| OsString::from_vec(a.to_vec()))
+            .collect();
+        let parsed = if crate::compat::is_compat(&argv[1.min(argv.len())..]) {
+            crate::compat::parse(&argv[1..]).ok()
+        } else {
+            match Cli::try_parse_from(&argv) {
+                Ok(Cli {
+                    command: Cmd::Mount(m),
+                }) => Some(m),
+                _ => None,
+            }
+        };
+        let Some(mut m) = parsed else {
+            continue;
+        };
+        let cwd = std::fs::read_link(dir.join("cwd")).unwrap_or_default();
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
+        };
+        if std::fs::canonicalize(abs(&m.mountpoint)).ok().as_deref() != Some(want.as_path()) {
+            continue;
+        }
+        m.upper = m.upper.as_deref().map(abs);
+        m.lower = m
+            .lower
+            .iter()
+            .flat_map(|v| split_lowers(v))
+            .map(|l| abs(&l).into_os_string())
+            .map(|l| escape_colons(&l))
+            .collect();
+        return Ok(m);
+    }
+    Err(format!("no unionfuse daemon serves {}", mnt.display()))
+}
+
+/// Escapes `:` and `\` so that [`split_lowers`] gives the path back.
+fn escape_colons(p: &OsStr) -> OsString {
+    let mut out = Vec::new();
+    for b in p.as_bytes() {
+        if matches!(b, b':' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(*b);
+    }
+    OsString::from_vec(out)
 }
 
 impl MountArgs {

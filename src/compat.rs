@@ -19,12 +19,19 @@ use crate::cli::{MountArgs, WhiteoutArg};
 /// Whether `argv` (without the program name) is the fuse-overlayfs form
 /// rather than a `unionfuse` subcommand.
 pub fn is_compat(argv: &[OsString]) -> bool {
-    match argv.first().map(|a| a.as_bytes()) {
-        None => false,
-        Some(b"mount" | b"umount" | b"help") => false,
-        Some(b"-h" | b"--help" | b"-V" | b"--version") => false,
-        Some(_) => true,
+    use clap::CommandFactory;
+    let Some(first) = argv.first() else {
+        return false;
+    };
+    if matches!(
+        first.as_bytes(),
+        b"help" | b"-h" | b"--help" | b"-V" | b"--version"
+    ) {
+        return false;
     }
+    !crate::cli::Cli::command()
+        .get_subcommands()
+        .any(|c| first.as_bytes() == c.get_name().as_bytes())
 }
 
 /// Splits one `-o` value on commas, except inside double quotes or after a
@@ -327,6 +334,7 @@ mod tests {
     fn recognises_subcommands() {
         assert!(!is_compat(&os(&["mount", "--lower", "/l", "/m"])));
         assert!(!is_compat(&os(&["--help"])));
+        assert!(!is_compat(&os(&["diff", "/m"])));
         assert!(is_compat(&os(&["-o", "lowerdir=/l", "/m"])));
         assert!(is_compat(&os(&["/src", "/m"])));
     }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod compat;
 pub mod config;
 mod copyup;
+pub mod diff;
 pub mod error;
 pub mod fuse;
 pub mod handle;
