@@ -60,7 +60,9 @@ done
 
 drop() {
     sync
-    [ "$(id -u)" -eq 0 ] && echo 3 >/proc/sys/vm/drop_caches || true
+    if [ "$(id -u)" -eq 0 ]; then
+        echo 3 >/proc/sys/vm/drop_caches
+    fi
 }
 ms() {
     local t0 t1
