@@ -62,6 +62,90 @@ mountpoint of a live mount. Only the upper is walked: the cost follows the size 
 changes, not of the image."
     )]
     Diff(DiffArgs),
+    /// Write an upper as an OCI image layer tar.
+    #[command(
+        long_about = "Write the upper layer as an OCI image layer (a tar): deletions as .wh.NAME, \
+opaque directories as .wh..wh..opq before their other entries, hard links as links, xattrs as \
+PAX records, numeric owners. The same upper always gives the same bytes."
+    )]
+    Export(ExportArgs),
+    /// Unpack an OCI image layer tar into a directory usable as a lower.
+    Unpack(UnpackArgs),
+    /// Write an upper's changes as a new lower layer directory.
+    #[command(
+        long_about = "Write the changes of the upper as a new layer directory NEWDIR, to stack on \
+the image as the top-most lower of the next container (what `docker commit` does)."
+    )]
+    Commit(CommitArgs),
+}
+
+/// `--compress` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressArg {
+    Gzip,
+    Zstd,
+}
+
+/// Whiteout formats an unpacked layer may be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayerFormatArg {
+    Overlay,
+    Oci,
+}
+
+impl LayerFormatArg {
+    fn format(self) -> WhiteoutFormat {
+        match self {
+            LayerFormatArg::Overlay => WhiteoutFormat::Overlay,
+            LayerFormatArg::Oci => WhiteoutFormat::Oci,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The upper layer to write out.
+    #[arg(long, value_name = "DIR")]
+    pub upper: PathBuf,
+    /// The lowers it sits on (accepted for symmetry; a layer holds only
+    /// the upper's changes).
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lower: Vec<OsString>,
+    /// Where to write the tar; `-` (the default) is standard output.
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
+    pub output: PathBuf,
+    #[arg(long, value_enum)]
+    pub compress: Option<CompressArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// The layer: a tar, gzip- or zstd-compressed or not; `-` reads
+    /// standard input.
+    #[arg(value_name = "LAYER")]
+    pub layer: PathBuf,
+    /// An existing directory to unpack into.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// How deletions are written: `oci` keeps the layer's `.wh.` files,
+    /// `overlay` turns them into 0:0 devices and opaque xattrs (what kernel
+    /// overlayfs reads).
+    #[arg(long, value_enum, default_value_t = LayerFormatArg::Oci)]
+    pub whiteout: LayerFormatArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    #[arg(long, value_name = "DIR")]
+    pub upper: PathBuf,
+    /// The lowers the upper sits on (accepted for symmetry).
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lower: Vec<OsString>,
+    #[arg(long, value_enum, default_value_t = LayerFormatArg::Oci)]
+    pub whiteout: LayerFormatArg,
+    /// The new layer directory; must not exist yet.
+    #[arg(value_name = "NEWDIR")]
+    pub newdir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -212,7 +296,70 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Mount(args) => mount_cmd(args),
         Cmd::Umount(args) => umount_cmd(&args.mountpoint),
         Cmd::Diff(args) => diff_cmd(&args),
+        Cmd::Export(args) => export_cmd(&args),
+        Cmd::Unpack(args) => unpack_cmd(&args),
+        Cmd::Commit(args) => commit_cmd(&args),
     }
+}
+
+fn export_cmd(args: &ExportArgs) -> Result<(), String> {
+    let upper = existing_dir("upper layer", &args.upper)?;
+    let comp = match args.compress {
+        None => crate::layerfile::Compression::None,
+        Some(CompressArg::Gzip) => crate::layerfile::Compression::Gzip,
+        Some(CompressArg::Zstd) => crate::layerfile::Compression::Zstd,
+    };
+    if args.output.as_os_str() == "-" {
+        let out = std::io::BufWriter::new(std::io::stdout().lock());
+        return crate::layerfile::export(&upper, out, comp);
+    }
+    // Written beside the target and renamed: a failed export leaves no
+    // partial layer under the name.
+    let tmp = args.output.with_extension("unionfuse-partial");
+    let file =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let res = crate::layerfile::export(&upper, std::io::BufWriter::new(&file), comp)
+        .and_then(|()| {
+            file.sync_all()
+                .map_err(|e| format!("{}: {e}", tmp.display()))
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, &args.output)
+                .map_err(|e| format!("cannot write {}: {e}", args.output.display()))
+        });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn unpack_cmd(args: &UnpackArgs) -> Result<(), String> {
+    let dir = existing_dir("target directory", &args.dir)?;
+    let fmt = args.whiteout.format();
+    if args.layer.as_os_str() == "-" {
+        return crate::layerfile::unpack(std::io::stdin().lock(), &dir, fmt);
+    }
+    let f = std::fs::File::open(&args.layer)
+        .map_err(|e| format!("layer {} {}", args.layer.display(), describe(&e)))?;
+    crate::layerfile::unpack(f, &dir, fmt)
+}
+
+fn commit_cmd(args: &CommitArgs) -> Result<(), String> {
+    let upper = existing_dir("upper layer", &args.upper)?;
+    if sys::stat_path(&args.newdir).is_ok() {
+        return Err(format!("{} already exists", args.newdir.display()));
+    }
+    // Built under a temporary name and renamed: nobody stacks half a layer.
+    let tmp = args.newdir.with_extension("unionfuse-partial");
+    std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let res = crate::layerfile::commit(&upper, &tmp, args.whiteout.format()).and_then(|()| {
+        std::fs::rename(&tmp, &args.newdir)
+            .map_err(|e| format!("cannot create {}: {e}", args.newdir.display()))
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res
 }
 
 fn diff_cmd(args: &DiffArgs) -> Result<(), String> {

@@ -21,6 +21,7 @@ pub mod handle;
 pub mod idmap;
 pub mod inode;
 pub mod layer;
+pub mod layerfile;
 pub mod mount;
 pub mod name;
 pub mod override_stat;

@@ -170,7 +170,7 @@ fn mutate(mnt: &Path, seed: u64) {
             4 => {
                 let d = rng.pick(&dirs);
                 let _ = fs::remove_dir_all(p(d));
-                if n % 2 == 0 {
+                if n & 1 == 0 {
                     let _ = fs::create_dir(p(d));
                     let _ = fs::write(p(d).join("again"), "again\n");
                 }

@@ -135,6 +135,12 @@ fn check_overrides(level: &str, attr: &str) {
         !listxattr(&m.path("f")).iter().any(|n| n == attr),
         "{attr} visible in the mount"
     );
+    if !is_root() {
+        // The kernel refuses a chown to another uid before the mount sees
+        // it; root of a user namespace (rootless podman) may.
+        eprintln!("skipped as non-root: chown and chmod into the override");
+        return;
+    }
     // chown and chmod land in the override of the copy; the disk keeps the
     // daemon's access.
     chown(&m.path("f"), 33, 44).expect("chown");
