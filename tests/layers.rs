@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 
 #[path = "support/tree.rs"]
-#[allow(dead_code)]
 mod tree;
 
 fn uf(args: &[&OsStr]) -> std::process::Output {
