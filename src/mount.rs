@@ -180,6 +180,26 @@ fn announce_ready(mnt: &Path, ready: Option<OwnedFd>, detach: bool) {
     {
         warn!("cannot signal readiness: {e}");
     }
+    if let Some(sock) = std::env::var_os("NOTIFY_SOCKET")
+        && let Err(e) = notify_systemd(&sock)
+    {
+        warn!("cannot notify {sock:?}: {e}");
+    }
+}
+
+/// Sends systemd's `READY=1` to `NOTIFY_SOCKET` (a path, or `@name` in
+/// the abstract namespace).
+fn notify_systemd(sock: &std::ffi::OsStr) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let b = sock.as_bytes();
+    let addr = match b.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(Path::new(sock))?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)?;
+    Ok(())
 }
 
 /// The program that mounts and unmounts FUSE filesystems for ordinary

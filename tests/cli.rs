@@ -1025,3 +1025,29 @@ fn umount_and_top_level_help_exit_zero() {
         assert!(text.contains(sub), "--help does not mention {sub}:\n{text}");
     }
 }
+
+#[test]
+fn notify_socket_gets_ready_once_the_mount_answers() {
+    let s = Scratch::new();
+    let lower = simple_lower(&s);
+    let mnt = s.mkdir("mnt");
+    let sock_path = s.path("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(SETTLE)).expect("timeout");
+    let out = Command::new(bin())
+        .args(["mount", "--lower"])
+        .arg(&lower)
+        .arg(&mnt)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .output()
+        .expect("run unionfuse");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within the timeout");
+    assert_eq!(&buf[..n], b"READY=1");
+    common::unmount(&mnt);
+}
