@@ -786,7 +786,7 @@ pub fn mount_cmd(args: MountArgs) -> Result<(), String> {
 
 /// Creates the default work directory when it is missing; returns it when
 /// this call created it, so a failed mount can remove it again.
-fn prepare_work(cfg: &MountConfig) -> Result<Option<PathBuf>, String> {
+pub(crate) fn prepare_work(cfg: &MountConfig) -> Result<Option<PathBuf>, String> {
     let Some(w) = &cfg.work else {
         return Ok(None);
     };

@@ -10,6 +10,7 @@
 //! handle, layer} -> sys`.
 //! Only [`sys`] contains `unsafe`; only [`fuse`] knows about fuser.
 
+pub mod api;
 pub mod cli;
 pub mod compat;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod sys;
 pub mod union;
 pub mod write;
 
+pub use api::{Mount, MountBuilder, MountGuard};
 pub use config::MountConfig;
 pub use error::{Error, Result};
 pub use union::Union;

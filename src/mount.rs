@@ -18,12 +18,30 @@ use crate::union::Union;
 /// The byte written to a ready descriptor once the mount answers requests.
 pub const READY_BYTE: u8 = b'R';
 
-/// Mounts `cfg` and serves it until unmounted. `ready` receives one byte
-/// once the mountpoint has answered a request; `detach` points stderr at
-/// /dev/null at that moment (a daemon outliving its terminal).
+/// A mount made and handshaken with the kernel, not yet served.
+pub struct Started {
+    pub session: Session<UnionFs>,
+    /// Unmounts (fails with EBUSY while files are open).
+    pub unmount: Box<dyn FnMut() -> std::io::Result<()> + Send>,
+    pub union: Arc<Union>,
+    /// Mounted with mount(2) rather than through fusermount3.
+    pub direct: bool,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("direct", &self.direct)
+            .finish()
+    }
+}
+
+/// Opens the layers and mounts `cfg`. `in_process`: the mount lives inside
+/// a host program (the library), whose umask it must not change; a daemon
+/// sets its umask to 0 instead, saving a chmod per new object.
 ///
 /// Errors are one-line messages for the user.
-pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<(), String> {
+pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, String> {
     let nofile = sys::raise_nofile_limit();
     info!("open file limit {nofile}");
     let layers = Layers::open(cfg.upper.as_deref(), &cfg.lowers)
@@ -36,9 +54,11 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or((nofile / 2) as usize);
-    // Modes passed to the upper are the modes created: the kernel already
-    // applied the caller's umask.
-    sys::set_umask(0);
+    if !in_process {
+        // Modes passed to the upper are then the modes created: the kernel
+        // already applied the caller's umask.
+        sys::set_umask(0);
+    }
     let upper = match (&cfg.upper, &cfg.work) {
         (Some(_), Some(work)) => {
             let wfd = sys::open_dir_path(work)
@@ -57,6 +77,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
     union.set_options(cfg.read_only, cfg.volatile);
     union.set_ids(cfg.ids.clone());
     union.set_override_xattr(cfg.override_xattr);
+    union.set_exact_modes(in_process);
     let union = Arc::new(union);
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);
@@ -97,21 +118,23 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
     config.n_threads = Some(cfg.threads);
     config.clone_fd = root;
 
-    // Block the termination signals before any thread exists so that every
-    // thread inherits the mask and only the signal thread takes them.
-    sys::block_term_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let mnt = cfg.mountpoint.clone();
-    let (session, mut unmount): (_, Box<dyn FnMut() -> std::io::Result<()> + Send>) = if root {
+    let started = if root {
         let mut session = Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
             union.abandon();
             format!("cannot mount at {}: {e}", cfg.mountpoint.display())
         })?;
         let mut unmounter = session.unmount_callable();
-        (session, Box::new(move || unmounter.unmount()))
+        Started {
+            session,
+            unmount: Box::new(move || unmounter.unmount()),
+            union,
+            direct: true,
+        }
     } else {
-        // An ordinary user may not open /dev/fuse (0600 root on many
-        // hosts): the setuid fusermount3 opens it, mounts, and hands the
-        // descriptor over. One descriptor then serves every thread.
+        // An ordinary user may not mount: the setuid fusermount3 opens
+        // /dev/fuse, mounts, and hands the descriptor over. One descriptor
+        // then serves every thread.
         let fd = fusermount(&cfg.mountpoint, &fusermount_options(cfg))
             .inspect_err(|_| union.abandon())?;
         config.clone_fd = false;
@@ -120,8 +143,12 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
             union.abandon();
             format!("cannot start serving {}: {e}", cfg.mountpoint.display())
         })?;
-        let m = mnt.clone();
-        (session, Box::new(move || fusermount_unmount(&m, false)))
+        Started {
+            session,
+            unmount: Box::new(move || fusermount_unmount(&mnt, false)),
+            union,
+            direct: false,
+        }
     };
     info!(
         "mounted {} (lowers {:?}, upper {:?})",
@@ -129,23 +156,45 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
         cfg.lowers,
         cfg.upper
     );
+    Ok(started)
+}
 
+/// Detaches a busy mount: no new process enters, and the session ends once
+/// the last user lets go, as `umount -l` would.
+pub fn detach(mnt: &Path, direct: bool) -> std::io::Result<()> {
+    if direct {
+        sys::umount(mnt, libc::MNT_DETACH)
+    } else {
+        fusermount_unmount(mnt, true)
+    }
+}
+
+/// Mounts `cfg` and serves it until unmounted. `ready` receives one byte
+/// once the mountpoint has answered a request; `detach` points stderr at
+/// /dev/null at that moment (a daemon outliving its terminal).
+///
+/// Errors are one-line messages for the user.
+pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> Result<(), String> {
+    // Block the termination signals before any thread exists so that every
+    // thread inherits the mask and only the signal thread takes them.
+    sys::block_term_signals().map_err(|e| format!("cannot block signals: {e}"))?;
+    let Started {
+        session,
+        mut unmount,
+        direct,
+        ..
+    } = start(cfg, false)?;
+    let mnt = cfg.mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let sig = sys::wait_signal();
             info!("signal {sig}: unmounting {}", mnt.display());
             if let Err(e) = unmount() {
-                // Busy: files are still open in the mount. Detach it so that
-                // no new process enters; the daemon exits once the last
-                // user lets go, as `umount -l` would.
+                // Busy: files are still open in the mount; the daemon exits
+                // once they are closed.
                 warn!("unmount {}: {e}; detaching lazily", mnt.display());
-                let lazy = if root {
-                    sys::umount(&mnt, libc::MNT_DETACH)
-                } else {
-                    fusermount_unmount(&mnt, true)
-                };
-                if let Err(e) = lazy {
+                if let Err(e) = detach(&mnt, direct) {
                     warn!("lazy unmount {}: {e}", mnt.display());
                 }
             }
@@ -155,7 +204,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<
     let mnt = cfg.mountpoint.clone();
     std::thread::Builder::new()
         .name("ready".into())
-        .spawn(move || announce_ready(&mnt, ready, detach))
+        .spawn(move || announce_ready(&mnt, ready, detach_stderr))
         .map_err(|e| format!("cannot start ready thread: {e}"))?;
 
     session

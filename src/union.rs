@@ -46,6 +46,9 @@ pub struct Union {
     pub(crate) override_xattr: Option<&'static CStr>,
     /// fsync does not reach the disk.
     pub(crate) volatile: bool,
+    /// New objects get their mode by chmod, not through a zero umask (an
+    /// in-process mount leaves its host's umask alone).
+    pub(crate) exact_modes: bool,
 }
 
 /// A layer object as the syscalls want it: a name in a parent directory, or
@@ -102,6 +105,7 @@ impl Union {
             volatile: false,
             ids: IdMap::default(),
             override_xattr: None,
+            exact_modes: false,
         })
     }
 
@@ -122,6 +126,11 @@ impl Union {
     /// Shows owners through `ids` (user-namespace id mapping or squashing).
     pub fn set_ids(&mut self, ids: IdMap) {
         self.ids = ids;
+    }
+
+    /// Whether new objects need a chmod to get their exact mode.
+    pub fn set_exact_modes(&mut self, on: bool) {
+        self.exact_modes = on;
     }
 
     /// Reads and writes ownership overrides in `attr` (see

@@ -289,6 +289,15 @@ impl Union {
             staged.keep();
             fd
         };
+        if self.exact_modes && owned && !matches!(kind, NewKind::Symlink { .. }) {
+            // The host process's umask took bits the caller asked for.
+            let setgid = if is_dir && own.setgid_parent {
+                libc::S_ISGID
+            } else {
+                0
+            };
+            sys::fchmodat(pfd, name.as_cstr(), (mode & 0o7777) | setgid)?;
+        }
         let st = sys::fstatat(pfd, name.as_cstr())?;
         if !owned {
             // A new name of an existing inode: the caller registers it.

@@ -1,0 +1,90 @@
+//! The Rust API: `Mount::builder()...mount(path)` gives a guard that
+//! unmounts on drop, and the guard's diff and export see its upper.
+#![allow(unsafe_code)]
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use unionfuse::Mount;
+use unionfuse::layerfile::Compression;
+
+#[test]
+fn builder_mounts_and_the_guard_unmounts() {
+    let s = Scratch::new();
+    let l1 = s.mkdir("l1");
+    let l2 = s.mkdir("l2");
+    write(&l2, "etc/motd", "image\n");
+    write(&l2, "etc/issue", "issue\n");
+    write(&l1, "etc/hostname", "top\n");
+    let up = s.mkdir("u");
+    let mnt = s.mkdir("m");
+    let m = Mount::builder()
+        .lower(&l1)
+        .lower(&l2)
+        .upper(&up)
+        .mount(&mnt)
+        .expect("mount");
+    assert!(is_mountpoint(&mnt));
+    assert_eq!(ls(&mnt.join("etc")), ["hostname", "issue", "motd"]);
+    fs::write(m.path().join("tmp-new"), "x").expect("write");
+    fs::remove_file(m.path().join("etc/motd")).expect("rm");
+    // Modes are exact although this process has a umask.
+    fs::create_dir(m.path().join("open")).expect("mkdir");
+    std::fs::set_permissions(
+        m.path().join("open"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let lines: Vec<String> = m
+        .diff()
+        .expect("diff")
+        .iter()
+        .map(|c| format!("{} {}", c.kind.letter(), String::from_utf8_lossy(&c.path)))
+        .collect();
+    assert_eq!(lines, ["C /etc", "D /etc/motd", "A /open", "A /tmp-new"]);
+    let mut layer = Vec::new();
+    m.export(&mut layer, Compression::None).expect("export");
+    assert!(layer.len() > 512);
+    // A busy mount is reported and kept.
+    let mut m = m;
+    let f = fs::File::open(m.path().join("etc/issue")).expect("open");
+    let e = m.unmount().expect_err("unmounted with a file open");
+    assert!(e.contains("busy"), "{e}");
+    assert!(is_mountpoint(&mnt), "a busy mount went away");
+    drop(f);
+    m.unmount().expect("unmount once the file is closed");
+    assert!(!is_mountpoint(&mnt));
+    drop(m);
+    // Dropping a guard unmounts too.
+    let m = Mount::builder()
+        .lower(&l1)
+        .mount(&mnt)
+        .expect("mount again");
+    assert!(is_mountpoint(m.path()));
+    drop(m);
+    assert!(!is_mountpoint(&mnt));
+    assert_eq!(
+        fs::read_to_string(l2.join("etc/motd")).expect("lower"),
+        "image\n"
+    );
+    assert!(
+        fs::symlink_metadata(up.join("etc/motd")).is_ok(),
+        "no whiteout"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_mounting() {
+    let s = Scratch::new();
+    let mnt = s.mkdir("m");
+    let e = Mount::builder()
+        .lower(s.path("missing"))
+        .mount(&mnt)
+        .expect_err("a missing lower");
+    assert!(e.contains("does not exist"), "{e}");
+    let e = Mount::builder().mount(&mnt).expect_err("no lower");
+    assert!(!e.is_empty());
+    assert!(!is_mountpoint(&mnt));
+}
