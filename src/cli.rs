@@ -77,6 +77,14 @@ PAX records, numeric owners. The same upper always gives the same bytes."
 the image as the top-most lower of the next container (what `docker commit` does)."
     )]
     Commit(CommitArgs),
+    /// Run a command in a throwaway container root.
+    #[command(
+        long_about = "Mount the layers (with a temporary upper unless --upper is given), run \
+COMMAND chrooted into the merged tree in a private mount namespace (a user namespace too when \
+not root) with the host's /proc, /dev and /sys and any --volume bound in, then unmount and \
+remove the temporary upper. Exits with COMMAND's status."
+    )]
+    Run(crate::run::RunArgs),
 }
 
 /// `--compress` values.
@@ -299,6 +307,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Export(args) => export_cmd(&args),
         Cmd::Unpack(args) => unpack_cmd(&args),
         Cmd::Commit(args) => commit_cmd(&args),
+        Cmd::Run(args) => {
+            let code = crate::run::run(&args)?;
+            std::process::exit(code);
+        }
     }
 }
 

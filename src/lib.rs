@@ -27,6 +27,7 @@ pub mod mount;
 pub mod name;
 pub mod override_stat;
 pub mod resolve;
+pub mod run;
 pub mod sys;
 pub mod union;
 pub mod write;

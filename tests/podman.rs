@@ -18,25 +18,6 @@ use common::*;
 const CHANGES: &str = "echo new > /tmp/new-file.txt && echo changed > /etc/config \
     && rm /etc/motd && mkdir /var/data && echo d > /var/data/f";
 
-/// A minimal root filesystem: static busybox and a few files.
-fn rootfs(s: &Scratch) -> Option<PathBuf> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())?;
-    let root = s.mkdir("rootfs");
-    for d in ["bin", "etc", "tmp", "var"] {
-        fs::create_dir_all(root.join(d)).expect("mkdir");
-    }
-    fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
-    for c in ["sh", "ls", "cat", "echo", "rm", "mkdir", "test"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).expect("symlink");
-    }
-    fs::write(root.join("etc/motd"), "image\n").expect("motd");
-    fs::write(root.join("etc/config"), "image\n").expect("config");
-    Some(root)
-}
-
 fn tar(root: &Path, out: &Path) {
     let st = Command::new("tar")
         .arg("-C")
@@ -157,7 +138,7 @@ fn podman_runs_containers_on_unionfuse() {
         return;
     }
     let s = Scratch::new();
-    let Some(root) = rootfs(&s) else {
+    let Some(root) = busybox_rootfs(&s) else {
         panic!("busybox is missing (package busybox-static)");
     };
     if !podman_available() {

@@ -475,3 +475,85 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     // SAFETY: the kernel installed fd in this process for us to own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// What a child needs to enter a container root, prepared before fork:
+/// pre_exec code must not allocate.
+#[derive(Debug)]
+pub struct RootSetup {
+    pub root: std::ffi::CString,
+    /// `(source, target)`: `target` an absolute path under `root`,
+    /// bind-mounted recursively from `source` (host /proc, /dev, /sys and
+    /// volumes).
+    pub binds: Vec<(std::ffi::CString, std::ffi::CString)>,
+    /// For an unprivileged caller: `uid_map`/`gid_map` lines mapping root
+    /// in a new user namespace to the caller.
+    pub userns: Option<(std::ffi::CString, std::ffi::CString)>,
+}
+
+fn write_proc(path: &CStr, data: &[u8]) -> SysResult<()> {
+    // SAFETY: path is NUL-terminated; the fd is closed below.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
+    // SAFETY: data is readable for its length.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let res = cvt_size(n as libc::ssize_t).map(|_| ());
+    // SAFETY: fd was opened above.
+    unsafe { libc::close(fd) };
+    res
+}
+
+/// In a freshly forked child: a private mount namespace (and a user
+/// namespace without privilege), the binds, then chroot into the root.
+/// Allocates nothing: it runs between fork and exec.
+pub fn enter_root(s: &RootSetup) -> SysResult<()> {
+    let mut flags = libc::CLONE_NEWNS;
+    if s.userns.is_some() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    // SAFETY: unshare takes flags only.
+    cvt(unsafe { libc::unshare(flags) })?;
+    if let Some((uid_map, gid_map)) = &s.userns {
+        write_proc(c"/proc/self/setgroups", b"deny")?;
+        write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
+        write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
+    }
+    // Nothing done here may reach the host's mount table.
+    // SAFETY: all strings are NUL-terminated; null data is allowed.
+    cvt(unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })?;
+    for (src, dst) in &s.binds {
+        // SAFETY: as above.
+        cvt(unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        })?;
+    }
+    // SAFETY: root is NUL-terminated.
+    cvt(unsafe { libc::chroot(s.root.as_ptr()) })?;
+    // SAFETY: "/" is NUL-terminated.
+    cvt(unsafe { libc::chdir(c"/".as_ptr()) })?;
+    Ok(())
+}
+
+/// Starts `cmd` inside the root `setup` describes (see [`enter_root`]).
+pub fn spawn_in_root(
+    cmd: &mut std::process::Command,
+    setup: RootSetup,
+) -> SysResult<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec; enter_root
+    // only makes syscalls on data prepared before the fork.
+    unsafe { cmd.pre_exec(move || enter_root(&setup)) };
+    cmd.spawn()
+}

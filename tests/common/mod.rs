@@ -542,3 +542,24 @@ pub fn mount_with_work(lowers: &[&Path], upper: Option<(&Path, &Path)>, mnt: &Pa
         }
     }
 }
+
+/// A minimal root filesystem: static busybox with a few applets, and
+/// `etc/motd` and `etc/config` holding "image". `None` without busybox.
+#[allow(dead_code)]
+pub fn busybox_rootfs(s: &Scratch) -> Option<PathBuf> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())?;
+    let root = s.mkdir("rootfs");
+    for d in ["bin", "etc", "tmp", "var"] {
+        fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    for c in ["sh", "ls", "cat", "echo", "rm", "mkdir", "test", "id"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).expect("symlink");
+    }
+    fs::write(root.join("etc/motd"), "image\n").expect("motd");
+    fs::write(root.join("etc/config"), "image\n").expect("config");
+    Some(root)
+}
