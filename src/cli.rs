@@ -85,6 +85,33 @@ not root) with the host's /proc, /dev and /sys and any --volume bound in, then u
 remove the temporary upper. Exits with COMMAND's status."
     )]
     Run(crate::run::RunArgs),
+    /// Empty the writable layer of a live mount: the image, pristine.
+    #[command(
+        long_about = "Empty the writable layer of the live mount at MOUNTPOINT and make the kernel \
+forget what it cached, so that every process sees the pristine image at once, without \
+unmounting. Changes wait while it runs. Files open during the reset keep working on their old \
+copies, which are gone from the tree."
+    )]
+    Reset(LiveArgs),
+    /// Save the writable layer of a live mount as checkpoint NAME.
+    Checkpoint(NamedArgs),
+    /// Bring back checkpoint NAME as the writable layer of a live mount.
+    Restore(NamedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct NamedArgs {
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+    /// A plain name (no `/`); checkpoints live in the work directory.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `--compress` values.
@@ -307,6 +334,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Export(args) => export_cmd(&args),
         Cmd::Unpack(args) => unpack_cmd(&args),
         Cmd::Commit(args) => commit_cmd(&args),
+        Cmd::Reset(a) => control_cmd(&a.mountpoint, "reset".into()),
+        Cmd::Checkpoint(a) => control_cmd(&a.mountpoint, format!("checkpoint {}", a.name)),
+        Cmd::Restore(a) => control_cmd(&a.mountpoint, format!("restore {}", a.name)),
         Cmd::Run(args) => {
             let code = crate::run::run(&args)?;
             std::process::exit(code);
@@ -372,6 +402,30 @@ fn commit_cmd(args: &CommitArgs) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     res
+}
+
+/// Sends a request to the daemon of the live mount at `mnt`.
+fn control_cmd(mnt: &Path, line: String) -> Result<(), String> {
+    if line
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|n| n.contains('/') || n == "." || n == "..")
+    {
+        return Err("a checkpoint name is a plain name, without '/'".into());
+    }
+    let args = mount_args_of(mnt)?;
+    let upper = args.upper.as_deref().ok_or_else(|| {
+        format!(
+            "{} is a read-only mount: it has no writable layer",
+            mnt.display()
+        )
+    })?;
+    let work = match &args.work {
+        Some(w) => w.clone(),
+        None => mount::default_work_dir(upper)
+            .ok_or_else(|| format!("upper layer {} has no parent directory", upper.display()))?,
+    };
+    crate::control::request(&work, &line)
 }
 
 fn diff_cmd(args: &DiffArgs) -> Result<(), String> {
@@ -460,6 +514,7 @@ fn mount_args_of(mnt: &Path) -> Result<MountArgs, String> {
             continue;
         }
         m.upper = m.upper.as_deref().map(abs);
+        m.work = m.work.as_deref().map(abs);
         m.lower = m
             .lower
             .iter()

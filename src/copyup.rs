@@ -271,7 +271,7 @@ impl Union {
         if data && st.st_size > 0 {
             let (sdir, sname) = src.dir_and_name();
             let input = open_for_copy(sdir, sname)?;
-            copy_data(input.as_fd(), out, st.st_size as u64)?;
+            copy_file_data(input.as_fd(), out, st.st_size as u64)?;
         }
         self.copy_meta(src, st, XTarget::Fd(out), ino)
     }
@@ -407,7 +407,7 @@ fn read_xattr(t: XTarget<'_>, attr: &CStr, buf: &mut Vec<u8>) -> Result<()> {
 /// Copies `size` bytes of file data in the kernel: a reflink where the
 /// filesystem shares blocks, else `copy_file_range` over the data segments
 /// only, so holes stay holes.
-fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+pub(crate) fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
     if sys::ficlone(dst, src).is_ok() {
         return Ok(());
     }
@@ -471,5 +471,33 @@ fn copy_range_rw(
         off += n as u64;
         len -= n as u64;
     }
+    Ok(())
+}
+
+/// Owner, mode, every xattr (the union's own included) and times of
+/// `name` in `src` onto the same name in `dst`: an exact copy of an upper
+/// object, for checkpoints.
+pub(crate) fn copy_attributes(
+    src: BorrowedFd<'_>,
+    name: &CStr,
+    st: &libc::stat,
+    dst: BorrowedFd<'_>,
+) -> Result<()> {
+    let (from, to) = (XTarget::At(src, name), XTarget::At(dst, name));
+    let _ = sys::chown(to, st.st_uid, st.st_gid);
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        sys::chmod(to, st.st_mode & 0o7777)?;
+    }
+    let list = sys::listxattr_vec(from).unwrap_or_default();
+    let mut value = Vec::new();
+    for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cattr) = std::ffi::CString::new(attr) else {
+            continue;
+        };
+        if read_xattr(from, &cattr, &mut value).is_ok() {
+            let _ = sys::setxattr(to, &cattr, &value, 0);
+        }
+    }
+    sys::set_times(to, &sys::stat_times(st))?;
     Ok(())
 }

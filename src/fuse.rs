@@ -158,6 +158,7 @@ impl DirReplier for DirOut<'_> {
 struct DirPlusOut<'a> {
     reply: &'a mut ReplyDirectoryPlus,
     ttl: Duration,
+    generation: Generation,
 }
 
 impl DirPlusReplier for DirPlusOut<'_> {
@@ -170,7 +171,7 @@ impl DirPlusReplier for DirPlusOut<'_> {
             OsStr::from_bytes(name),
             &self.ttl,
             &attr,
-            Generation(0),
+            self.generation,
         )
     }
 }
@@ -217,14 +218,14 @@ impl Filesystem for UnionFs {
         match self.union.lookup(parent.0, name) {
             Ok(Some(st)) => {
                 trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
-                reply.entry(&self.ttl, &file_attr(&st), Generation(0));
+                reply.entry(&self.ttl, &file_attr(&st), self.generation());
             }
             Ok(None) => {
                 // A negative entry: nodeid 0 with a timeout lets the kernel
                 // cache the miss (PATH searches, build tools probing files).
                 let mut attr = file_attr(&zero_stat());
                 attr.ino = INodeNo(0);
-                reply.entry(&self.ttl, &attr, Generation(0));
+                reply.entry(&self.ttl, &attr, self.generation());
             }
             Err(e) => {
                 log_failure("lookup", parent, Some(name), e);
@@ -364,6 +365,7 @@ impl Filesystem for UnionFs {
             &mut DirPlusOut {
                 reply: &mut reply,
                 ttl: self.ttl,
+                generation: self.generation(),
             },
         );
         match res {
@@ -592,12 +594,14 @@ impl Filesystem for UnionFs {
             IoMode::Passthrough(id) => reply.created_passthrough(
                 &self.ttl,
                 &attr,
-                Generation(0),
+                self.generation(),
                 FileHandle(fh),
                 FopenFlags::empty(),
                 &id,
             ),
-            IoMode::Cached(f) => reply.created(&self.ttl, &attr, Generation(0), FileHandle(fh), f),
+            IoMode::Cached(f) => {
+                reply.created(&self.ttl, &attr, self.generation(), FileHandle(fh), f)
+            }
         }
     }
 
@@ -713,6 +717,13 @@ impl Filesystem for UnionFs {
 }
 
 impl UnionFs {
+    /// Inode generation: bumped by a reset, so that the kernel treats every
+    /// object looked up afterwards as new and fails I/O on files opened
+    /// before it with EIO instead of mixing old and new.
+    fn generation(&self) -> Generation {
+        Generation(self.union.generation())
+    }
+
     fn reply_entry(
         &self,
         op: &str,
@@ -722,7 +733,7 @@ impl UnionFs {
         reply: ReplyEntry,
     ) {
         match r {
-            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), Generation(0)),
+            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), self.generation()),
             Err(e) => {
                 log_failure(op, parent, Some(name), e);
                 reply.error(errno(e));

@@ -182,9 +182,19 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
         session,
         mut unmount,
         direct,
-        ..
+        union,
     } = start(cfg, false)?;
     let mnt = cfg.mountpoint.clone();
+    let control = match (&cfg.upper, &cfg.work) {
+        (Some(_), Some(work)) => {
+            let path = crate::control::socket_path(work);
+            if let Err(e) = crate::control::listen(path.clone(), union, session.notifier()) {
+                warn!("no control socket (reset, checkpoint, restore): {e}");
+            }
+            Some(path)
+        }
+        _ => None,
+    };
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -207,9 +217,13 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
         .spawn(move || announce_ready(&mnt, ready, detach_stderr))
         .map_err(|e| format!("cannot start ready thread: {e}"))?;
 
-    session
+    let served = session
         .run()
-        .map_err(|e| format!("serving {}: {e}", cfg.mountpoint.display()))?;
+        .map_err(|e| format!("serving {}: {e}", cfg.mountpoint.display()));
+    if let Some(p) = control {
+        let _ = std::fs::remove_file(p);
+    }
+    served?;
     info!("unmounted {}", cfg.mountpoint.display());
     Ok(())
 }

@@ -49,6 +49,11 @@ pub struct Union {
     /// New objects get their mode by chmod, not through a zero umask (an
     /// in-process mount leaves its host's umask alone).
     pub(crate) exact_modes: bool,
+    /// Held for reading by every change to the upper, for writing by a
+    /// reset or checkpoint, which must see the upper still.
+    pub(crate) barrier: parking_lot::RwLock<()>,
+    /// Resets so far: the FUSE generation of every inode.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A layer object as the syscalls want it: a name in a parent directory, or
@@ -106,6 +111,8 @@ impl Union {
             ids: IdMap::default(),
             override_xattr: None,
             exact_modes: false,
+            barrier: parking_lot::RwLock::new(()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -126,6 +133,11 @@ impl Union {
     /// Shows owners through `ids` (user-namespace id mapping or squashing).
     pub fn set_ids(&mut self, ids: IdMap) {
         self.ids = ids;
+    }
+
+    /// The FUSE generation of inodes, bumped by every reset.
+    pub fn generation(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether new objects need a chmod to get their exact mode.

@@ -376,6 +376,7 @@ impl Union {
         mode: u32,
         flags: i32,
     ) -> Result<(libc::stat, u64)> {
+        let _changing = self.barrier.read();
         let p = self.dir_inode(parent)?;
         let name = new_name(name)?;
         let (st, fd) = self.create_object(caller, &p, &name, mode, NewKind::File { flags })?;
@@ -396,6 +397,7 @@ impl Union {
         name: &OsStr,
         mode: u32,
     ) -> Result<libc::stat> {
+        let _changing = self.barrier.read();
         let p = self.dir_inode(parent)?;
         let name = new_name(name)?;
         let (mut st, _) = self.create_object(caller, &p, &name, mode, NewKind::Dir)?;
@@ -411,6 +413,7 @@ impl Union {
         mode: u32,
         rdev: u64,
     ) -> Result<libc::stat> {
+        let _changing = self.barrier.read();
         if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
             // A 0:0 device is a whiteout on disk; overlayfs refuses it too.
             return Err(Error::new(libc::EPERM));
@@ -459,6 +462,7 @@ impl Union {
         name: &OsStr,
         target: &OsStr,
     ) -> Result<libc::stat> {
+        let _changing = self.barrier.read();
         let p = self.dir_inode(parent)?;
         let name = new_name(name)?;
         let target = std::ffi::CString::new(target.as_bytes()).map_err(|_| Error::INVAL)?;
@@ -476,6 +480,7 @@ impl Union {
     /// A hard link: the object is copied up first, then linked in the upper,
     /// so every name shares one inode, its data and its number.
     pub fn link(&self, nodeid: u64, newparent: u64, newname: &OsStr) -> Result<libc::stat> {
+        let _changing = self.barrier.read();
         let inode = self.inodes.get(nodeid)?;
         if inode.is_dir() {
             return Err(Error::new(libc::EPERM));
@@ -514,6 +519,7 @@ impl Union {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let _changing = self.barrier.read();
         let p = self.dir_inode(parent)?;
         let name = Name::new(name)?;
         let (dirs, found) = self.find(&p, &name)?;
@@ -543,6 +549,7 @@ impl Union {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let _changing = self.barrier.read();
         let p = self.dir_inode(parent)?;
         let name = Name::new(name)?;
         let (dirs, found) = self.find(&p, &name)?;
@@ -630,6 +637,7 @@ impl Union {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        let _changing = self.barrier.read();
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
             return Err(Error::INVAL);
         }
@@ -816,6 +824,7 @@ impl Union {
     /// Opens a file for writing, copying it up first; O_TRUNC skips the
     /// copy of its data.
     pub(crate) fn open_for_write(&self, inode: Arc<Inode>, flags: i32) -> Result<u64> {
+        let _changing = self.barrier.read();
         if self.read_only() {
             return Err(Error::ROFS);
         }
@@ -873,6 +882,7 @@ impl Union {
 
     /// chmod, chown, truncate, utimes: on the upper copy.
     pub fn setattr(&self, nodeid: u64, fh: Option<u64>, a: SetAttr) -> Result<libc::stat> {
+        let _changing = self.barrier.read();
         let inode = self.inodes.get(nodeid)?;
         if self.read_only() {
             return Err(Error::ROFS);
@@ -1001,6 +1011,7 @@ impl Union {
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let _changing = self.barrier.read();
         if is_private_xattr(name.as_bytes()) {
             return Err(Error::new(libc::EOPNOTSUPP));
         }
@@ -1012,6 +1023,7 @@ impl Union {
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> Result<()> {
+        let _changing = self.barrier.read();
         if is_private_xattr(name.as_bytes()) {
             return Err(Error::NODATA);
         }

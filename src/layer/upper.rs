@@ -32,6 +32,10 @@ impl WhiteoutFormat {
     }
 }
 
+/// Saved copies of the upper (`unionfuse checkpoint`), in the work
+/// directory.
+const CHECKPOINTS: &CStr = c"unionfuse-checkpoints";
+
 /// What [`Upper::open`] created or recorded.
 #[derive(Debug, Default)]
 struct Made {
@@ -171,6 +175,15 @@ impl Upper {
         if self.made.index {
             let _ = sys::unlinkat(self.work.as_fd(), INDEX, true);
         }
+    }
+
+    /// The directory of checkpoints, made on first use.
+    pub fn checkpoints(&self) -> std::io::Result<OwnedFd> {
+        match sys::mkdirat(self.work.as_fd(), CHECKPOINTS, 0o700) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+        sys::open_child_dir(self.work.as_fd(), CHECKPOINTS)
     }
 
     pub fn staging(&self) -> BorrowedFd<'_> {

@@ -1,0 +1,270 @@
+//! Resetting a live mount to the pristine image, and checkpoints of its
+//! writable layer, for test harnesses that reuse one mount many times.
+//!
+//! Changes stop while the upper is emptied (every changing operation holds
+//! the union's barrier for reading; a reset takes it for writing). Then
+//! every inode the kernel knows is looked up again, and the kernel is told
+//! to forget the names and attributes it cached. Inodes get a new FUSE
+//! generation, so the kernel makes new inodes for whatever is looked up
+//! next: a file or directory open during the reset fails cleanly with EIO
+//! from then on instead of mixing old and new data.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use crate::copyup::Staged;
+use crate::error::{Error, Result};
+use crate::inode::{Inode, ROOT};
+use crate::layer::upper::clear_dir;
+use crate::name::Name;
+use crate::resolve::{self};
+use crate::sys;
+use crate::union::Union;
+
+/// What the kernel must forget after a reset.
+#[derive(Debug)]
+pub enum Inval {
+    /// A cached name (positive or negative) in a directory.
+    Entry(u64, Box<Name>),
+    /// Cached attributes and data of an inode.
+    Inode(u64),
+}
+
+/// Depth of an inode in the tree (the root is 0).
+fn depth(inode: &Inode) -> usize {
+    let mut d = 0;
+    let mut cur = inode.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
+    while let Some(p) = cur {
+        d += 1;
+        cur = p.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
+    }
+    d
+}
+
+impl Union {
+    /// Empties the upper and brings every inode back to what the lowers
+    /// hold. Returns what the kernel must forget; the caller tells it after
+    /// this returns (never while changes are held up: the kernel may be
+    /// waiting on one of them for the very directory it must invalidate).
+    pub fn reset(&self) -> Result<Vec<Inval>> {
+        self.replace_upper(None)
+    }
+
+    /// Saves a copy of the upper as checkpoint `name` in the work directory
+    /// (reflinked where the filesystem can).
+    pub fn checkpoint(&self, name: &Name) -> Result<()> {
+        let upper = self.upper()?;
+        let _w = self.barrier.write();
+        let dir = upper.checkpoints()?;
+        let staged = Staged::new(upper);
+        sys::mkdirat(upper.staging(), staged.cstr(), 0o700)?;
+        let dst = sys::open_child_dir(upper.staging(), staged.cstr())?;
+        copy_tree(self.layers.get(0).root.as_fd(), dst.as_fd())?;
+        // Replacing an older checkpoint of that name in one step.
+        match sys::fstatat(dir.as_fd(), name.as_cstr()) {
+            Ok(_) => {
+                sys::renameat2(
+                    upper.staging(),
+                    staged.cstr(),
+                    dir.as_fd(),
+                    name.as_cstr(),
+                    libc::RENAME_EXCHANGE,
+                )?;
+                drop(staged);
+            }
+            Err(_) => {
+                sys::renameat2(
+                    upper.staging(),
+                    staged.cstr(),
+                    dir.as_fd(),
+                    name.as_cstr(),
+                    libc::RENAME_NOREPLACE,
+                )?;
+                staged.keep();
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings back checkpoint `name` as the upper, as [`Union::reset`] does
+    /// with an empty one.
+    pub fn restore(&self, name: &Name) -> Result<Vec<Inval>> {
+        self.replace_upper(Some(name))
+    }
+
+    fn replace_upper(&self, from: Option<&Name>) -> Result<Vec<Inval>> {
+        let upper = self.upper()?;
+        let mut inval = Vec::new();
+        let trash = Staged::new(upper);
+        {
+            let _w = self.barrier.write();
+            let upper_root = Arc::clone(&self.layers.get(0).root);
+            let root = self.inodes.get(ROOT)?;
+            self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
+            // Out of the tree in one rename per top-level entry; removed
+            // once changes may run again.
+            sys::mkdirat(upper.staging(), trash.cstr(), 0o700)?;
+            let trash_fd = sys::open_child_dir(upper.staging(), trash.cstr())?;
+            let entries = sys::read_dir(upper_root.as_fd())?;
+            for e in entries.iter() {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let n = Name::from_bytes(e.name)?;
+                sys::renameat2(
+                    upper_root.as_fd(),
+                    n.as_cstr(),
+                    trash_fd.as_fd(),
+                    n.as_cstr(),
+                    0,
+                )?;
+            }
+            clear_dir(
+                sys::open_child_flags(
+                    upper.index.as_fd(),
+                    c".",
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )?
+                .as_fd(),
+            )?;
+            if let Some(name) = from {
+                let dir = upper.checkpoints()?;
+                let src =
+                    sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
+                copy_tree(src.as_fd(), upper_root.as_fd())?;
+                self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
+            }
+            self.reresolve(&mut inval);
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        drop(trash);
+        Ok(inval)
+    }
+
+    /// Every name the upper holds, as kernel entries to forget: what the
+    /// upper added, changed or whited out is exactly what the kernel may
+    /// have cached differently from the lowers.
+    fn names_in_upper(
+        &self,
+        dir: &Arc<Inode>,
+        fd: BorrowedFd<'_>,
+        out: &mut Vec<Inval>,
+    ) -> Result<()> {
+        let entries = sys::read_dir(fd)?;
+        let dirs = self.dir_fds(dir)?;
+        for e in entries.iter() {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let shown = match crate::layer::whiteout::oci_whiteout_target(e.name) {
+                Some(Some(t)) => t,
+                Some(None) => continue,
+                None => e.name,
+            };
+            let Ok(name) = Name::from_bytes(shown) else {
+                continue;
+            };
+            out.push(Inval::Entry(dir.nodeid, Box::new(name.clone())));
+            if e.d_type != libc::DT_DIR {
+                continue;
+            }
+            // Descend where the kernel may know the directory.
+            if let Ok(Some(found)) = resolve::lookup(&self.layers, &dirs, &name) {
+                let ino = self.reported_ino(&dirs, &found, &name);
+                if let Ok(child) = self.inodes.get(ino)
+                    && child.is_dir()
+                    && let Ok(sub) = sys::open_child_dir(fd, name.as_cstr())
+                {
+                    self.names_in_upper(&child, sub.as_fd(), out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks every known inode up again, parents first, after the upper
+    /// changed under them.
+    fn reresolve(&self, out: &mut Vec<Inval>) {
+        let mut all = self.inodes.all();
+        all.sort_by_key(|i| depth(i));
+        for inode in all {
+            self.fds.release(&inode);
+            inode.changed(true);
+            out.push(Inval::Inode(inode.nodeid));
+            let Ok(Some(loc)) = inode.location() else {
+                continue;
+            };
+            let found = self.dir_fds(&loc.parent).ok().and_then(|dirs| {
+                resolve::lookup(&self.layers, &dirs, &loc.name)
+                    .ok()
+                    .flatten()
+                    .map(|f| (dirs, f))
+            });
+            match found {
+                Some((dirs, f))
+                    if f.stat.st_mode & libc::S_IFMT == inode.kind
+                        && self.reported_ino(&dirs, &f, &loc.name) == inode.st_ino =>
+                {
+                    *inode.layers.write() = f.layers.clone();
+                    self.fds.insert_found(&inode, f);
+                }
+                // The object was the upper's own: it is gone.
+                _ => inode.remove_location(&loc.parent, loc.name.as_bytes()),
+            }
+        }
+    }
+}
+
+/// Copies the tree in `src` into the empty directory `dst`: everything the
+/// upper may hold, whiteouts and private xattrs included, hard links kept,
+/// data reflinked where possible.
+fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+    let mut links = std::collections::HashMap::new();
+    copy_dir(src, dst, &mut links)
+}
+
+fn copy_dir(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    links: &mut std::collections::HashMap<(u64, u64), (Arc<std::os::fd::OwnedFd>, Name)>,
+) -> Result<()> {
+    let dst_arc = Arc::new(sys::open_child_dir(dst, c".")?);
+    let entries = sys::read_dir(src)?;
+    for e in entries.iter() {
+        if e.name == b"." || e.name == b".." {
+            continue;
+        }
+        let name = Name::from_bytes(e.name)?;
+        let c = name.as_cstr();
+        let st = sys::fstatat(src, c)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFDIR && st.st_nlink > 1 {
+            if let Some((d, n)) = links.get(&(st.st_dev, st.st_ino)) {
+                sys::linkat(d.as_fd(), n.as_cstr(), dst, c)?;
+                continue;
+            }
+            links.insert((st.st_dev, st.st_ino), (Arc::clone(&dst_arc), name.clone()));
+        }
+        match kind {
+            libc::S_IFDIR => {
+                sys::mkdirat(dst, c, 0o700)?;
+                let s = sys::open_child_dir(src, c)?;
+                let d = sys::open_child_dir(dst, c)?;
+                copy_dir(s.as_fd(), d.as_fd(), links)?;
+            }
+            libc::S_IFREG => {
+                let input = crate::copyup::open_for_copy(src, c)?;
+                let out = sys::create_file(dst, c, libc::O_WRONLY, 0o600)?;
+                crate::copyup::copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+            }
+            libc::S_IFLNK => {
+                let t = sys::readlinkat(src, c)?;
+                let t = std::ffi::CString::new(t).map_err(|_| Error::INVAL)?;
+                sys::symlinkat(&t, dst, c)?;
+            }
+            _ => sys::mknodat(dst, c, st.st_mode, st.st_rdev)?,
+        }
+        crate::copyup::copy_attributes(src, c, &st, dst)?;
+    }
+    Ok(())
+}
