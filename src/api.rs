@@ -149,7 +149,7 @@ impl MountBuilder {
             session,
             unmount,
             direct,
-            ..
+            union,
         } = match mount::start(&cfg, true) {
             Ok(s) => s,
             Err(e) => {
@@ -171,6 +171,7 @@ impl MountBuilder {
             unmount
         };
         Ok(MountGuard {
+            union,
             mountpoint: cfg.mountpoint,
             upper: cfg.upper,
             lowers: cfg.lowers,
@@ -196,6 +197,7 @@ fn escape_lower(p: &std::ffi::OsStr) -> OsString {
 
 /// A live mount; dropping it unmounts (lazily, when files are still open).
 pub struct MountGuard {
+    union: std::sync::Arc<crate::union::Union>,
     mountpoint: PathBuf,
     upper: Option<PathBuf>,
     lowers: Vec<PathBuf>,
@@ -236,6 +238,41 @@ impl MountGuard {
             .as_ref()
             .ok_or("a read-only mount has no layer to export")?;
         crate::layerfile::export(upper, out, compression)
+    }
+
+    /// Empties the writable layer: every process sees the pristine image
+    /// at once (see `unionfuse reset`).
+    pub fn reset(&self) -> Result<(), String> {
+        let inval = self.union.reset().map_err(|e| format!("reset: {e}"))?;
+        self.forget(&inval);
+        Ok(())
+    }
+
+    /// Saves the writable layer as checkpoint `name`.
+    pub fn checkpoint(&self, name: &str) -> Result<(), String> {
+        let n = crate::name::Name::from_bytes(name.as_bytes())
+            .map_err(|e| format!("checkpoint name {name:?}: {e}"))?;
+        self.union
+            .checkpoint(&n)
+            .map_err(|e| format!("checkpoint: {e}"))
+    }
+
+    /// Brings checkpoint `name` back as the writable layer.
+    pub fn restore(&self, name: &str) -> Result<(), String> {
+        let n = crate::name::Name::from_bytes(name.as_bytes())
+            .map_err(|e| format!("checkpoint name {name:?}: {e}"))?;
+        let inval = self
+            .union
+            .restore(&n)
+            .map_err(|e| format!("restore {name}: {e}"))?;
+        self.forget(&inval);
+        Ok(())
+    }
+
+    fn forget(&self, inval: &[crate::reset::Inval]) {
+        if let Some(bg) = &self.bg {
+            crate::control::apply(&bg.notifier(), inval);
+        }
     }
 
     /// Unmounts now, reporting failure (EBUSY while files are open) instead

@@ -47,6 +47,14 @@ fn builder_mounts_and_the_guard_unmounts() {
     let mut layer = Vec::new();
     m.export(&mut layer, Compression::None).expect("export");
     assert!(layer.len() > 512);
+    // Checkpoint, reset, restore, through the guard.
+    m.checkpoint("before-reset").expect("checkpoint");
+    m.reset().expect("reset");
+    assert_eq!(ls(&mnt.join("etc")), ["hostname", "issue", "motd"]);
+    assert!(m.diff().expect("diff").is_empty());
+    m.restore("before-reset").expect("restore");
+    assert_eq!(ls(&mnt.join("etc")), ["hostname", "issue"]);
+    assert!(mnt.join("tmp-new").exists());
     // A busy mount is reported and kept.
     let mut m = m;
     let f = fs::File::open(m.path().join("etc/issue")).expect("open");
