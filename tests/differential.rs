@@ -1657,10 +1657,10 @@ fn run_plan(
                 ),
             });
         }
-        if (i + 1) % check_every == 0 {
-            if let Some(f) = compare_now(Some(i), &format!("after op #{i}")) {
-                return Some(f);
-            }
+        if (i + 1) % check_every == 0
+            && let Some(f) = compare_now(Some(i), &format!("after op #{i}"))
+        {
+            return Some(f);
         }
     }
     if let Some(f) = compare_now(ops.len().checked_sub(1), "at the end") {

@@ -498,14 +498,14 @@ fn compare_min(fuse_root: &Path, kernel_root: &Path, label: &str, min_objects: u
         diffs.push(format!("missing from unionfuse: {missing}"));
     }
     for (name, ko) in &k {
-        if let Some(fo) = f.get(name) {
-            if fo != ko {
-                diffs.push(format!(
-                    "{name}:\n    unionfuse {}\n    kernel    {}",
-                    describe(fo),
-                    describe(ko)
-                ));
-            }
+        if let Some(fo) = f.get(name)
+            && fo != ko
+        {
+            diffs.push(format!(
+                "{name}:\n    unionfuse {}\n    kernel    {}",
+                describe(fo),
+                describe(ko)
+            ));
         }
     }
     if fg != kg {
@@ -708,10 +708,10 @@ fn random_layers(seed: u64, ops_per_layer: usize) -> [Layer; 4] {
             let parts: Vec<&str> = path.split('/').collect();
             for i in 1..parts.len() {
                 let anc = parts[..i].join("/");
-                if let Some(k) = kinds.get(&anc) {
-                    if *k != Kind::Dir {
-                        ok = false;
-                    }
+                if let Some(k) = kinds.get(&anc)
+                    && *k != Kind::Dir
+                {
+                    ok = false;
                 }
             }
             if !ok {
