@@ -18,7 +18,19 @@ use crate::union::Union;
 
 /// Where a mount's daemon listens.
 pub fn socket_path(work: &Path) -> PathBuf {
-    work.join("unionfuse-control")
+    work.join(SOCKET)
+}
+
+const SOCKET: &str = "unionfuse-control";
+
+/// A path to the socket short enough for `sun_path` (108 bytes) however
+/// deep the work directory is: through the `/proc/self/fd` link of an open
+/// descriptor of the directory, which must stay open while it is used.
+fn short_path(work: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(work)?;
+    let p = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd()));
+    Ok((dir, p))
 }
 
 /// Tells the kernel to forget what a reset changed.
@@ -63,7 +75,8 @@ fn handle(union: &Union, notifier: &Notifier, line: &str) -> Result<(), String> 
 /// Serves requests on `path` for the life of the process.
 pub fn listen(path: PathBuf, union: Arc<Union>, notifier: Notifier) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    let (_dir, short) = short_path(path.parent().unwrap_or(Path::new("/")))?;
+    let listener = UnixListener::bind(&short)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new()
         .name("control".into())
@@ -90,8 +103,10 @@ pub fn listen(path: PathBuf, union: Arc<Union>, notifier: Notifier) -> std::io::
 /// Sends one request to the daemon whose work directory is `work`.
 pub fn request(work: &Path, line: &str) -> Result<(), String> {
     let path = socket_path(work);
-    let mut s = UnixStream::connect(&path)
-        .map_err(|e| format!("cannot reach the mount's daemon at {}: {e}", path.display()))?;
+    let unreachable =
+        |e: std::io::Error| format!("cannot reach the mount's daemon at {}: {e}", path.display());
+    let (_dir, short) = short_path(work).map_err(unreachable)?;
+    let mut s = UnixStream::connect(&short).map_err(unreachable)?;
     s.write_all(format!("{line}\n").as_bytes())
         .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
     let mut answer = String::new();

@@ -322,7 +322,7 @@ fn fusermount(mnt: &Path, opts: &str) -> Result<OwnedFd, String> {
 /// `fusermount3 -u [-z] MNT`.
 pub fn fusermount_unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
     let mut cmd = std::process::Command::new(fusermount_program());
-    cmd.arg("-u").arg("-q");
+    cmd.arg("-u");
     if lazy {
         cmd.arg("-z");
     }
