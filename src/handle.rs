@@ -106,6 +106,15 @@ impl Handles {
             .ok_or(Error::BADF)
     }
 
+    /// Some open file of inode `nodeid`: how an object whose every name is
+    /// gone is still reached (fchmod comes without a handle).
+    pub fn any_file_of(&self, nodeid: u64) -> Option<Arc<Handle>> {
+        self.map
+            .iter()
+            .find(|h| matches!(&**h.value(), Handle::File { inode, .. } if inode.nodeid == nodeid))
+            .map(|h| Arc::clone(h.value()))
+    }
+
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         self.map.remove(&fh).map(|(_, h)| h)
     }

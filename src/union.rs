@@ -340,10 +340,16 @@ impl Union {
         let inode = self.inodes.get(nodeid)?;
         let mut st = match (self.object(&inode), fh) {
             (Ok(obj), _) => obj.stat()?,
-            (Err(e), Some(fh)) if e == Error::STALE => match &*self.handles.get(fh)? {
-                Handle::File { fd, .. } => sys::fstat(fd.as_fd())?,
-                Handle::Dir { .. } => return Err(e),
-            },
+            (Err(e), fh) if e == Error::STALE => {
+                let h = match fh {
+                    Some(fh) => self.handles.get(fh)?,
+                    None => self.handles.any_file_of(nodeid).ok_or(e)?,
+                };
+                match &*h {
+                    Handle::File { fd, .. } => sys::fstat(fd.as_fd())?,
+                    Handle::Dir { .. } => return Err(e),
+                }
+            }
             (Err(e), _) => return Err(e),
         };
         if inode.is_dir() {

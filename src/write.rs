@@ -892,7 +892,9 @@ impl Union {
         } else if inode.location().is_ok() {
             self.copy_up(&inode, a.size != Some(0))?;
         }
-        let handle_fd = fh.and_then(|fh| self.handles.get(fh).ok());
+        let handle_fd = fh
+            .and_then(|fh| self.handles.get(fh).ok())
+            .or_else(|| self.handles.any_file_of(nodeid));
         let obj = self.object(&inode);
         if let Err(e) = &obj
             && *e == Error::STALE
@@ -902,8 +904,21 @@ impl Union {
             let Handle::File { fd, .. } = &*h else {
                 return Err(*e);
             };
+            let t = XTarget::Fd(fd.as_fd());
+            if a.uid.is_some() || a.gid.is_some() {
+                let uid = self.store_id(a.uid, &self.ids.uid)?;
+                let gid = self.store_id(a.gid, &self.ids.gid)?;
+                sys::chown(t, uid, gid)?;
+            }
+            if let Some(mode) = a.mode {
+                sys::chmod(t, mode & 0o7777)?;
+            }
             if let Some(size) = a.size {
                 sys::ftruncate(fd.as_fd(), size)?;
+            }
+            if a.atime.is_some() || a.mtime.is_some() {
+                let times = [SetTime::timespec(a.atime), SetTime::timespec(a.mtime)];
+                sys::set_times(t, &times)?;
             }
             return self.getattr(nodeid, fh);
         }

@@ -2615,3 +2615,46 @@ fn interop_overlay_upper_remounted_by_unionfuse() {
     );
     env.finish();
 }
+
+#[test]
+fn unlinked_open_file_keeps_working() {
+    let s = Scratch::new();
+    let l = s.mkdir("l");
+    write(&l, "lower", "from the lower\n");
+    let up = s.mkdir("u");
+    let mnt = s.mkdir("m");
+    let m = Mounted::new(&[&l], Some(&up), &mnt, &[]);
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["new", "lower"] {
+        let p = m.path(name);
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&p)
+            .expect("open");
+        fs::remove_file(&p).expect("unlink");
+        // fchmod, ftruncate, write, read, fstat on the nameless file.
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .expect("fchmod");
+        f.set_len(4).expect("ftruncate");
+        f.rewind().expect("seek");
+        f.write_all(b"ab").expect("write");
+        f.rewind().expect("seek");
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).expect("read");
+        let meta = f.metadata().expect("fstat");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600, "{name}");
+        assert_eq!(meta.len(), 4, "{name}");
+        assert_eq!(meta.nlink(), 0, "{name}");
+        assert_eq!(&back[..2], b"ab", "{name}");
+        assert!(!p.exists(), "{name} is still visible");
+    }
+    drop(m);
+    assert_eq!(
+        fs::read_to_string(l.join("lower")).expect("lower"),
+        "from the lower\n"
+    );
+}
