@@ -62,10 +62,6 @@ impl Map {
         }
     }
 
-    pub fn is_identity(&self) -> bool {
-        self.ranges.is_empty() && self.squash.is_none()
-    }
-
     /// The id the mount shows for host id `id`.
     pub fn show(&self, id: u32) -> u32 {
         if let Some(s) = self.squash {
@@ -101,10 +97,6 @@ pub struct IdMap {
 }
 
 impl IdMap {
-    pub fn is_identity(&self) -> bool {
-        self.uid.is_identity() && self.gid.is_identity()
-    }
-
     /// Rewrites the owner of a stat result as the mount shows it.
     pub fn show(&self, st: &mut libc::stat) {
         st.st_uid = self.uid.show(st.st_uid);

@@ -212,18 +212,6 @@ impl Inode {
         aliases.push(new);
     }
 
-    /// Whether `ancestor` is a strict ancestor of this inode.
-    pub fn descends_from(&self, ancestor: &Inode) -> bool {
-        let mut cur = self.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
-        while let Some(p) = cur {
-            if std::ptr::eq(Arc::as_ptr(&p), ancestor) {
-                return true;
-            }
-            cur = p.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
-        }
-        false
-    }
-
     /// Drops the cached merged listing after a change in the directory;
     /// `subdirs` when the change may add or remove a subdirectory.
     pub fn changed(&self, subdirs: bool) {
