@@ -1,9 +1,10 @@
 //! `unionfuse run`: a throwaway container root for one command, as a test
 //! harness wants it. Mounts the image (with a temporary upper unless one is
-//! given), runs the command chrooted into the merged tree in a private
-//! mount namespace (and a user namespace without root) with the host's
-//! /proc, /dev and /sys and any volumes bound in, then unmounts and removes
-//! the temporary upper. The command's exit status is returned.
+//! given), runs the command chrooted into the merged tree in private mount
+//! and PID namespaces (and a user namespace without root) with a /proc of
+//! its own, the host's /dev and /sys and any volumes bound in, then
+//! unmounts and removes the temporary upper. The command's exit status is
+//! returned.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;

@@ -61,10 +61,14 @@ fn run_gives_a_fresh_root_volumes_and_the_exit_status() {
         fs::read_dir(&tmp).expect("tmp").next().is_none(),
         "temporary layers left behind"
     );
-    // Each run starts from the image.
-    let out = unionfuse_run(&["--lower", r, "--", "cat", "/etc/motd"], &tmp);
+    // Each run starts from the image, as the first process of its own PID
+    // namespace.
+    let out = unionfuse_run(
+        &["--lower", r, "--", "sh", "-c", "cat /etc/motd; echo $$"],
+        &tmp,
+    );
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "image\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "image\n1\n");
 }
 
 #[test]

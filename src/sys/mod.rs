@@ -501,11 +501,13 @@ fn write_proc(path: &CStr, data: &[u8]) -> SysResult<()> {
     res
 }
 
-/// In a freshly forked child: a private mount namespace (and a user
-/// namespace without privilege), the binds, then chroot into the root.
+/// In a freshly forked child: private mount and PID namespaces (and a user
+/// namespace without privilege), the binds, chroot into the root, then a
+/// fork: the first process of the new PID namespace goes on to exec with a
+/// /proc of its own, while this one waits for it and exits with its status.
 /// Allocates nothing: it runs between fork and exec.
 pub fn enter_root(s: &RootSetup) -> SysResult<()> {
-    let mut flags = libc::CLONE_NEWNS;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
     if s.userns.is_some() {
         flags |= libc::CLONE_NEWUSER;
     }
@@ -543,6 +545,42 @@ pub fn enter_root(s: &RootSetup) -> SysResult<()> {
     cvt(unsafe { libc::chroot(s.root.as_ptr()) })?;
     // SAFETY: "/" is NUL-terminated.
     cvt(unsafe { libc::chdir(c"/".as_ptr()) })?;
+    // SAFETY: fork in a single-threaded child; both sides only make
+    // syscalls until exec or _exit.
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid > 0 {
+        let mut status = 0;
+        loop {
+            // SAFETY: status is writable.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid
+                || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                break;
+            }
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        // SAFETY: ends this intermediate process without running anything
+        // of the parent's (no atexit handlers, no buffers).
+        unsafe { libc::_exit(code) };
+    }
+    // PID 1 of the new namespace: its own /proc over the host's, where the
+    // kernel allows (a user namespace may not, if the host's /proc has
+    // parts covered); the host's bind stays otherwise.
+    // SAFETY: all strings are NUL-terminated; null data is allowed.
+    let _ = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
     Ok(())
 }
 
