@@ -28,6 +28,8 @@ pub struct SnapEntry {
 pub struct DirSnapshot {
     names: Vec<u8>,
     entries: Vec<SnapEntry>,
+    /// A bit per layer (index < 64) whose directory holds `.wh.` files.
+    oci_layers: u64,
 }
 
 impl DirSnapshot {
@@ -35,6 +37,7 @@ impl DirSnapshot {
         DirSnapshot {
             names: Vec::with_capacity(n * 16),
             entries: Vec::with_capacity(n),
+            oci_layers: 0,
         }
     }
 
@@ -47,6 +50,15 @@ impl DirSnapshot {
             d_type,
             ino,
         });
+    }
+
+    pub fn set_oci_layers(&mut self, mask: u64) {
+        self.oci_layers = mask;
+    }
+
+    /// Layers whose directory held `.wh.` files when the listing was taken.
+    pub fn oci_layers(&self) -> u64 {
+        self.oci_layers
     }
 
     pub fn name(&self, e: &SnapEntry) -> &[u8] {

@@ -73,6 +73,14 @@ pub struct Inode {
     /// Merged listing of a directory spanning several layers, kept because
     /// both `st_nlink` and readdir need it and the lowers never change.
     pub dir_cache: Mutex<Option<Arc<DirSnapshot>>>,
+    /// Layers whose directory here holds `.wh.` files, as the last listing
+    /// saw them (all, until one is taken or after any change).
+    oci_layers: AtomicU64,
+    /// Changes made through the mount in this directory, so that a listing
+    /// taken across one does not pass for current; updated with
+    /// `oci_layers` under `oci_lock`.
+    changes: AtomicU64,
+    oci_lock: Mutex<()>,
     /// Subdirectories of a merged directory, for `st_nlink`: kept apart
     /// from the listing, which every file created in the directory
     /// invalidates.
@@ -104,6 +112,9 @@ impl Inode {
             pinned: AtomicBool::new(false),
             dir_cache: Mutex::new(None),
             subdirs: AtomicU32::new(UNKNOWN),
+            oci_layers: AtomicU64::new(u64::MAX),
+            changes: AtomicU64::new(0),
+            oci_lock: Mutex::new(()),
         }
     }
 
@@ -216,8 +227,32 @@ impl Inode {
     /// `subdirs` when the change may add or remove a subdirectory.
     pub fn changed(&self, subdirs: bool) {
         *self.dir_cache.lock() = None;
+        {
+            let _g = self.oci_lock.lock();
+            self.changes.fetch_add(1, Ordering::Relaxed);
+            self.oci_layers.store(u64::MAX, Ordering::Relaxed);
+        }
         if subdirs {
             self.subdirs.store(UNKNOWN, Ordering::Relaxed);
+        }
+    }
+
+    /// See the field; `u64::MAX` when unknown.
+    pub fn oci_layers(&self) -> u64 {
+        self.oci_layers.load(Ordering::Relaxed)
+    }
+
+    /// The count of changes, to pass to [`Inode::set_oci_layers`].
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Records what a listing started at change count `seen` found, unless
+    /// the directory changed since.
+    pub fn set_oci_layers(&self, seen: u64, mask: u64) {
+        let _g = self.oci_lock.lock();
+        if self.changes.load(Ordering::Relaxed) == seen {
+            self.oci_layers.store(mask, Ordering::Relaxed);
         }
     }
 

@@ -81,6 +81,26 @@ pub fn lookup(
     dirs: &[(LayerIdx, Arc<OwnedFd>)],
     name: &Name,
 ) -> Result<Option<Found>> {
+    lookup_with(layers, dirs, name, ALL_LAYERS)
+}
+
+/// Every layer may hold `.wh.` files: the mask when nothing is known.
+pub const ALL_LAYERS: u64 = u64::MAX;
+
+/// Whether `mask` says layer `layer` may hold OCI whiteouts here.
+fn may_have_oci(mask: u64, layer: LayerIdx) -> bool {
+    layer >= 64 || mask >> layer & 1 == 1
+}
+
+/// [`lookup`], told by `oci` (a bit per layer, from the directory's last
+/// listing) which layer directories hold `.wh.` files at all, so that a
+/// name missing from a layer costs one stat, not two.
+pub fn lookup_with(
+    layers: &Layers,
+    dirs: &[(LayerIdx, Arc<OwnedFd>)],
+    name: &Name,
+    oci: u64,
+) -> Result<Option<Found>> {
     let mut found: Option<Found> = None;
     let mut sibling: Option<Name> = None;
     for (i, (layer, dirfd)) in dirs.iter().enumerate() {
@@ -88,7 +108,16 @@ pub fn lookup(
         let look = sibling.as_ref().unwrap_or(name);
         // An absolute redirect reaches layers the parent does not merge.
         let deeper = more_below || usize::from(*layer) + 1 < layers.len();
-        match step(dirfd.as_fd(), look, *layer, more_below, deeper, &mut found)? {
+        let check = may_have_oci(oci, *layer);
+        match step(
+            dirfd.as_fd(),
+            look,
+            *layer,
+            more_below,
+            deeper,
+            check,
+            &mut found,
+        )? {
             Step::Continue => {}
             Step::Stop => break,
             Step::Redirect(Target::Sibling(n)) => sibling = Some(*n),
@@ -110,12 +139,13 @@ fn step(
     layer: LayerIdx,
     more_below: bool,
     deeper: bool,
+    check_oci: bool,
     found: &mut Option<Found>,
 ) -> Result<Step> {
     let st = match sys::fstatat(dir, name.as_cstr()) {
         Ok(st) => st,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-            if more_below && whiteout::has_oci_whiteout(dir, name) {
+            if more_below && check_oci && whiteout::has_oci_whiteout(dir, name) {
                 return Ok(Step::Stop);
             }
             return Ok(Step::Continue);
@@ -163,7 +193,7 @@ fn step(
     });
     f.layers.push(layer);
     f.dir_fds.push(fd);
-    if marks.opaque || (more_below && whiteout::has_oci_whiteout(dir, name)) {
+    if marks.opaque || (more_below && check_oci && whiteout::has_oci_whiteout(dir, name)) {
         return Ok(Step::Stop);
     }
     if let Some(t) = marks.redirect.as_deref().and_then(Target::parse) {
@@ -217,7 +247,7 @@ fn lookup_path(
         }
         let base = cur.as_ref().map_or(*root, |f| f.as_fd());
         let more = more_below && !stop_after;
-        match step(base, last, *layer, more, more, found)? {
+        match step(base, last, *layer, more, more, true, found)? {
             Step::Continue => {}
             Step::Stop => return Ok(()),
             Step::Redirect(Target::Sibling(n)) => {
@@ -268,6 +298,7 @@ pub fn list(
     // Names already shown or hidden by a layer above. Not needed when one
     // layer directory is all there is: it cannot repeat a name.
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut oci = 0u64;
     let mut hidden_here: Vec<Vec<u8>> = Vec::new();
     for (i, (layer, dirfd)) in dirs.iter().enumerate() {
         let more_below = i + 1 < dirs.len();
@@ -281,6 +312,9 @@ pub fn list(
                 continue;
             }
             if let Some(target) = oci_whiteout_target(e.name) {
+                if *layer < 64 {
+                    oci |= 1 << *layer;
+                }
                 if let Some(t) = target
                     && more_below
                 {
@@ -318,5 +352,6 @@ pub fn list(
         // A layer's whiteouts hide names in the layers below it only.
         seen.extend(hidden_here.drain(..));
     }
+    snap.set_oci_layers(oci);
     Ok(snap)
 }

@@ -236,7 +236,8 @@ impl Union {
             return Ok(None);
         }
         let dirs = self.dir_fds(&p)?;
-        let Some(mut found) = resolve::lookup(&self.layers, &dirs, &name)? else {
+        let Some(mut found) = resolve::lookup_with(&self.layers, &dirs, &name, p.oci_layers())?
+        else {
             return Ok(None);
         };
         let st_ino = self.reported_ino(&dirs, &found, &name);
@@ -390,14 +391,19 @@ impl Union {
     }
 
     fn list(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
+        let seen = inode.changes();
         let dirs = self.dir_fds(inode)?;
-        resolve::list(
+        let snap = resolve::list(
             &self.layers,
             &dirs,
             inode.st_ino,
             inode.parent_ino(),
             self.upper.as_ref(),
-        )
+        )?;
+        // Lookups that follow a listing (readdirplus, ls -l, tree walks)
+        // skip the `.wh.NAME` check where no layer directory has any.
+        inode.set_oci_layers(seen, snap.oci_layers());
+        Ok(snap)
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
