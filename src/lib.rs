@@ -5,10 +5,16 @@
 //! directories written by kernel overlayfs (char 0:0, `trusted.overlay.opaque`)
 //! or found in OCI layers (`.wh.NAME`, `.wh..wh..opq`) hide what lies below.
 //!
+//! Writes go to the upper only: lower objects are copied up first,
+//! deletions of lower names leave whiteouts, and the upper stays a valid
+//! kernel overlayfs upper.
+//!
 //! The crate is layered so that dependencies point down:
-//! `cli -> mount -> fuse -> union (+ write, copyup) -> {resolve, inode,
-//! handle, layer} -> sys`.
-//! Only [`sys`] contains `unsafe`; only [`fuse`] knows about fuser.
+//! `{cli, compat, api, run} -> mount -> fuse -> union (+ write, copyup,
+//! reset) -> {resolve, inode, handle, layer} -> sys`, with the tooling
+//! (`diff`, `layerfile`, `control`) beside it. Only [`sys`] contains
+//! `unsafe`; only [`fuse`], [`mount`], [`api`] and [`control`] know about
+//! fuser. [`Mount`] is where Rust programs start.
 
 pub mod api;
 pub mod cli;
