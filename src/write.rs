@@ -628,7 +628,7 @@ impl Union {
 
     /// rename(2) with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`. A directory
     /// that lower layers hold is first copied up whole (see
-    /// [`Union::copy_up_tree`]), so directory renames never fail with EXDEV.
+    /// `copy_up_tree`), so directory renames never fail with EXDEV.
     pub fn rename(
         &self,
         parent: u64,
