@@ -281,42 +281,17 @@ impl Union {
     /// move the times.
     fn copy_meta(&self, src: &Object, st: &libc::stat, dst: XTarget<'_>, ino: u64) -> Result<()> {
         let upper = self.upper()?;
-        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        // overlayfs's own markers describe the lower's position, not the
+        // copy's; unionfuse's are rewritten below. An ownership override
+        // belongs to the object and comes along.
+        let keep = |attr: &[u8]| {
+            let is_override = self.override_xattr.is_some_and(|o| o.to_bytes() == attr);
+            (!is_private_xattr(attr) || is_override) && !upper.is_own_xattr(attr)
+        };
         // Without full privilege (an ordinary user, or root of a user
         // namespace) the copy keeps the daemon as owner where the lower's
         // owner cannot be set, as kernel overlayfs in a user namespace.
-        if let Err(e) = sys::chown(dst, st.st_uid, st.st_gid)
-            && upper.privileged
-        {
-            return Err(e.into());
-        }
-        if !is_link {
-            sys::chmod(dst, st.st_mode & 0o7777)?;
-        }
-        let list = sys::listxattr_vec(src.xattr_target()).unwrap_or_default();
-        let mut value = Vec::new();
-        for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            // overlayfs's own markers describe the lower's position, not
-            // the copy's; unionfuse's are rewritten below. An ownership
-            // override belongs to the object and comes along.
-            let is_override = self.override_xattr.is_some_and(|o| o.to_bytes() == attr);
-            if (is_private_xattr(attr) && !is_override) || upper.is_own_xattr(attr) {
-                continue;
-            }
-            let Ok(cattr) = std::ffi::CString::new(attr) else {
-                continue;
-            };
-            if let Err(e) = read_xattr(src.xattr_target(), &cattr, &mut value) {
-                debug!("copy-up: reading xattr {cattr:?}: {e}");
-                continue;
-            }
-            if let Err(e) = sys::setxattr(dst, &cattr, &value, 0) {
-                // As kernel overlayfs: attributes the upper cannot hold
-                // (another LSM's labels, trusted.* without privilege) are
-                // left behind rather than failing the copy.
-                debug!("copy-up: setting xattr {cattr:?}: {e}");
-            }
-        }
+        copy_owner_mode_xattrs(src.xattr_target(), dst, st, upper.privileged, keep)?;
         upper.record_ino(dst, ino);
         sys::set_times(dst, &sys::stat_times(st))?;
         Ok(())
@@ -483,21 +458,45 @@ pub(crate) fn copy_attributes(
     st: &libc::stat,
     dst: BorrowedFd<'_>,
 ) -> Result<()> {
-    let (from, to) = (XTarget::At(src, name), XTarget::At(dst, name));
-    let _ = sys::chown(to, st.st_uid, st.st_gid);
+    let to = XTarget::At(dst, name);
+    copy_owner_mode_xattrs(XTarget::At(src, name), to, st, false, |_| true)?;
+    sys::set_times(to, &sys::stat_times(st))?;
+    Ok(())
+}
+
+/// Owner (an error only when `strict`), mode (not on a symlink), then the
+/// xattrs `keep` accepts: chown clears set-id bits and security.capability,
+/// so they come after it. An xattr the target cannot hold (another LSM's
+/// label, trusted.* without privilege) is left behind, as kernel overlayfs
+/// does, rather than failing the copy.
+fn copy_owner_mode_xattrs(
+    from: XTarget<'_>,
+    to: XTarget<'_>,
+    st: &libc::stat,
+    strict: bool,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<()> {
+    if let Err(e) = sys::chown(to, st.st_uid, st.st_gid)
+        && strict
+    {
+        return Err(e.into());
+    }
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
         sys::chmod(to, st.st_mode & 0o7777)?;
     }
     let list = sys::listxattr_vec(from).unwrap_or_default();
     let mut value = Vec::new();
-    for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for attr in list.split(|b| *b == 0).filter(|n| !n.is_empty() && keep(n)) {
         let Ok(cattr) = std::ffi::CString::new(attr) else {
             continue;
         };
-        if read_xattr(from, &cattr, &mut value).is_ok() {
-            let _ = sys::setxattr(to, &cattr, &value, 0);
+        if let Err(e) = read_xattr(from, &cattr, &mut value) {
+            debug!("copying xattr {cattr:?}: {e}");
+            continue;
+        }
+        if let Err(e) = sys::setxattr(to, &cattr, &value, 0) {
+            debug!("copying xattr {cattr:?}: {e}");
         }
     }
-    sys::set_times(to, &sys::stat_times(st))?;
     Ok(())
 }

@@ -660,7 +660,8 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.union.fsyncdir(fh.0, datasync);
+        // A directory handle's fsync is the union's fsync of that handle.
+        let r = self.union.fsync(fh.0, datasync);
         reply_empty("fsyncdir", ino, None, r, reply);
     }
 

@@ -65,7 +65,7 @@ pub struct Inode {
     /// of the winning object.
     pub layers: RwLock<Vec<LayerIdx>>,
     /// Cached `O_PATH` descriptors of a directory, per layer.
-    fds: Mutex<Vec<(LayerIdx, Arc<OwnedFd>)>>,
+    fds: Mutex<Vec<Slot>>,
     /// The descriptors are never evicted: the directory was found through
     /// a redirect, so its lower parts cannot be reopened from the parent by
     /// name. Such directories are rare (renamed by kernel overlayfs).
@@ -271,8 +271,27 @@ impl Inode {
         self.fds
             .lock()
             .iter()
-            .find(|(l, _)| *l == layer)
-            .map(|(_, fd)| Arc::clone(fd))
+            .find(|s| s.layer == layer)
+            .map(|s| Arc::clone(&s.fd))
+    }
+}
+
+/// One cached descriptor. It counts against the cache's budget for as long
+/// as it lives, however it goes (evicted, released, or dropped with an inode
+/// that never entered the table).
+#[derive(Debug)]
+struct Slot {
+    layer: LayerIdx,
+    fd: Arc<OwnedFd>,
+    _counted: Option<Counted>,
+}
+
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -281,7 +300,7 @@ impl Inode {
 #[derive(Debug)]
 pub struct FdCache {
     budget: usize,
-    count: AtomicUsize,
+    count: Arc<AtomicUsize>,
     queue: Mutex<VecDeque<Weak<Inode>>>,
 }
 
@@ -289,7 +308,7 @@ impl FdCache {
     pub fn new(budget: usize) -> FdCache {
         FdCache {
             budget: budget.max(64),
-            count: AtomicUsize::new(0),
+            count: Arc::new(AtomicUsize::new(0)),
             queue: Mutex::new(VecDeque::new()),
         }
     }
@@ -299,12 +318,21 @@ impl FdCache {
     pub fn insert(&self, inode: &Arc<Inode>, layer: LayerIdx, fd: OwnedFd) -> Arc<OwnedFd> {
         let fd = {
             let mut fds = inode.fds.lock();
-            if let Some((_, existing)) = fds.iter().find(|(l, _)| *l == layer) {
-                return Arc::clone(existing);
+            if let Some(existing) = fds.iter().find(|s| s.layer == layer) {
+                return Arc::clone(&existing.fd);
             }
             let fd = Arc::new(fd);
-            fds.push((layer, Arc::clone(&fd)));
-            if inode.pinned.load(Ordering::Relaxed) {
+            let pinned = inode.pinned.load(Ordering::Relaxed);
+            let counted = (!pinned).then(|| {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                Counted(Arc::clone(&self.count))
+            });
+            fds.push(Slot {
+                layer,
+                fd: Arc::clone(&fd),
+                _counted: counted,
+            });
+            if pinned {
                 return fd;
             }
             if fds.len() == 1 {
@@ -312,7 +340,7 @@ impl FdCache {
             }
             fd
         };
-        if self.count.fetch_add(1, Ordering::Relaxed) + 1 > self.budget {
+        if self.count.load(Ordering::Relaxed) > self.budget {
             self.evict();
         }
         fd
@@ -326,21 +354,19 @@ impl FdCache {
                 return;
             };
             if let Some(inode) = victim.upgrade() {
-                let dropped = std::mem::take(&mut *inode.fds.lock());
-                self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
+                drop(std::mem::take(&mut *inode.fds.lock()));
             }
         }
     }
 
-    /// Accounts for an inode leaving the table with descriptors cached.
+    /// Drops an inode's cached descriptors (it left the table, or what it
+    /// refers to changed).
     pub fn release(&self, inode: &Inode) {
-        let dropped = std::mem::take(&mut *inode.fds.lock());
-        if !inode.pinned.swap(false, Ordering::Relaxed) {
-            self.count.fetch_sub(dropped.len(), Ordering::Relaxed);
-        }
+        drop(std::mem::take(&mut *inode.fds.lock()));
+        inode.pinned.store(false, Ordering::Relaxed);
     }
 
-    /// Caches the descriptors a lookup opened for a new inode.
+    /// Caches the descriptors a lookup opened for an inode.
     pub fn insert_found(&self, inode: &Arc<Inode>, found: Found) {
         if found.redirected {
             inode.pinned.store(true, Ordering::Relaxed);

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::layer::upper::{WhiteoutFormat, remove_tree};
-use crate::layer::whiteout::{self, OCI_OPAQUE, is_private_xattr};
+use crate::layer::whiteout::{self, OCI_OPAQUE, OPAQUE_XATTRS, is_private_xattr};
 use crate::name::{Name, WH_PREFIX};
 use crate::sys::{self, XTarget};
 
@@ -38,12 +38,6 @@ pub enum Compression {
 const KEPT_PRIVATE: [&[u8]; 2] = [
     b"user.containers.override_stat",
     b"security.fuseoverlayfs.override_stat",
-];
-
-const OPAQUE_XATTRS: [&CStr; 3] = [
-    c"trusted.overlay.opaque",
-    c"user.overlay.opaque",
-    c"user.fuseoverlayfs.opaque",
 ];
 
 fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {

@@ -256,38 +256,22 @@ impl Union {
         let mut st = found.stat;
         self.fix_nlink(&mut st, st_ino, found.layers[0]);
         let kind = st.st_mode & libc::S_IFMT;
-        let mut fresh = false;
-        let inode = self.inodes.lookup(st_ino, kind, || {
-            let loc = Location {
-                parent: Arc::clone(&p),
-                name: name.clone(),
-            };
-            fresh = true;
-            Inode::new(st_ino, st_ino, kind, Some(loc), found.layers.clone())
-        });
-        // Directory descriptors opened by the lookup are worth keeping, but
-        // only for a new inode: an existing one already has its own.
-        let revived = !fresh && inode.dead.load(std::sync::atomic::Ordering::Acquire);
-        if revived {
-            // An unlinked object's number now names a new object.
-            *inode.layers.write() = found.layers.clone();
-            self.fds.release(&inode);
-        }
-        if fresh || revived {
+        let (inode, known) = self.enter(&p, &name, st_ino, kind, &found.layers);
+        if !known {
+            // Directory descriptors opened by the lookup are worth keeping,
+            // but only for a new inode: a known one has its own.
             self.fds.insert_found(&inode, found);
+        } else if !inode.is_dir()
+            && found.layers[0] == INDEX
+            && inode.top_layer().is_ok_and(|l| l != 0 && l != INDEX)
+        {
+            // Another name of a file hard-linked in a lower layer was
+            // copied up (in an earlier mount): that copy holds the data
+            // now, for every name of the inode.
+            *inode.layers.write() = vec![INDEX];
+            inode.move_location_front(&p, &name);
         } else {
-            if !inode.is_dir()
-                && found.layers[0] == INDEX
-                && inode.top_layer().is_ok_and(|l| l != 0 && l != INDEX)
-            {
-                // Another name of a file hard-linked in a lower layer was
-                // copied up (in an earlier mount): that copy holds the data
-                // now, for every name of the inode.
-                *inode.layers.write() = vec![INDEX];
-                inode.move_location_front(&p, &name);
-            } else {
-                inode.note_location(&p, &name);
-            }
+            inode.note_location(&p, &name);
         }
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
@@ -295,6 +279,39 @@ impl Union {
         }
         self.present(&inode, &mut st);
         Ok(Some(st))
+    }
+
+    /// Records one kernel lookup of `name` in `parent` as inode `st_ino` of
+    /// type `kind` in `layers`. `true` when the table already knew the
+    /// inode alive (the caller then notes the name); a new inode, or a dead
+    /// one whose number now names this object, takes `name` and `layers`.
+    pub(crate) fn enter(
+        &self,
+        parent: &Arc<Inode>,
+        name: &Name,
+        st_ino: u64,
+        kind: u32,
+        layers: &[LayerIdx],
+    ) -> (Arc<Inode>, bool) {
+        let mut fresh = false;
+        let inode = self.inodes.lookup(st_ino, kind, || {
+            fresh = true;
+            let loc = Location {
+                parent: Arc::clone(parent),
+                name: name.clone(),
+            };
+            Inode::new(st_ino, st_ino, kind, Some(loc), layers.to_vec())
+        });
+        if fresh {
+            return (inode, false);
+        }
+        if inode.dead.load(std::sync::atomic::Ordering::Acquire) {
+            *inode.layers.write() = layers.to_vec();
+            self.fds.release(&inode);
+            inode.note_location(parent, name);
+            return (inode, false);
+        }
+        (inode, true)
     }
 
     /// The inode number the mount reports for a found object: the one

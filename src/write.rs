@@ -346,20 +346,8 @@ impl Union {
     fn register(&self, parent: &Arc<Inode>, name: &Name, mut st: libc::stat) -> libc::stat {
         let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
         let kind = st.st_mode & libc::S_IFMT;
-        let mut fresh = false;
-        let inode = self.inodes.lookup(st_ino, kind, || {
-            fresh = true;
-            let loc = Location {
-                parent: Arc::clone(parent),
-                name: name.clone(),
-            };
-            Inode::new(st_ino, st_ino, kind, Some(loc), vec![0])
-        });
-        if !fresh {
-            if inode.dead.load(std::sync::atomic::Ordering::Acquire) {
-                *inode.layers.write() = vec![0];
-                self.fds.release(&inode);
-            }
+        let (inode, known) = self.enter(parent, name, st_ino, kind, &[0]);
+        if known {
             inode.note_location(parent, name);
         }
         parent.changed(kind == libc::S_IFDIR);
@@ -867,10 +855,6 @@ impl Union {
         let fd = self.dir_fd(inode, 0)?;
         let d = sys::open_child_flags(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
         Ok(sys::fsync(d.as_fd(), datasync)?)
-    }
-
-    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> Result<()> {
-        self.fsync(fh, datasync)
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {

@@ -1051,3 +1051,50 @@ fn notify_socket_gets_ready_once_the_mount_answers() {
     assert_eq!(&buf[..n], b"READY=1");
     common::unmount(&mnt);
 }
+
+#[test]
+fn a_mount_failing_after_the_upper_is_opened_leaves_nothing() {
+    if common::is_root() {
+        // As root the kernel mounts directly; fusermount3 only serves users.
+        skip_as_non_root_inverse();
+        return;
+    }
+    let s = Scratch::new();
+    let lower = simple_lower(&s);
+    let upper = s.mkdir("upper");
+    let mnt = s.mkdir("mnt");
+    // A fusermount3 that refuses: the upper was opened (format recorded,
+    // staging and index made in the work dir) before the mount failed.
+    let out = Command::new(bin())
+        .args(["mount", "--lower"])
+        .arg(&lower)
+        .arg("--upper")
+        .arg(&upper)
+        .arg(&mnt)
+        .env("FUSERMOUNT_PATH", "/bin/false")
+        .output()
+        .expect("run unionfuse");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    assert!(
+        common::listxattr(&upper).is_empty(),
+        "xattrs left on the upper: {:?}",
+        common::listxattr(&upper)
+    );
+    assert!(
+        ls(&s.path(""))
+            .iter()
+            .all(|n| !n.contains("unionfuse-work")),
+        "work dir left: {:?}",
+        ls(&s.path(""))
+    );
+    assert!(!is_mountpoint(&mnt));
+}
+
+/// The inverse of the non-root skip: a check only an ordinary user makes.
+fn skip_as_non_root_inverse() {
+    eprintln!("skipped as root: fusermount3 is used by ordinary users only");
+}

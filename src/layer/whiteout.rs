@@ -18,7 +18,7 @@ pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
 
 /// xattrs that mark a directory opaque when set to `y`. (`x` on
 /// `trusted.overlay.opaque` means "may hold xwhiteouts", not opaque.)
-const OPAQUE_XATTRS: [&CStr; 3] = [
+pub const OPAQUE_XATTRS: [&CStr; 3] = [
     c"trusted.overlay.opaque",
     c"user.overlay.opaque",
     c"user.fuseoverlayfs.opaque",
