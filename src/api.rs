@@ -147,9 +147,9 @@ impl MountBuilder {
         let created = crate::cli::prepare_work(&cfg)?;
         let Started {
             session,
-            unmount,
-            direct,
             union,
+            mounted,
+            work_lock,
         } = match mount::start(&cfg, true) {
             Ok(s) => s,
             Err(e) => {
@@ -159,25 +159,29 @@ impl MountBuilder {
                 return Err(e);
             }
         };
-        let bg = session
-            .spawn()
-            .map_err(|e| format!("cannot start serving: {e}"))?;
-        // The background session took the mount(2) handle along; unmount
-        // by path so that a busy mount can be reported and kept.
-        let unmount: Box<dyn FnMut() -> std::io::Result<()> + Send> = if direct {
-            let m = cfg.mountpoint.clone();
-            Box::new(move || crate::sys::umount(&m, 0))
-        } else {
-            unmount
+        let record = mount::publish(&cfg, &mounted);
+        let notifier = session.notifier();
+        let bg = match session.spawn() {
+            Ok(bg) => bg,
+            Err(e) => {
+                if let Err(e) = mounted.detach() {
+                    log::warn!("cannot unmount {}: {e}", mounted.path.display());
+                }
+                return Err(format!("cannot start serving: {e}"));
+            }
         };
         Ok(MountGuard {
-            union,
             mountpoint: cfg.mountpoint,
             upper: cfg.upper,
             lowers: cfg.lowers,
-            bg: Some(bg),
-            unmount,
-            direct,
+            notifier,
+            mounted,
+            serving: Some(Serving {
+                bg,
+                union,
+                work_lock,
+                record,
+            }),
         })
     }
 }
@@ -197,14 +201,36 @@ fn escape_lower(p: &std::ffi::OsStr) -> OsString {
 
 /// A live mount; dropping it unmounts (lazily, when files are still open).
 pub struct MountGuard {
-    union: std::sync::Arc<crate::union::Union>,
     mountpoint: PathBuf,
     upper: Option<PathBuf>,
     lowers: Vec<PathBuf>,
-    bg: Option<fuser::BackgroundSession>,
-    unmount: Box<dyn FnMut() -> std::io::Result<()> + Send>,
-    direct: bool,
+    notifier: fuser::Notifier,
+    mounted: mount::Mounted,
+    /// `None` once unmounted.
+    serving: Option<Serving>,
 }
+
+/// What lives exactly as long as the serving threads.
+struct Serving {
+    bg: fuser::BackgroundSession,
+    union: std::sync::Arc<crate::union::Union>,
+    work_lock: Option<crate::runtime::WorkLock>,
+    record: Option<crate::runtime::Published>,
+}
+
+impl Serving {
+    /// Waits for the serving threads (they end with the kernel connection),
+    /// then makes the upper final and lets go of the work directory.
+    fn end(self, mounted: &mount::Mounted) -> std::io::Result<()> {
+        let joined = mounted.ended(self.bg.join());
+        mount::finish(&self.union, self.work_lock, self.record);
+        joined
+    }
+}
+
+/// How long dropping a guard of a busy mount waits for the last file in it
+/// to be closed before leaving the rest to a background thread.
+const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for MountGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,7 +269,7 @@ impl MountGuard {
     /// Empties the writable layer: every process sees the pristine image
     /// at once (see `unionfuse reset`).
     pub fn reset(&self) -> Result<(), String> {
-        let inval = self.union.reset().map_err(|e| format!("reset: {e}"))?;
+        let inval = self.union()?.reset().map_err(|e| format!("reset: {e}"))?;
         self.forget(&inval);
         Ok(())
     }
@@ -252,7 +278,7 @@ impl MountGuard {
     pub fn checkpoint(&self, name: &str) -> Result<(), String> {
         let n = crate::name::Name::from_bytes(name.as_bytes())
             .map_err(|e| format!("checkpoint name {name:?}: {e}"))?;
-        self.union
+        self.union()?
             .checkpoint(&n)
             .map_err(|e| format!("checkpoint: {e}"))
     }
@@ -262,7 +288,7 @@ impl MountGuard {
         let n = crate::name::Name::from_bytes(name.as_bytes())
             .map_err(|e| format!("checkpoint name {name:?}: {e}"))?;
         let inval = self
-            .union
+            .union()?
             .restore(&n)
             .map_err(|e| format!("restore {name}: {e}"))?;
         self.forget(&inval);
@@ -270,9 +296,14 @@ impl MountGuard {
     }
 
     fn forget(&self, inval: &[crate::reset::Inval]) {
-        if let Some(bg) = &self.bg {
-            crate::control::apply(&bg.notifier(), inval);
-        }
+        crate::control::apply(&self.notifier, inval);
+    }
+
+    fn union(&self) -> Result<&crate::union::Union, String> {
+        self.serving
+            .as_ref()
+            .map(|s| &*s.union)
+            .ok_or_else(|| format!("{} is unmounted", self.mountpoint.display()))
     }
 
     /// Unmounts now, reporting failure (EBUSY while files are open) instead
@@ -286,25 +317,55 @@ impl MountGuard {
     /// Unmounts and waits for the serving threads, which end with the
     /// kernel connection.
     fn try_unmount(&mut self) -> std::io::Result<()> {
-        let Some(bg) = self.bg.take() else {
+        if self.serving.is_none() {
             return Ok(());
-        };
-        match (self.unmount)() {
-            Ok(()) => bg.join(),
-            Err(e) => {
-                self.bg = Some(bg);
-                Err(e)
-            }
+        }
+        self.mounted.unmount()?;
+        match self.serving.take() {
+            Some(s) => s.end(&self.mounted),
+            None => Ok(()),
         }
     }
 }
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if self.try_unmount().is_err() {
-            // Files are still open: detach, and let the serving threads end
-            // when the last one is closed.
-            let _ = mount::detach(&self.mountpoint, self.direct);
+        if self.try_unmount().is_ok() {
+            return;
+        }
+        // Files are still open: detach, so that the serving threads end
+        // when the last one is closed, and wait a while for that.
+        if let Err(e) = self.mounted.detach() {
+            log::warn!("cannot detach {}: {e}", self.mountpoint.display());
+        }
+        let Some(serving) = self.serving.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + DETACH_WAIT;
+        while !serving.bg.guard.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if serving.bg.guard.is_finished() {
+            if let Err(e) = serving.end(&self.mounted) {
+                log::warn!("serving {}: {e}", self.mountpoint.display());
+            }
+            return;
+        }
+        log::warn!(
+            "{} is still in use after {} s: it is detached and ends when the last file in it is closed",
+            self.mountpoint.display(),
+            DETACH_WAIT.as_secs()
+        );
+        let mounted = self.mounted.clone();
+        let ended = std::thread::Builder::new()
+            .name("unionfuse-end".into())
+            .spawn(move || {
+                if let Err(e) = serving.end(&mounted) {
+                    log::warn!("serving {}: {e}", mounted.path.display());
+                }
+            });
+        if let Err(e) = ended {
+            log::warn!("cannot wait for the detached mount: {e}");
         }
     }
 }

@@ -49,8 +49,11 @@ non-zero with a one-line reason and leaves nothing mounted or created.")]
     /// Unmount a unionfuse mount.
     #[command(
         long_about = "Unmount the unionfuse mount at MOUNTPOINT. Root unmounts \
-directly; other users go through fusermount3, which allows the user who mounted. The daemon \
-exits once the mount is gone."
+directly; other users go through fusermount3, which allows the user who mounted.\n\n\
+Returns once the daemon serving the mount has exited, so the upper layer is final (staging \
+emptied, written back unless volatile) and the same layers may be mounted again at once; \
+exits non-zero if the daemon is still running after --timeout seconds. A dead mount (its \
+daemon killed) is cleared."
     )]
     Umount(UmountArgs),
     /// Show what the writable layer changes, as `docker diff` does.
@@ -320,6 +323,9 @@ pub enum WhiteoutArg {
 
 #[derive(Debug, Args)]
 pub struct UmountArgs {
+    /// How long to wait for the daemon to exit after the unmount, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
     /// The mount point of a unionfuse mount.
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
@@ -329,7 +335,7 @@ pub struct UmountArgs {
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Cmd::Mount(args) => mount_cmd(args),
-        Cmd::Umount(args) => umount_cmd(&args.mountpoint),
+        Cmd::Umount(args) => umount_cmd(&args.mountpoint, Duration::from_secs(args.timeout)),
         Cmd::Diff(args) => diff_cmd(&args),
         Cmd::Export(args) => export_cmd(&args),
         Cmd::Unpack(args) => unpack_cmd(&args),
@@ -413,32 +419,35 @@ fn control_cmd(mnt: &Path, line: String) -> Result<(), String> {
     {
         return Err("a checkpoint name is a plain name, without '/'".into());
     }
-    let args = mount_args_of(mnt)?;
-    let upper = args.upper.as_deref().ok_or_else(|| {
-        format!(
-            "{} is a read-only mount: it has no writable layer",
-            mnt.display()
-        )
-    })?;
-    let work = match &args.work {
-        Some(w) => w.clone(),
-        None => mount::default_work_dir(upper)
-            .ok_or_else(|| format!("upper layer {} has no parent directory", upper.display()))?,
+    let rec = record_of(mnt)?;
+    let work = match (&rec.upper, &rec.work) {
+        (Some(_), Some(w)) => w,
+        _ => {
+            return Err(format!(
+                "{} is a read-only mount: it has no writable layer",
+                mnt.display()
+            ));
+        }
     };
-    crate::control::request(&work, &line)
+    crate::control::request(work, &line)
 }
 
 fn diff_cmd(args: &DiffArgs) -> Result<(), String> {
     let (upper, lowers) = match (&args.mountpoint, &args.upper) {
         (Some(mnt), _) => {
-            let m = mount_args_of(mnt)?;
-            let upper = m.upper.ok_or_else(|| {
+            let rec = record_of(mnt)?;
+            let upper = rec.upper.ok_or_else(|| {
                 format!(
                     "{} is a read-only mount: it has no upper layer",
                     mnt.display()
                 )
             })?;
-            (upper, m.lower)
+            let lowers = rec
+                .lowers
+                .iter()
+                .map(|l| escape_colons(l.as_os_str()))
+                .collect();
+            (upper, lowers)
         }
         (None, Some(u)) => (u.clone(), args.lower.clone()),
         (None, None) => return Err("give --upper and --lower, or a mountpoint".into()),
@@ -466,65 +475,11 @@ fn diff_cmd(args: &DiffArgs) -> Result<(), String> {
     res.map_err(|e| format!("cannot write the diff: {e}"))
 }
 
-/// The layers of the live mount at `mnt`, read from its daemon's command
-/// line (relative paths resolved against the daemon's working directory).
-fn mount_args_of(mnt: &Path) -> Result<MountArgs, String> {
-    let want = std::fs::canonicalize(mnt)
-        .map_err(|e| format!("mountpoint {} {}", mnt.display(), describe(&e)))?;
-    let me = std::env::current_exe()
-        .ok()
-        .and_then(|p| std::fs::canonicalize(p).ok());
-    let procs = std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))?;
-    for p in procs.flatten() {
-        let dir = p.path();
-        let exe = std::fs::read_link(dir.join("exe")).ok();
-        if me.is_some() && exe != me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(dir.join("cmdline")) else {
-            continue;
-        };
-        let argv: Vec<OsString> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| OsString::from_vec(a.to_vec()))
-            .collect();
-        let parsed = if crate::compat::is_compat(&argv[1.min(argv.len())..]) {
-            crate::compat::parse(&argv[1..]).ok()
-        } else {
-            match Cli::try_parse_from(&argv) {
-                Ok(Cli {
-                    command: Cmd::Mount(m),
-                }) => Some(m),
-                _ => None,
-            }
-        };
-        let Some(mut m) = parsed else {
-            continue;
-        };
-        let cwd = std::fs::read_link(dir.join("cwd")).unwrap_or_default();
-        let abs = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                cwd.join(p)
-            }
-        };
-        if std::fs::canonicalize(abs(&m.mountpoint)).ok().as_deref() != Some(want.as_path()) {
-            continue;
-        }
-        m.upper = m.upper.as_deref().map(abs);
-        m.work = m.work.as_deref().map(abs);
-        m.lower = m
-            .lower
-            .iter()
-            .flat_map(|v| split_lowers(v))
-            .map(|l| abs(&l).into_os_string())
-            .map(|l| escape_colons(&l))
-            .collect();
-        return Ok(m);
-    }
-    Err(format!("no unionfuse daemon serves {}", mnt.display()))
+/// The runtime record of the live mount at `mnt`: its layers, as the
+/// daemon (or program) serving it published them.
+fn record_of(mnt: &Path) -> Result<crate::runtime::Record, String> {
+    let path = mountpoint_path(mnt)?;
+    Ok(crate::runtime::Watch::at(&path)?.record)
 }
 
 /// Escapes `:` and `\` so that [`split_lowers`] gives the path back.
@@ -633,6 +588,9 @@ fn describe(e: &std::io::Error) -> String {
         Some(libc::ENOENT) => "does not exist".into(),
         Some(libc::ENOTDIR) => "is not a directory".into(),
         Some(libc::EACCES) => "is not accessible (permission denied)".into(),
+        Some(libc::ENOTCONN) => {
+            "is a dead FUSE mount (its daemon is gone): clear it with `unionfuse umount` or `fusermount3 -u`".into()
+        }
         _ => e.to_string(),
     }
 }
@@ -722,6 +680,20 @@ pub fn validate(args: &MountArgs) -> Result<MountConfig, String> {
     }
     let facts = sys::mount_facts(&mnt).map_err(|e| format!("mountpoint {}: {e}", mnt.display()))?;
     if facts.is_mount_root {
+        // The kernel may answer a stat of a dead mount from its cache; the
+        // mount table and the records of live daemons tell.
+        let dead = crate::mountinfo::top_at(&mnt)
+            .ok()
+            .flatten()
+            .filter(crate::mountinfo::Entry::is_unionfuse)
+            .is_some_and(|e| crate::runtime::Watch::find(&e).is_none());
+        if dead {
+            return Err(format!(
+                "mountpoint {} is a dead FUSE mount (its unionfuse daemon is gone): clear it with `unionfuse umount {}`",
+                mnt.display(),
+                mnt.display()
+            ));
+        }
         return Err(format!(
             "mountpoint {} is already a mount point",
             mnt.display()
@@ -912,46 +884,6 @@ const UMOUNT_BUSY_RETRIES: u32 = 20;
 /// Set in a daemonized child so that it detaches stderr once ready.
 pub const DAEMON_ENV: &str = "UNIONFUSE_DAEMON";
 
-/// The fstype and source of the mount at `path` (canonical), from
-/// mountinfo, if any.
-fn mount_type(path: &Path) -> Option<(String, String)> {
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
-    let want = path.as_os_str().as_bytes();
-    let mut found = None;
-    for line in info.split(|b| *b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        if fields.len() < 5 || unescape(fields[4]) != want {
-            continue;
-        }
-        let sep = fields.iter().position(|f| *f == b"-")?;
-        // The last matching line is the mount on top.
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .map(|t| String::from_utf8_lossy(&unescape(t)).into_owned())
-                .unwrap_or_default()
-        };
-        found = Some((field(sep + 1), field(sep + 2)));
-    }
-    found
-}
-
-fn unescape(f: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(f.len());
-    let mut i = 0;
-    while i < f.len() {
-        if f[i] == b'\\' && i + 3 < f.len() && f[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (f[i + 1] - b'0') * 64 + (f[i + 2] - b'0') * 8 + (f[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(f[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// The absolute form of a mountpoint without stat-ing it: a dead FUSE mount
 /// answers ENOTCONN to that, and must still be unmountable.
 fn mountpoint_path(p: &Path) -> Result<PathBuf, String> {
@@ -973,57 +905,80 @@ fn mountpoint_path(p: &Path) -> Result<PathBuf, String> {
     }
 }
 
-fn umount_cmd(p: &Path) -> Result<(), String> {
+fn umount_cmd(p: &Path, timeout: Duration) -> Result<(), String> {
     let mnt = mountpoint_path(p)?;
-    match mount_type(&mnt) {
-        None => return Err(format!("{} is not a mount point", p.display())),
-        // Mounted with mount(2), the type is plain `fuse` and the source
-        // names the filesystem; through fusermount3 it is `fuse.unionfuse`.
-        Some((t, src))
-            if t == "fuse.unionfuse" || (t.starts_with("fuse") && src == "unionfuse") => {}
-        Some((t, _)) => {
-            return Err(format!(
-                "{} is not a unionfuse mount (it is {t})",
-                p.display()
-            ));
-        }
-    }
-    if sys::is_root() {
-        // A file closed just now can still be held for a moment by a process
-        // that forked while it was open and has not exec'd yet: retry a busy
-        // mount briefly before calling it busy.
-        let mut tries = 0;
-        loop {
-            match sys::umount(&mnt, 0) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < UMOUNT_BUSY_RETRIES => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    return Err(format!("{} is busy: files are open in it", p.display()));
-                }
-                Err(e) => return Err(format!("cannot unmount {}: {e}", p.display())),
-            }
-        }
-    }
-    let prog = find_in_path("fusermount3")
-        .ok_or_else(|| "fusermount3 not found: install fuse3".to_string())?;
-    let out = Command::new(prog)
-        .arg("-u")
-        .arg(&mnt)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run fusermount3: {e}"))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr);
+    let entry = crate::mountinfo::top_at(&mnt)
+        .map_err(|e| format!("cannot read the mount table: {e}"))?
+        .ok_or_else(|| format!("{} is not a mount point", p.display()))?;
+    if !entry.is_unionfuse() {
         return Err(format!(
-            "cannot unmount {}: {}",
+            "{} is not a unionfuse mount (it is {})",
             p.display(),
-            msg.lines().next().unwrap_or("fusermount3 failed").trim()
+            entry.fstype
+        ));
+    }
+    // Found before the unmount: afterwards the device number may already
+    // belong to another mount.
+    let watch = crate::runtime::Watch::find(&entry);
+    unmount_path(p, &mnt)?;
+    if let Some(w) = watch
+        && !w.wait_exit(timeout)
+    {
+        return Err(format!(
+            "{} is unmounted, but its daemon (PID {}) is still running after {} s",
+            p.display(),
+            w.record.pid,
+            timeout.as_secs()
         ));
     }
     Ok(())
+}
+
+fn unmount_path(p: &Path, mnt: &Path) -> Result<(), String> {
+    let prog = if sys::is_root() {
+        None
+    } else {
+        Some(find_in_path("fusermount3").ok_or("fusermount3 not found: install fuse3")?)
+    };
+    // A file closed just now can still be held for a moment by a process
+    // that forked while it was open and has not exec'd yet: retry a busy
+    // mount briefly before calling it busy.
+    let mut tries = 0;
+    loop {
+        let res = match &prog {
+            None => sys::umount(mnt, 0).map_err(|e| {
+                let busy = e.raw_os_error() == Some(libc::EBUSY);
+                (busy, e.to_string())
+            }),
+            Some(prog) => fusermount_u(prog, mnt),
+        };
+        match res {
+            Ok(()) => return Ok(()),
+            Err((true, _)) if tries < UMOUNT_BUSY_RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((true, _)) => return Err(format!("{} is busy: files are open in it", p.display())),
+            Err((false, msg)) => return Err(format!("cannot unmount {}: {msg}", p.display())),
+        }
+    }
+}
+
+/// `fusermount3 -u MNT`; on failure whether the mount was busy, and the
+/// first line it printed.
+fn fusermount_u(prog: &Path, mnt: &Path) -> Result<(), (bool, String)> {
+    let out = Command::new(prog)
+        .arg("-u")
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| (false, format!("cannot run fusermount3: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    let line = msg.lines().next().unwrap_or("fusermount3 failed").trim();
+    Err((msg.contains("busy"), line.to_string()))
 }
 
 #[cfg(test)]
@@ -1050,10 +1005,5 @@ mod tests {
         assert_eq!(nested(a, Path::new("/a")), Some("is inside"));
         assert_eq!(nested(Path::new("/a"), a), Some("contains"));
         assert_eq!(nested(Path::new("/a/bc"), a), None);
-    }
-
-    #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(unescape(b"/a\\040b"), b"/a b".to_vec());
     }
 }

@@ -50,9 +50,11 @@ fn init_logging(debug: bool) {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(if debug {
             "unionfuse=trace,fuser=debug"
         } else {
-            // fuser warns when it unmounts a mount already unmounted by
-            // the library's guard; that is expected.
-            "warn,fuser::mnt=error"
+            // fuser logs every reply the kernel refuses; at an unmount the
+            // kernel ends requests still in flight (a RELEASE of a file
+            // closed just before) and refuses their replies with ENOENT,
+            // which is expected and no reason for a line in a daemon's log.
+            "warn,fuser::reply=off"
         }));
     if debug {
         logger.parse_filters("unionfuse=trace,fuser=debug");

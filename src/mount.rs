@@ -5,13 +5,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, Session, SessionACL};
-use log::{info, warn};
+use fuser::{Config, Session, SessionACL};
+use log::{debug, info, warn};
 
 use crate::config::MountConfig;
 use crate::fuse::UnionFs;
 use crate::layer::Layers;
 use crate::layer::upper::Upper;
+use crate::mountinfo::{self, Dev};
+use crate::runtime::{self, Published, Record, WorkLock};
 use crate::sys;
 use crate::union::Union;
 
@@ -21,18 +23,78 @@ pub const READY_BYTE: u8 = b'R';
 /// A mount made and handshaken with the kernel, not yet served.
 pub struct Started {
     pub session: Session<UnionFs>,
-    /// Unmounts (fails with EBUSY while files are open).
-    pub unmount: Box<dyn FnMut() -> std::io::Result<()> + Send>,
     pub union: Arc<Union>,
-    /// Mounted with mount(2) rather than through fusermount3.
-    pub direct: bool,
+    pub mounted: Mounted,
+    /// Exclusive use of the work directory; released only once the upper
+    /// is final (see [`finish`]).
+    pub work_lock: Option<WorkLock>,
 }
 
 impl std::fmt::Debug for Started {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Started")
-            .field("direct", &self.direct)
+            .field("mounted", &self.mounted)
             .finish()
+    }
+}
+
+/// Where one FUSE connection is mounted, and how to take it off again.
+///
+/// fuser's own unmount-on-drop unmounts by path even after the kernel has
+/// ended the connection, which removes whatever was mounted there next; so
+/// unionfuse mounts itself (mount(2) as root, fusermount3 otherwise), hands
+/// fuser only the descriptor, and unmounts only while the mount on top of
+/// the path is still its own connection.
+#[derive(Debug, Clone)]
+pub struct Mounted {
+    pub path: PathBuf,
+    /// The connection's device number, as mountinfo shows it.
+    pub dev: Dev,
+    /// Mounted with mount(2) rather than through fusermount3.
+    pub direct: bool,
+}
+
+impl Mounted {
+    /// Whether the mount on top of the path is still this connection.
+    pub fn is_live(&self) -> bool {
+        mountinfo::is_mounted_at(&self.path, self.dev)
+    }
+
+    /// Unmounts (EBUSY while files are open); nothing once this connection
+    /// is no longer mounted there.
+    pub fn unmount(&self) -> std::io::Result<()> {
+        if !self.is_live() {
+            return Ok(());
+        }
+        if self.direct {
+            sys::umount(&self.path, 0)
+        } else {
+            fusermount_unmount(&self.path, false)
+        }
+    }
+
+    /// The outcome of serving, once the session is over. A worker reading
+    /// a request at the instant an unmount ends the connection gets
+    /// ECONNABORTED rather than ENODEV; with the mount gone, that is the
+    /// ordinary end of the session too.
+    pub fn ended(&self, res: std::io::Result<()>) -> std::io::Result<()> {
+        match res {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) && !self.is_live() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Detaches a busy mount: no new process enters, and the session ends
+    /// once the last user lets go, as `umount -l` would.
+    pub fn detach(&self) -> std::io::Result<()> {
+        if !self.is_live() {
+            return Ok(());
+        }
+        if self.direct {
+            sys::umount(&self.path, libc::MNT_DETACH)
+        } else {
+            fusermount_unmount(&self.path, true)
+        }
     }
 }
 
@@ -44,6 +106,12 @@ impl std::fmt::Debug for Started {
 pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, String> {
     let nofile = sys::raise_nofile_limit();
     info!("open file limit {nofile}");
+    // Before anything in the work directory is touched: an exiting daemon
+    // may still be cleaning its staging area.
+    let work_lock = match (&cfg.upper, &cfg.work) {
+        (Some(_), Some(work)) => Some(runtime::lock_work(work, runtime::WORK_WAIT)?),
+        _ => None,
+    };
     let layers = Layers::open(cfg.upper.as_deref(), &cfg.lowers)
         .map_err(|e| format!("cannot open layers: {e}"))?;
     // Half the descriptors for cached directories, the rest for open files
@@ -82,91 +150,150 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, String> {
     let root = sys::is_root();
     let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);
 
-    let mut options = vec![
-        MountOption::FSName("unionfuse".into()),
-        MountOption::Subtype("unionfuse".into()),
-        // Permission checks are the kernel's, against the modes and owners
-        // the union reports, exactly as on a local filesystem.
-        MountOption::DefaultPermissions,
-    ];
-    if cfg.read_only {
-        options.push(MountOption::RO);
-    }
-    if root {
-        // A container root holds device nodes and setuid binaries that must
-        // work (unless asked otherwise); an unprivileged mount gets the
-        // kernel's nodev,nosuid anyway.
-        options.push(if cfg.nodev {
-            MountOption::NoDev
-        } else {
-            MountOption::Dev
-        });
-        options.push(if cfg.nosuid {
-            MountOption::NoSuid
-        } else {
-            MountOption::Suid
-        });
-    }
     let mut config = Config::default();
-    config.mount_options = options;
+    config.n_threads = Some(cfg.threads);
+    // Root opens /dev/fuse itself, so every thread can have its own
+    // descriptor; a user has only the one fusermount3 passed over.
+    config.clone_fd = root;
     // A container root is used by every uid inside it.
-    config.acl = if root {
+    let acl = if root {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(cfg.threads);
-    config.clone_fd = root;
-
-    let mnt = cfg.mountpoint.clone();
-    let started = if root {
-        let mut session = Session::new(fs, &cfg.mountpoint, &config).map_err(|e| {
-            union.abandon();
-            format!("cannot mount at {}: {e}", cfg.mountpoint.display())
-        })?;
-        let mut unmounter = session.unmount_callable();
-        Started {
-            session,
-            unmount: Box::new(move || unmounter.unmount()),
-            union,
-            direct: true,
-        }
+    let (fd, direct) = if root {
+        (mount_direct(cfg), true)
     } else {
-        // An ordinary user may not mount: the setuid fusermount3 opens
-        // /dev/fuse, mounts, and hands the descriptor over. One descriptor
-        // then serves every thread.
-        let fd = fusermount(&cfg.mountpoint, &fusermount_options(cfg))
-            .inspect_err(|_| union.abandon())?;
-        config.clone_fd = false;
-        let session = Session::from_fd(fs, fd, SessionACL::Owner, config).map_err(|e| {
-            let _ = fusermount_unmount(&cfg.mountpoint, true);
+        (fusermount(&cfg.mountpoint, &fusermount_options(cfg)), false)
+    };
+    let fd = fd.inspect_err(|_| union.abandon())?;
+    let dev = match mountinfo::top_at(&cfg.mountpoint) {
+        Ok(Some(e)) => e.dev,
+        other => {
+            let why = match other {
+                Err(e) => format!("cannot read the mount table: {e}"),
+                _ => "the new mount is not in the mount table".to_string(),
+            };
+            // Not knowing our mount, only a path remains to take it off by;
+            // it was made an instant ago by this very call.
+            let _ = if direct {
+                sys::umount(&cfg.mountpoint, libc::MNT_DETACH)
+            } else {
+                fusermount_unmount(&cfg.mountpoint, true)
+            };
             union.abandon();
-            format!("cannot start serving {}: {e}", cfg.mountpoint.display())
-        })?;
-        Started {
-            session,
-            unmount: Box::new(move || fusermount_unmount(&mnt, false)),
-            union,
-            direct: false,
+            return Err(format!(
+                "cannot mount at {}: {why}",
+                cfg.mountpoint.display()
+            ));
         }
     };
+    let mounted = Mounted {
+        path: cfg.mountpoint.clone(),
+        dev,
+        direct,
+    };
+    let session = Session::from_fd(fs, fd, acl, config).map_err(|e| {
+        if let Err(e) = mounted.detach() {
+            warn!("cannot unmount {}: {e}", mounted.path.display());
+        }
+        union.abandon();
+        format!("cannot start serving {}: {e}", cfg.mountpoint.display())
+    })?;
     info!(
-        "mounted {} (lowers {:?}, upper {:?})",
+        "mounted {} (connection {dev}, lowers {:?}, upper {:?})",
         cfg.mountpoint.display(),
         cfg.lowers,
         cfg.upper
     );
-    Ok(started)
+    Ok(Started {
+        session,
+        union,
+        mounted,
+        work_lock,
+    })
 }
 
-/// Detaches a busy mount: no new process enters, and the session ends once
-/// the last user lets go, as `umount -l` would.
-pub fn detach(mnt: &Path, direct: bool) -> std::io::Result<()> {
-    if direct {
-        sys::umount(mnt, libc::MNT_DETACH)
-    } else {
-        fusermount_unmount(mnt, true)
+/// Mounts a new FUSE connection at `cfg.mountpoint` with mount(2) (root),
+/// returning its `/dev/fuse` descriptor.
+fn mount_direct(cfg: &MountConfig) -> Result<OwnedFd, String> {
+    use std::os::fd::AsRawFd;
+    let fail = |e: std::io::Error| format!("cannot mount at {}: {e}", cfg.mountpoint.display());
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| format!("cannot open /dev/fuse: {e}"))?;
+    let st = sys::stat_path(&cfg.mountpoint).map_err(fail)?;
+    // Permission checks are the kernel's, against the modes and owners the
+    // union reports, exactly as on a local filesystem; and a container root
+    // is used by every uid inside it.
+    let data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions,allow_other",
+        dev.as_raw_fd(),
+        st.st_mode & libc::S_IFMT,
+        sys::euid(),
+        sys::egid(),
+    );
+    // A container root holds device nodes and setuid binaries that must
+    // work unless asked otherwise.
+    let mut flags: libc::c_ulong = 0;
+    for (on, flag) in [
+        (cfg.nodev, libc::MS_NODEV),
+        (cfg.nosuid, libc::MS_NOSUID),
+        (cfg.read_only, libc::MS_RDONLY),
+    ] {
+        if on {
+            flags |= flag;
+        }
     }
+    let data =
+        std::ffi::CString::new(data).map_err(|_| fail(std::io::ErrorKind::InvalidInput.into()))?;
+    sys::mount_fuse(
+        c"unionfuse",
+        &cfg.mountpoint,
+        c"fuse.unionfuse",
+        flags,
+        &data,
+    )
+    .map_err(fail)?;
+    Ok(OwnedFd::from(dev))
+}
+
+/// Publishes the runtime record of a mount (see [`crate::runtime`]); a
+/// mount without one still works, but `umount` cannot wait for it.
+pub fn publish(cfg: &MountConfig, mounted: &Mounted) -> Option<Published> {
+    let rec = Record {
+        pid: std::process::id(),
+        dev: mounted.dev,
+        mountpoint: mounted.path.clone(),
+        lowers: cfg.lowers.clone(),
+        upper: cfg.upper.clone(),
+        work: cfg.work.clone(),
+        read_only: cfg.read_only,
+        started: runtime::now_secs(),
+    };
+    match Published::publish(&rec) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn!(
+                "no runtime record for {} in {}: {e}",
+                mounted.path.display(),
+                runtime::own_dir().display()
+            );
+            None
+        }
+    }
+}
+
+/// Ends a mount's life once no request can arrive any more: the upper is
+/// made final (staging emptied, written back unless volatile), then the
+/// work directory is let go, then the record, whose release is what
+/// `unionfuse umount` waits for.
+pub fn finish(union: &Union, work_lock: Option<WorkLock>, record: Option<Published>) {
+    union.finish();
+    drop(work_lock);
+    drop(record);
 }
 
 /// Mounts `cfg` and serves it until unmounted. `ready` receives one byte
@@ -180,32 +307,36 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
     sys::block_term_signals().map_err(|e| format!("cannot block signals: {e}"))?;
     let Started {
         session,
-        mut unmount,
-        direct,
         union,
+        mounted,
+        work_lock,
     } = start(cfg, false)?;
-    let mnt = cfg.mountpoint.clone();
+    let record = publish(cfg, &mounted);
     let control = match (&cfg.upper, &cfg.work) {
         (Some(_), Some(work)) => {
             let path = crate::control::socket_path(work);
-            if let Err(e) = crate::control::listen(path.clone(), union, session.notifier()) {
+            if let Err(e) =
+                crate::control::listen(path.clone(), Arc::clone(&union), session.notifier())
+            {
                 warn!("no control socket (reset, checkpoint, restore): {e}");
             }
             Some(path)
         }
         _ => None,
     };
+    let on_signal = mounted.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let sig = sys::wait_signal();
-            info!("signal {sig}: unmounting {}", mnt.display());
-            if let Err(e) = unmount() {
+            let mnt = on_signal.path.display();
+            info!("signal {sig}: unmounting {mnt}");
+            if let Err(e) = on_signal.unmount() {
                 // Busy: files are still open in the mount; the daemon exits
                 // once they are closed.
-                warn!("unmount {}: {e}; detaching lazily", mnt.display());
-                if let Err(e) = detach(&mnt, direct) {
-                    warn!("lazy unmount {}: {e}", mnt.display());
+                warn!("unmount {mnt}: {e}; detaching lazily");
+                if let Err(e) = on_signal.detach() {
+                    warn!("lazy unmount {mnt}: {e}");
                 }
             }
         })
@@ -217,12 +348,15 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
         .spawn(move || announce_ready(&mnt, ready, detach_stderr))
         .map_err(|e| format!("cannot start ready thread: {e}"))?;
 
-    let served = session
-        .run()
+    let served = mounted
+        .ended(session.run())
         .map_err(|e| format!("serving {}: {e}", cfg.mountpoint.display()));
-    if let Some(p) = control {
-        let _ = std::fs::remove_file(p);
+    if let Some(p) = control
+        && let Err(e) = std::fs::remove_file(&p)
+    {
+        debug!("cannot remove {}: {e}", p.display());
     }
+    finish(&union, work_lock, record);
     served?;
     info!("unmounted {}", cfg.mountpoint.display());
     Ok(())

@@ -124,6 +124,19 @@ impl Union {
         }
     }
 
+    /// Makes the upper final once no request can arrive any more: nothing
+    /// left in staging, and everything written back unless the mount is
+    /// volatile or read-only (kernel overlayfs syncs its upper filesystem
+    /// at unmount too).
+    pub fn finish(&self) {
+        if let Some(u) = &self.upper {
+            u.finish(
+                self.layers.get(0).root.as_fd(),
+                !self.volatile && !self.read_only,
+            );
+        }
+    }
+
     /// `--read-only` (refuse changes despite an upper) and `--volatile`.
     pub fn set_options(&mut self, read_only: bool, volatile: bool) {
         self.read_only = read_only;

@@ -96,3 +96,51 @@ fn bad_input_is_refused_before_mounting() {
     assert!(!e.is_empty());
     assert!(!is_mountpoint(&mnt));
 }
+
+/// Dropping a guard returns once the serving threads have stopped and the
+/// upper is final, so the same layers mount again at once, hundreds of
+/// times, and `diff MOUNTPOINT` finds an in-process mount by its record.
+#[test]
+fn guard_drop_releases_everything_before_it_returns() {
+    let s = Scratch::new();
+    let lower = s.mkdir("l");
+    write(&lower, "etc/motd", "image\n");
+    let up = s.mkdir("u");
+    let work = s.mkdir("w");
+    let mnt = s.mkdir("m");
+    let n: usize = std::env::var("UNIONFUSE_REMOUNT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+        / 5;
+    for i in 0..n {
+        let m = Mount::builder()
+            .lower(&lower)
+            .upper(&up)
+            .work(&work)
+            .mount(&mnt)
+            .expect("mount");
+        if i > 0 {
+            assert!(m.path().join(format!("c{}", i - 1)).exists(), "cycle {i}");
+        }
+        fs::write(m.path().join(format!("c{i}")), "x").expect("write");
+        if i == 0 {
+            let out = run(&[std::ffi::OsStr::new("diff"), mnt.as_os_str()]);
+            assert!(
+                out.status.success(),
+                "diff of an in-process mount: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "A /c0\n");
+        }
+        drop(m);
+        assert!(!is_mountpoint(&mnt), "cycle {i}");
+        let dir = fs::File::open(&work).expect("open work dir");
+        assert!(
+            dir.try_lock().is_ok(),
+            "cycle {i}: the guard returned while the work directory was held"
+        );
+    }
+    let bare = fs::read_dir(&mnt).expect("read").count();
+    assert_eq!(bare, 0, "writes went into the bare mountpoint");
+}

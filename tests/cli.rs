@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, bin, is_mountpoint, ls, mount_args, run, write};
+use common::{Scratch, bin, daemon_pids, is_mountpoint, ls, mount_args, process_gone, run, write};
 
 /// How long a refusal may take. The `run` fixture's deadline is 30 s; a
 /// refusal that only validates arguments should be far quicker than that.
@@ -312,36 +312,6 @@ fn send_signal(pid: libc::pid_t, sig: libc::c_int) {
         "kill({pid}, {sig}): {}",
         std::io::Error::last_os_error()
     );
-}
-
-/// The pids of unionfuse processes whose command line names `mnt`.
-fn daemon_pids(mnt: &Path) -> Vec<libc::pid_t> {
-    let out = Command::new("pgrep")
-        .arg("-f")
-        .arg(mnt.as_os_str())
-        .output()
-        .expect("run pgrep");
-    let me = fs::canonicalize(bin()).expect("bin path");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse::<libc::pid_t>().ok())
-        .filter(|p| {
-            fs::read_link(format!("/proc/{p}/exe"))
-                .map(|e| e == me)
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Whether process `pid` is gone (or a zombie nobody reaped yet).
-fn process_gone(pid: libc::pid_t) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => s
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-            .unwrap_or(false),
-    }
 }
 
 /// A small two-file lower for lifecycle tests.
@@ -866,6 +836,8 @@ fn killed_daemon_leaves_dead_mount_that_umount_cleans() {
     }
     let err = fs::metadata(&mnt).expect_err("stat of a dead mount");
     let dead = err.raw_os_error();
+    // Mounting over it says what it is and how to clear it.
+    let again = run(&mount_args(&[&lower], None, &mnt, &[]));
     // Clean up first if `unionfuse umount` turns out not to.
     let out = umount_cmd(&mnt);
     let still = is_mount_even_dead(&mnt);
@@ -884,6 +856,17 @@ fn killed_daemon_leaves_dead_mount_that_umount_cleans() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!still, "unionfuse umount left the dead mount in place");
+    assert!(
+        !again.status.success(),
+        "a mount over a dead mount succeeded"
+    );
+    if dead == Some(libc::ENOTCONN) {
+        assert_one_line_naming(
+            &again,
+            &["dead FUSE mount", "unionfuse umount"],
+            "a mount over a dead mount",
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -177,6 +177,23 @@ impl Upper {
         }
     }
 
+    /// Leaves the upper final at the end of a mount: staging emptied (a
+    /// request cut short by the unmount may have left a half-built object)
+    /// and, with `sync`, the upper's filesystem written back.
+    pub fn finish(&self, upper: BorrowedFd<'_>, sync: bool) {
+        if let Err(e) = clear_dir(self.staging.as_fd()) {
+            warn!("cannot empty the staging directory: {e}");
+        }
+        if !sync {
+            return;
+        }
+        let res = sys::open_child_flags(upper, c".", libc::O_RDONLY | libc::O_DIRECTORY)
+            .and_then(|fd| sys::syncfs(fd.as_fd()));
+        if let Err(e) = res {
+            warn!("cannot write back the upper layer: {e}");
+        }
+    }
+
     /// The directory of checkpoints, made on first use.
     pub fn checkpoints(&self) -> std::io::Result<OwnedFd> {
         match sys::mkdirat(self.work.as_fd(), CHECKPOINTS, 0o700) {

@@ -282,11 +282,53 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective gid.
+pub fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions.
+    unsafe { libc::getegid() }
+}
+
 /// `umount2(path, flags)` (CLI only).
 pub fn umount(path: &Path, flags: i32) -> SysResult<()> {
     let c = path_cstring(path)?;
     // SAFETY: c is NUL-terminated.
     cvt(unsafe { libc::umount2(c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `mount(2)` of a FUSE connection (the daemon as root): `data` carries
+/// the `/dev/fuse` descriptor and the kernel options.
+pub fn mount_fuse(
+    source: &CStr,
+    target: &Path,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: &CStr,
+) -> SysResult<()> {
+    let t = path_cstring(target)?;
+    // SAFETY: every string is NUL-terminated and outlives the call.
+    cvt(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            t.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })?;
+    Ok(())
+}
+
+/// `syncfs(2)`: writes back the whole filesystem `fd` is on.
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: fd is a valid descriptor for the duration of the call.
+    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
     Ok(())
 }
 
@@ -338,6 +380,39 @@ pub fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> SysResult<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `fd` was opened for writing (`O_WRONLY` or `O_RDWR`).
+pub fn is_open_for_write(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
+pub fn pidfd_open(pid: u32) -> SysResult<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes plain integers; the fd it returns is owned.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable; false on timeout.
+pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> SysResult<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: p is one valid pollfd for the duration of the call.
+        match cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
+            Ok(n) => return Ok(n > 0),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads up to `buf.len()` bytes, retrying on EINTR.

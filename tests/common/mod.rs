@@ -563,3 +563,33 @@ pub fn busybox_rootfs(s: &Scratch) -> Option<PathBuf> {
     fs::write(root.join("etc/config"), "image\n").expect("config");
     Some(root)
 }
+
+/// The pids of unionfuse processes whose command line names `mnt`.
+pub fn daemon_pids(mnt: &Path) -> Vec<libc::pid_t> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(mnt.as_os_str())
+        .output()
+        .expect("run pgrep");
+    let me = fs::canonicalize(bin()).expect("bin path");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<libc::pid_t>().ok())
+        .filter(|p| {
+            fs::read_link(format!("/proc/{p}/exe"))
+                .map(|e| e == me)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: libc::pid_t) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+            .unwrap_or(false),
+    }
+}
