@@ -949,8 +949,12 @@ impl Union {
         }
         if let Some(size) = a.size {
             match handle_fd.as_deref() {
+                // Any open handle may be a reader whose release is still
+                // on its way: only a writable one can be truncated through.
                 Some(Handle::File { fd, .. })
-                    if inode.top_layer()? == 0 && self.handle_in_upper(fd.as_fd(), &obj) =>
+                    if inode.top_layer()? == 0
+                        && sys::is_open_for_write(fd.as_fd())
+                        && self.handle_in_upper(fd.as_fd(), &obj) =>
                 {
                     sys::ftruncate(fd.as_fd(), size)?
                 }

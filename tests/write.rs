@@ -861,6 +861,15 @@ fn ops_truncate_and_fallocate() {
         log.err("truncate a dir", truncate(&e.p("dir"), 0), libc::EISDIR);
         log.err("truncate to -1", truncate(&e.p("exe"), -1), libc::EINVAL);
         log.err("truncate missing", truncate(&e.p("nope"), 0), libc::ENOENT);
+        // A reader holds the file open (in the upper after the truncates
+        // above): a truncate by path must not go through its handle.
+        if let Some(r) = log.ok("open g O_RDONLY", File::open(e.p("g"))) {
+            log.ok(
+                "truncate g to 7 while a reader has it",
+                truncate(&e.p("g"), 7),
+            );
+            log.rec("size through the reader", r.metadata().map(|m| m.len()));
+        }
 
         if let Some(f) = log.ok("open dir/a O_RDWR", open(&e.p("dir/a"), libc::O_RDWR, 0)) {
             log.ok("ftruncate 3", f.set_len(3));
