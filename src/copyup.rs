@@ -136,6 +136,10 @@ impl Union {
         }
         let pst = sys::fstat(pfd.as_fd())?;
         let indexed = self.copy_up_locked(inode, pfd.as_fd(), name, data)?;
+        // The copy itself was synced before it got its name; this makes
+        // the name durable too, so that a copy-up a caller saw finish
+        // survives a crash.
+        self.sync_dir(pfd.as_fd())?;
         // An indexed object is reached through its index entry from now
         // on, whichever of its names is used.
         *inode.layers.write() = vec![if indexed { INDEX } else { 0 }];
@@ -156,7 +160,9 @@ impl Union {
         let index = Upper::index_name(inode.st_ino);
         let link_up = || -> Result<bool> {
             // Another name of this lower hard link was copied up: this name
-            // becomes a link to that copy.
+            // becomes a link to that copy, once the index entry that other
+            // names find it by is durable.
+            self.sync_dir(upper.index.as_fd())?;
             sys::linkat(upper.index.as_fd(), index.as_cstr(), pfd, name.as_cstr())?;
             Ok(true)
         };
@@ -273,7 +279,24 @@ impl Union {
             let input = open_for_copy(sdir, sname)?;
             copy_file_data(input.as_fd(), out, st.st_size as u64)?;
         }
-        self.copy_meta(src, st, XTarget::Fd(out), ino)
+        self.copy_meta(src, st, XTarget::Fd(out), ino)?;
+        // Before the copy gets a name: a crash must never leave a name
+        // whose data was not written yet (kernel overlayfs syncs here too).
+        if !self.volatile {
+            sys::fsync(out, false)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the entries of upper directory `dir` (an `O_PATH` descriptor)
+    /// durable, unless the mount is volatile.
+    pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        let fd = sys::open_child_flags(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::fsync(fd.as_fd(), false)?;
+        Ok(())
     }
 
     /// Owner, mode, xattrs, the inode number, then times: chown clears
