@@ -156,7 +156,7 @@ impl MountBuilder {
                 if let Some(w) = created {
                     let _ = std::fs::remove_dir(w);
                 }
-                return Err(e);
+                return Err(e.to_string());
             }
         };
         let record = mount::publish(&cfg, &mounted);

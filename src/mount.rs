@@ -20,6 +20,31 @@ use crate::union::Union;
 /// The byte written to a ready descriptor once the mount answers requests.
 pub const READY_BYTE: u8 = b'R';
 
+/// Why [`start`] did not give a mount to serve.
+#[derive(Debug)]
+pub enum StartError {
+    /// A one-line message for the user.
+    Failed(String),
+    /// The mount was made, then unmounted from outside before it was
+    /// served: nothing is left to do, and nothing went wrong.
+    Unmounted,
+}
+
+impl From<String> for StartError {
+    fn from(s: String) -> Self {
+        StartError::Failed(s)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Failed(s) => f.write_str(s),
+            StartError::Unmounted => f.write_str("unmounted before it was served"),
+        }
+    }
+}
+
 /// A mount made and handshaken with the kernel, not yet served.
 pub struct Started {
     pub session: Session<UnionFs>,
@@ -75,11 +100,16 @@ impl Mounted {
 
     /// The outcome of serving, once the session is over. A worker reading
     /// a request at the instant an unmount ends the connection gets
-    /// ECONNABORTED rather than ENODEV; with the mount gone, that is the
-    /// ordinary end of the session too.
+    /// ECONNABORTED rather than ENODEV; with the mount gone, any such
+    /// failure is the ordinary end of the session.
     pub fn ended(&self, res: std::io::Result<()>) -> std::io::Result<()> {
         match res {
-            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) && !self.is_live() => Ok(()),
+            Err(e) if !self.is_live() => {
+                // Also a worker that was still being set up (its own
+                // /dev/fuse descriptor cloned) when the mount went.
+                debug!("session of {} ended: {e}", self.path.display());
+                Ok(())
+            }
             r => r,
         }
     }
@@ -103,7 +133,7 @@ impl Mounted {
 /// sets its umask to 0 instead, saving a chmod per new object.
 ///
 /// Errors are one-line messages for the user.
-pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, String> {
+pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError> {
     let nofile = sys::raise_nofile_limit();
     info!("open file limit {nofile}");
     // Before anything in the work directory is touched: an exiting daemon
@@ -182,10 +212,7 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, String> {
                 fusermount_unmount(&cfg.mountpoint, true)
             };
             union.abandon();
-            return Err(format!(
-                "cannot mount at {}: {why}",
-                cfg.mountpoint.display()
-            ));
+            return Err(format!("cannot mount at {}: {why}", cfg.mountpoint.display()).into());
         }
     };
     let mounted = Mounted {
@@ -193,13 +220,21 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, String> {
         dev,
         direct,
     };
-    let session = Session::from_fd(fs, fd, acl, config).map_err(|e| {
-        if let Err(e) = mounted.detach() {
-            warn!("cannot unmount {}: {e}", mounted.path.display());
+    let session = match Session::from_fd(fs, fd, acl, config) {
+        Ok(s) => s,
+        // Unmounted before the kernel's first message was answered.
+        Err(_) if !mounted.is_live() => {
+            union.abandon();
+            return Err(StartError::Unmounted);
         }
-        union.abandon();
-        format!("cannot start serving {}: {e}", cfg.mountpoint.display())
-    })?;
+        Err(e) => {
+            if let Err(e) = mounted.detach() {
+                warn!("cannot unmount {}: {e}", mounted.path.display());
+            }
+            union.abandon();
+            return Err(format!("cannot start serving {}: {e}", cfg.mountpoint.display()).into());
+        }
+    };
     info!(
         "mounted {} (connection {dev}, lowers {:?}, upper {:?})",
         cfg.mountpoint.display(),
@@ -310,7 +345,17 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
         union,
         mounted,
         work_lock,
-    } = start(cfg, false)?;
+    } = match start(cfg, false) {
+        Ok(s) => s,
+        Err(StartError::Unmounted) => {
+            info!(
+                "{} was unmounted before it was served",
+                cfg.mountpoint.display()
+            );
+            return Ok(());
+        }
+        Err(StartError::Failed(e)) => return Err(e),
+    };
     let record = publish(cfg, &mounted);
     let control = match (&cfg.upper, &cfg.work) {
         (Some(_), Some(work)) => {

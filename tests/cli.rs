@@ -783,7 +783,11 @@ fn foreground_umount_makes_process_exit_zero() {
             fs::read_to_string(&log).unwrap_or_default()
         )
     });
-    assert!(st.success(), "unionfuse -f exited with {st} after umount");
+    assert!(
+        st.success(),
+        "unionfuse -f exited with {st} after umount; log: {}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(!is_mount_even_dead(&mnt));
 }
 
