@@ -68,6 +68,30 @@ impl Union {
         if inode.top_layer()? == 0 {
             return self.dir_fd(inode, 0);
         }
+        // The ancestors that only lower layers hold are copied first, from
+        // the top down, in a loop: recursion would overflow a request
+        // thread's stack on trees thousands of levels deep.
+        let mut above = Vec::new();
+        let mut cur = Arc::clone(inode);
+        while let Some(loc) = cur.location()? {
+            if loc.parent.top_layer()? == 0 {
+                break;
+            }
+            above.push(Arc::clone(&loc.parent));
+            cur = loc.parent;
+        }
+        while let Some(dir) = above.pop() {
+            self.copy_up_dir(&dir)?;
+        }
+        self.copy_up_dir(inode)
+    }
+
+    /// Copies directory `inode` up, its parent being in the upper already
+    /// (or copied up first).
+    fn copy_up_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
+        if inode.top_layer()? == 0 {
+            return self.dir_fd(inode, 0);
+        }
         let upper = self.upper()?;
         let Some(loc) = inode.location()? else {
             // The root always merges the upper layer.
@@ -331,10 +355,34 @@ impl Union {
         if *dir.layers.read() == [0] {
             return Ok(());
         }
-        let upper = self.upper()?;
-        let fd = self.upper_dir(dir)?;
+        // Depth first over an explicit stack (trees in images nest
+        // thousands of levels deep): a directory is sealed once every
+        // directory below it is.
+        let mut stack = vec![self.copy_up_entries(dir)?];
+        while let Some((top, subdirs)) = stack.last_mut() {
+            match subdirs.pop() {
+                Some(child) if *child.layers.read() == [0] => {}
+                Some(child) => {
+                    let next = self.copy_up_entries(&child)?;
+                    stack.push(next);
+                }
+                None => {
+                    let done = Arc::clone(top);
+                    stack.pop();
+                    self.seal_copied_dir(&done)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies up every non-directory of merged directory `dir` (and `dir`
+    /// itself); returns its subdirectories, still to be copied.
+    fn copy_up_entries(&self, dir: &Arc<Inode>) -> Result<(Arc<Inode>, Vec<Arc<Inode>>)> {
+        self.upper_dir(dir)?;
         let dirs = self.dir_fds(dir)?;
         let snap = resolve::list(&self.layers, &dirs, 0, 0, None)?;
+        let mut subdirs = Vec::new();
         for e in snap.entries() {
             let raw = snap.name(e);
             if raw == b"." || raw == b".." {
@@ -346,15 +394,23 @@ impl Union {
             };
             let child = self.inode_of(dir, &name, &dirs, found);
             if child.is_dir() {
-                self.copy_up_tree(&child)?;
+                subdirs.push(child);
             } else {
                 self.copy_up(&child, true)?;
             }
         }
+        Ok((Arc::clone(dir), subdirs))
+    }
+
+    /// Marks a directory whose whole tree is in the upper opaque: from now
+    /// on it no longer depends on where its lower parts live.
+    fn seal_copied_dir(&self, dir: &Arc<Inode>) -> Result<()> {
         let Some(loc) = dir.location()? else {
             // The root: its lower parts cannot move.
             return Ok(());
         };
+        let upper = self.upper()?;
+        let fd = self.upper_dir(dir)?;
         let pfd = self.upper_dir(&loc.parent)?;
         let st = sys::fstat(fd.as_fd())?;
         upper.mark_opaque(pfd.as_fd(), loc.name.as_cstr(), fd.as_fd())?;

@@ -16,6 +16,7 @@ use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
 use crate::resolve::{self, DirFds};
 use crate::sys;
+use crate::walk::{Entry, Step, walk};
 
 /// One line of a diff.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,7 +53,13 @@ pub fn diff(layers: &Layers) -> Result<Vec<Change>> {
         .filter(|(i, _)| *i != 0)
         .map(|(i, l)| (i, Arc::clone(&l.root)))
         .collect();
-    walk(layers, upper.as_fd(), &lowers, &mut Vec::new(), &mut out)?;
+    walk(
+        upper,
+        lowers,
+        false,
+        |e| visit(layers, e, &mut out),
+        |_, _| Ok(()),
+    )?;
     out.sort();
     Ok(out)
 }
@@ -62,104 +69,83 @@ pub fn open_layers(upper: &Path, lowers: &[std::path::PathBuf]) -> std::io::Resu
     Layers::open(Some(upper), lowers)
 }
 
-fn push(out: &mut Vec<Change>, dir: &[u8], name: &[u8], kind: ChangeKind) {
-    let mut path = Vec::with_capacity(dir.len() + name.len() + 1);
-    path.extend_from_slice(dir);
+/// Records `/PARENT NAME`; `parent` is a relative path ending in `/`, or
+/// empty at the root.
+fn push(out: &mut Vec<Change>, parent: &[u8], name: &[u8], kind: ChangeKind) {
+    let mut path = Vec::with_capacity(parent.len() + name.len() + 1);
     path.push(b'/');
+    path.extend_from_slice(parent);
     path.extend_from_slice(name);
     out.push(Change { path, kind });
 }
 
-/// Walks upper directory `dir` at merged path `path`; `lowers` are the lower
-/// layers' directories merged at the same place (empty under an added or
-/// opaque directory).
-fn walk(
-    layers: &Layers,
-    dir: BorrowedFd<'_>,
-    lowers: &[(LayerIdx, Arc<OwnedFd>)],
-    path: &mut Vec<u8>,
-    out: &mut Vec<Change>,
-) -> Result<()> {
-    let entries = sys::read_dir(dir)?;
-    let mut present: Vec<Vec<u8>> = Vec::new();
-    for e in entries.iter() {
-        if e.name == b"." || e.name == b".." {
-            continue;
+/// One upper entry; the context of a directory is the lower layers'
+/// directories merged at the same place (empty under an added or opaque
+/// directory).
+fn visit(layers: &Layers, e: &Entry<'_, DirFds>, out: &mut Vec<Change>) -> Result<Step<DirFds>> {
+    let raw = e.name.as_bytes();
+    let parent = &e.path[..e.path.len() - raw.len()];
+    let lowers = e.ctx;
+    if let Some(target) = oci_whiteout_target(raw) {
+        if let Some(t) = target
+            && let Ok(n) = Name::from_bytes(t)
+            && resolve::lookup(layers, lowers, &n)?.is_some()
+        {
+            push(out, parent, t, ChangeKind::Deleted);
         }
-        if let Some(target) = oci_whiteout_target(e.name) {
-            if let Some(t) = target
-                && let Ok(n) = Name::from_bytes(t)
-                && resolve::lookup(layers, lowers, &n)?.is_some()
-            {
-                push(out, path, t, ChangeKind::Deleted);
-            }
-            continue;
-        }
-        let name = Name::from_bytes(e.name)?;
-        let st = sys::fstatat(dir, name.as_cstr())?;
-        let lower = resolve::lookup(layers, lowers, &name)?;
-        if whiteout::is_whiteout(&st) {
-            if lower.is_some() {
-                push(out, path, e.name, ChangeKind::Deleted);
-            }
-            continue;
-        }
-        present.push(e.name.to_vec());
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let lower_dir = lower
-            .as_ref()
-            .is_some_and(|f| f.stat.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        let kind = if lower.is_some() {
-            ChangeKind::Changed
-        } else {
-            ChangeKind::Added
-        };
-        push(out, path, e.name, kind);
-        if !is_dir {
-            continue;
-        }
-        let sub = sys::open_child_dir(dir, name.as_cstr())?;
-        let opaque = dir_marks(dir, &name, sub.as_fd()).opaque;
-        let sub_lowers: DirFds = match lower {
-            Some(f) if lower_dir && !opaque => f
-                .layers
-                .iter()
-                .copied()
-                .zip(f.dir_fds.into_iter().map(Arc::new))
-                .collect(),
-            Some(f) if lower_dir => {
-                // Everything the lowers hold here is hidden.
-                let hidden: DirFds = f
-                    .layers
-                    .iter()
-                    .copied()
-                    .zip(f.dir_fds.into_iter().map(Arc::new))
-                    .collect();
-                let len = path.len();
-                path.push(b'/');
-                path.extend_from_slice(e.name);
-                deleted_below(layers, sub.as_fd(), &hidden, path, out)?;
-                path.truncate(len);
-                Vec::new()
-            }
-            _ => Vec::new(),
-        };
-        let len = path.len();
-        path.push(b'/');
-        path.extend_from_slice(e.name);
-        walk(layers, sub.as_fd(), &sub_lowers, path, out)?;
-        path.truncate(len);
+        return Ok(Step::Next);
     }
-    Ok(())
+    let st = sys::fstatat(e.dir, e.name.as_cstr())?;
+    let lower = resolve::lookup(layers, lowers, e.name)?;
+    if whiteout::is_whiteout(&st) {
+        if lower.is_some() {
+            push(out, parent, raw, ChangeKind::Deleted);
+        }
+        return Ok(Step::Next);
+    }
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    let lower_dir = lower
+        .as_ref()
+        .is_some_and(|f| f.stat.st_mode & libc::S_IFMT == libc::S_IFDIR);
+    let kind = if lower.is_some() {
+        ChangeKind::Changed
+    } else {
+        ChangeKind::Added
+    };
+    push(out, parent, raw, kind);
+    if !is_dir {
+        return Ok(Step::Next);
+    }
+    let sub = sys::open_child_dir(e.dir, e.name.as_cstr())?;
+    let opaque = dir_marks(e.dir, e.name, sub.as_fd()).opaque;
+    let below = |f: resolve::Found| -> DirFds {
+        f.layers
+            .iter()
+            .copied()
+            .zip(f.dir_fds.into_iter().map(Arc::new))
+            .collect()
+    };
+    let sub_lowers = match lower {
+        Some(f) if lower_dir && !opaque => below(f),
+        Some(f) if lower_dir => {
+            // Everything the lowers hold here is hidden.
+            let mut dir_path = e.path.to_vec();
+            dir_path.push(b'/');
+            deleted_below(layers, sub.as_fd(), &below(f), &dir_path, out)?;
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Step::Descend(sub_lowers))
 }
 
 /// `D` for each entry of the merged lower directory `hidden` that opaque
-/// upper directory `dir` does not hold itself.
+/// upper directory `dir` (at `parent`, ending in `/`) does not hold itself.
 fn deleted_below(
     layers: &Layers,
     dir: BorrowedFd<'_>,
     hidden: &[(LayerIdx, Arc<OwnedFd>)],
-    path: &[u8],
+    parent: &[u8],
     out: &mut Vec<Change>,
 ) -> Result<()> {
     let listing: DirSnapshot = resolve::list(layers, hidden, 0, 0, None)?;
@@ -171,7 +157,7 @@ fn deleted_below(
         let name = Name::from_bytes(n)?;
         match sys::fstatat(dir, name.as_cstr()) {
             Ok(st) if !whiteout::is_whiteout(&st) => {}
-            _ => push(out, path, n, ChangeKind::Deleted),
+            _ => push(out, parent, n, ChangeKind::Deleted),
         }
     }
     Ok(())

@@ -67,12 +67,32 @@ pub fn export(upper: &Path, out: impl Write, compression: Compression) -> Result
 fn write_layer(root: BorrowedFd<'_>, out: impl Write) -> Result<(), String> {
     let mut b = tar::Builder::new(out);
     let mut links = HashMap::new();
-    export_dir(&mut b, root, b"", &mut links)?;
+    let root = std::sync::Arc::new(sys::open_child_dir(root, c".").map_err(|e| err("upper", e))?);
+    // The walk stops at the first failure; its message, with the path, is
+    // kept here.
+    let mut failed = None;
+    let walked = crate::walk::walk(
+        root,
+        (),
+        true,
+        |e| {
+            export_entry(&mut b, e, &mut links).map_err(|m| {
+                failed = Some(m);
+                crate::error::Error::new(libc::ECANCELED)
+            })
+        },
+        |_, _| Ok(()),
+    );
+    if let Some(m) = failed {
+        return Err(m);
+    }
+    walked.map_err(|e| err("reading the upper", e))?;
     b.finish().map_err(|e| err("writing the layer", e))
 }
 
-fn is_opaque(dir: BorrowedFd<'_>, names: &[Vec<u8>]) -> bool {
-    if names.iter().any(|n| n.as_slice() == OCI_OPAQUE.to_bytes()) {
+/// Whether upper directory `dir` is opaque, in either format.
+fn is_opaque(dir: BorrowedFd<'_>) -> bool {
+    if sys::fstatat(dir, OCI_OPAQUE).is_ok() {
         return true;
     }
     OPAQUE_XATTRS.iter().any(|a| {
@@ -137,112 +157,108 @@ fn append_pax<W: Write>(b: &mut tar::Builder<W>, recs: &[(String, Vec<u8>)]) -> 
         .map_err(|e| err("writing the layer", e))
 }
 
-fn export_dir<W: Write>(
+/// Writes one entry of the upper (and, after an opaque directory, its
+/// marker) to the layer.
+fn export_entry<W: Write>(
     b: &mut tar::Builder<W>,
-    dir: BorrowedFd<'_>,
-    rel: &[u8],
+    e: &crate::walk::Entry<'_, ()>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
-) -> Result<(), String> {
-    let entries = sys::read_dir(dir).map_err(|e| err(String::from_utf8_lossy(rel), e))?;
-    let mut names: Vec<Vec<u8>> = entries
-        .iter()
-        .filter(|e| e.name != b"." && e.name != b"..")
-        .map(|e| e.name.to_vec())
-        .collect();
-    names.sort();
-    let w = |e: std::io::Error| err("writing the layer", e);
-    if !rel.is_empty() && is_opaque(dir, &names) {
-        // Before any sibling: it hides the lowers' entries, not this
-        // layer's.
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(0);
-        b.append_data(
-            &mut h,
-            as_path(&join(rel, OCI_OPAQUE.to_bytes())),
-            std::io::empty(),
-        )
-        .map_err(w)?;
+) -> Result<crate::walk::Step<()>, String> {
+    use crate::walk::Step;
+    let (dir, name, path) = (e.dir, e.name, e.path);
+    let n = name.as_bytes();
+    if n == OCI_OPAQUE.to_bytes() {
+        // Written right after its directory.
+        return Ok(Step::Next);
     }
-    for n in names {
-        if n.as_slice() == OCI_OPAQUE.to_bytes() {
-            continue;
-        }
-        let name = Name::from_bytes(&n).map_err(|e| err(String::from_utf8_lossy(&n), e))?;
-        let path = join(rel, &n);
-        let shown = String::from_utf8_lossy(&path).into_owned();
-        let st = sys::fstatat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
-        let kind = st.st_mode & libc::S_IFMT;
-        if whiteout::is_whiteout(&st) {
-            let mut wh = WH_PREFIX.to_vec();
-            wh.extend_from_slice(&n);
-            let mut h = header(&st, tar::EntryType::Regular);
-            h.set_mode(0o644);
-            b.append_data(&mut h, as_path(&join(rel, &wh)), std::io::empty())
+    let rel = &path[..path.len() - n.len()];
+    let w = |e: std::io::Error| err("writing the layer", e);
+    let shown = String::from_utf8_lossy(path).into_owned();
+    let st = sys::fstatat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if whiteout::is_whiteout(&st) {
+        let mut wh = rel.to_vec();
+        wh.extend_from_slice(WH_PREFIX);
+        wh.extend_from_slice(n);
+        let mut h = header(&st, tar::EntryType::Regular);
+        h.set_mode(0o644);
+        b.append_data(&mut h, as_path(&wh), std::io::empty())
+            .map_err(w)?;
+        return Ok(Step::Next);
+    }
+    let t = XTarget::At(dir, name.as_cstr());
+    if kind != libc::S_IFLNK {
+        append_pax(b, &pax_xattrs(t))?;
+    }
+    match kind {
+        libc::S_IFDIR => {
+            let mut h = header(&st, tar::EntryType::Directory);
+            let mut p = path.to_vec();
+            p.push(b'/');
+            b.append_data(&mut h, as_path(&p), std::io::empty())
                 .map_err(w)?;
-            continue;
-        }
-        let t = XTarget::At(dir, name.as_cstr());
-        if kind != libc::S_IFLNK {
-            append_pax(b, &pax_xattrs(t))?;
-        }
-        match kind {
-            libc::S_IFDIR => {
-                let mut h = header(&st, tar::EntryType::Directory);
-                let mut p = path.clone();
-                p.push(b'/');
-                b.append_data(&mut h, as_path(&p), std::io::empty())
-                    .map_err(w)?;
-                let sub = sys::open_child_dir(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
-                export_dir(b, sub.as_fd(), &path, links)?;
-            }
-            libc::S_IFREG => {
-                if st.st_nlink > 1 {
-                    if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
-                        let mut h = header(&st, tar::EntryType::Link);
-                        b.append_link(&mut h, as_path(&path), as_path(first))
-                            .map_err(w)?;
-                        continue;
-                    }
-                    links.insert((st.st_dev, st.st_ino), path.clone());
-                }
-                let fd = sys::open_child_flags(dir, name.as_cstr(), libc::O_RDONLY)
-                    .map_err(|e| err(&shown, e))?;
-                let mut h = header(&st, tar::EntryType::Regular);
-                h.set_size(st.st_size as u64);
+            let sub = sys::open_child_dir(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
+            if is_opaque(sub.as_fd()) {
+                // Before any of its entries: it hides the lowers' entries,
+                // not this layer's.
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(0);
                 b.append_data(
                     &mut h,
-                    as_path(&path),
-                    File::from(fd).take(st.st_size as u64),
+                    as_path(&join(path, OCI_OPAQUE.to_bytes())),
+                    std::io::empty(),
                 )
                 .map_err(w)?;
             }
-            libc::S_IFLNK => {
-                let target = sys::readlinkat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
-                let mut h = header(&st, tar::EntryType::Symlink);
-                b.append_link(&mut h, as_path(&path), as_path(&target))
-                    .map_err(w)?;
-            }
-            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
-                let ty = match kind {
-                    libc::S_IFCHR => tar::EntryType::Char,
-                    libc::S_IFBLK => tar::EntryType::Block,
-                    _ => tar::EntryType::Fifo,
-                };
-                let mut h = header(&st, ty);
-                if kind != libc::S_IFIFO {
-                    let _ = h.set_device_major(libc::major(st.st_rdev));
-                    let _ = h.set_device_minor(libc::minor(st.st_rdev));
-                }
-                b.append_data(&mut h, as_path(&path), std::io::empty())
-                    .map_err(w)?;
-            }
-            // A socket cannot live in a tar; the layer formats drop them.
-            _ => {}
+            return Ok(Step::Descend(()));
         }
+        libc::S_IFREG => {
+            if st.st_nlink > 1 {
+                if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
+                    let mut h = header(&st, tar::EntryType::Link);
+                    b.append_link(&mut h, as_path(path), as_path(first))
+                        .map_err(w)?;
+                    return Ok(Step::Next);
+                }
+                links.insert((st.st_dev, st.st_ino), path.to_vec());
+            }
+            let fd = sys::open_child_flags(dir, name.as_cstr(), libc::O_RDONLY)
+                .map_err(|e| err(&shown, e))?;
+            let mut h = header(&st, tar::EntryType::Regular);
+            h.set_size(st.st_size as u64);
+            b.append_data(
+                &mut h,
+                as_path(path),
+                File::from(fd).take(st.st_size as u64),
+            )
+            .map_err(w)?;
+        }
+        libc::S_IFLNK => {
+            let target = sys::readlinkat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
+            let mut h = header(&st, tar::EntryType::Symlink);
+            b.append_link(&mut h, as_path(path), as_path(&target))
+                .map_err(w)?;
+        }
+        libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO => {
+            let ty = match kind {
+                libc::S_IFCHR => tar::EntryType::Char,
+                libc::S_IFBLK => tar::EntryType::Block,
+                _ => tar::EntryType::Fifo,
+            };
+            let mut h = header(&st, ty);
+            if kind != libc::S_IFIFO {
+                let _ = h.set_device_major(libc::major(st.st_rdev));
+                let _ = h.set_device_minor(libc::minor(st.st_rdev));
+            }
+            b.append_data(&mut h, as_path(path), std::io::empty())
+                .map_err(w)?;
+        }
+        // A socket cannot live in a tar; the layer formats drop them.
+        _ => {}
     }
-    Ok(())
+    Ok(Step::Next)
 }
 
 /// The path components of a tar entry, refusing anything that leaves the

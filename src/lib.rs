@@ -40,6 +40,7 @@ pub mod run;
 pub mod runtime;
 pub mod sys;
 pub mod union;
+mod walk;
 pub mod write;
 
 pub use api::{Mount, MountBuilder, MountGuard};

@@ -9,7 +9,7 @@
 //! next: a file or directory open during the reset fails cleanly with EIO
 //! from then on instead of mixing old and new data.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::copyup::Staged;
@@ -20,6 +20,7 @@ use crate::name::Name;
 use crate::resolve::{self};
 use crate::sys;
 use crate::union::Union;
+use crate::walk::Step;
 
 /// What the kernel must forget after a reset.
 #[derive(Debug)]
@@ -150,36 +151,40 @@ impl Union {
         fd: BorrowedFd<'_>,
         out: &mut Vec<Inval>,
     ) -> Result<()> {
-        let entries = sys::read_dir(fd)?;
-        let dirs = self.dir_fds(dir)?;
-        for e in entries.iter() {
-            if e.name == b"." || e.name == b".." {
-                continue;
-            }
-            let shown = match crate::layer::whiteout::oci_whiteout_target(e.name) {
-                Some(Some(t)) => t,
-                Some(None) => continue,
-                None => e.name,
-            };
-            let Ok(name) = Name::from_bytes(shown) else {
-                continue;
-            };
-            out.push(Inval::Entry(dir.nodeid, Box::new(name.clone())));
-            if e.d_type != libc::DT_DIR {
-                continue;
-            }
-            // Descend where the kernel may know the directory.
-            if let Ok(Some(found)) = resolve::lookup(&self.layers, &dirs, &name) {
-                let ino = self.reported_ino(&dirs, &found, &name);
-                if let Ok(child) = self.inodes.get(ino)
-                    && child.is_dir()
-                    && let Ok(sub) = sys::open_child_dir(fd, name.as_cstr())
-                {
-                    self.names_in_upper(&child, sub.as_fd(), out)?;
+        let root = Arc::new(sys::open_child_dir(fd, c".")?);
+        let ctx = (Arc::clone(dir), self.dir_fds(dir)?);
+        crate::walk::walk(
+            root,
+            ctx,
+            false,
+            |e| {
+                let (dir, dirs) = e.ctx;
+                let shown = match crate::layer::whiteout::oci_whiteout_target(e.name.as_bytes()) {
+                    Some(Some(t)) => t,
+                    Some(None) => return Ok(Step::Next),
+                    None => e.name.as_bytes(),
+                };
+                let Ok(name) = Name::from_bytes(shown) else {
+                    return Ok(Step::Next);
+                };
+                out.push(Inval::Entry(dir.nodeid, Box::new(name.clone())));
+                if e.d_type != libc::DT_DIR {
+                    return Ok(Step::Next);
                 }
-            }
-        }
-        Ok(())
+                // Descend where the kernel may know the directory.
+                if let Ok(Some(found)) = resolve::lookup(&self.layers, dirs, &name) {
+                    let ino = self.reported_ino(dirs, &found, &name);
+                    if let Ok(child) = self.inodes.get(ino)
+                        && child.is_dir()
+                        && let Ok(sub_dirs) = self.dir_fds(&child)
+                    {
+                        return Ok(Step::Descend((child, sub_dirs)));
+                    }
+                }
+                Ok(Step::Next)
+            },
+            |_, _| Ok(()),
+        )
     }
 
     /// Looks every known inode up again, parents first, after the upper
@@ -219,52 +224,62 @@ impl Union {
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
 /// data reflinked where possible.
 fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
-    let mut links = std::collections::HashMap::new();
-    copy_dir(src, dst, &mut links)
-}
-
-fn copy_dir(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    links: &mut std::collections::HashMap<(u64, u64), (Arc<std::os::fd::OwnedFd>, Name)>,
-) -> Result<()> {
-    let dst_arc = Arc::new(sys::open_child_dir(dst, c".")?);
-    let entries = sys::read_dir(src)?;
-    for e in entries.iter() {
-        if e.name == b"." || e.name == b".." {
-            continue;
-        }
-        let name = Name::from_bytes(e.name)?;
-        let c = name.as_cstr();
-        let st = sys::fstatat(src, c)?;
-        let kind = st.st_mode & libc::S_IFMT;
-        if kind != libc::S_IFDIR && st.st_nlink > 1 {
-            if let Some((d, n)) = links.get(&(st.st_dev, st.st_ino)) {
-                sys::linkat(d.as_fd(), n.as_cstr(), dst, c)?;
-                continue;
+    let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
+        std::collections::HashMap::new();
+    let src = Arc::new(sys::open_child_dir(src, c".")?);
+    let dst = Arc::new(sys::open_child_dir(dst, c".")?);
+    // A directory's context: where its copy is, and, for its attributes
+    // once everything inside is copied, its copy's parent and its stat.
+    type Ctx = (Arc<OwnedFd>, Option<(Arc<OwnedFd>, libc::stat)>);
+    crate::walk::walk(
+        src,
+        (dst, None) as Ctx,
+        false,
+        |e| {
+            let dst = &e.ctx.0;
+            let c = e.name.as_cstr();
+            let st = sys::fstatat(e.dir, c)?;
+            let kind = st.st_mode & libc::S_IFMT;
+            if kind != libc::S_IFDIR && st.st_nlink > 1 {
+                if let Some((d, n)) = links.get(&(st.st_dev, st.st_ino)) {
+                    sys::linkat(d.as_fd(), n.as_cstr(), dst.as_fd(), c)?;
+                    return Ok(Step::Next);
+                }
+                links.insert((st.st_dev, st.st_ino), (Arc::clone(dst), e.name.clone()));
             }
-            links.insert((st.st_dev, st.st_ino), (Arc::clone(&dst_arc), name.clone()));
-        }
-        match kind {
-            libc::S_IFDIR => {
-                sys::mkdirat(dst, c, 0o700)?;
-                let s = sys::open_child_dir(src, c)?;
-                let d = sys::open_child_dir(dst, c)?;
-                copy_dir(s.as_fd(), d.as_fd(), links)?;
+            match kind {
+                libc::S_IFDIR => {
+                    sys::mkdirat(dst.as_fd(), c, 0o700)?;
+                    let d = Arc::new(sys::open_child_dir(dst.as_fd(), c)?);
+                    // Attributes when leaving it: mode and times would
+                    // change as its entries are made.
+                    return Ok(Step::Descend((d, Some((Arc::clone(dst), st)))));
+                }
+                libc::S_IFREG => {
+                    let input = crate::copyup::open_for_copy(e.dir, c)?;
+                    let out = sys::create_file(dst.as_fd(), c, libc::O_WRONLY, 0o600)?;
+                    crate::copyup::copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                }
+                libc::S_IFLNK => {
+                    let t = sys::readlinkat(e.dir, c)?;
+                    let t = std::ffi::CString::new(t).map_err(|_| Error::INVAL)?;
+                    sys::symlinkat(&t, dst.as_fd(), c)?;
+                }
+                _ => sys::mknodat(dst.as_fd(), c, st.st_mode, st.st_rdev)?,
             }
-            libc::S_IFREG => {
-                let input = crate::copyup::open_for_copy(src, c)?;
-                let out = sys::create_file(dst, c, libc::O_WRONLY, 0o600)?;
-                crate::copyup::copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+            crate::copyup::copy_attributes(e.dir, c, &st, dst.as_fd())?;
+            Ok(Step::Next)
+        },
+        |done, (_, attrs)| {
+            if let (Some((src_parent, name)), Some((dst_parent, st))) = (done.parent, attrs) {
+                crate::copyup::copy_attributes(
+                    src_parent,
+                    name.as_cstr(),
+                    &st,
+                    dst_parent.as_fd(),
+                )?;
             }
-            libc::S_IFLNK => {
-                let t = sys::readlinkat(src, c)?;
-                let t = std::ffi::CString::new(t).map_err(|_| Error::INVAL)?;
-                sys::symlinkat(&t, dst, c)?;
-            }
-            _ => sys::mknodat(dst, c, st.st_mode, st.st_rdev)?,
-        }
-        crate::copyup::copy_attributes(src, c, &st, dst)?;
-    }
-    Ok(())
+            Ok(())
+        },
+    )
 }

@@ -189,18 +189,27 @@ impl Union {
     }
 
     /// The descriptor of directory `inode` in `layer`, from the cache or
-    /// opened relative to its parent's (recursively, when evicted).
+    /// opened relative to the nearest ancestor's that is cached. A loop, not
+    /// recursion: images nest directories thousands deep, and a request
+    /// thread's stack is small.
     pub(crate) fn dir_fd(&self, inode: &Arc<Inode>, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
-        let loc = inode.location()?;
-        let Some(loc) = loc else {
-            return Ok(Arc::clone(&self.layers.get(layer).root));
+        let mut below = Vec::new();
+        let mut cur = Arc::clone(inode);
+        let mut fd = loop {
+            let Some(loc) = cur.location()? else {
+                break Arc::clone(&self.layers.get(layer).root);
+            };
+            if let Some(fd) = cur.cached_fd(layer) {
+                break fd;
+            }
+            below.push((cur, loc.name));
+            cur = loc.parent;
         };
-        if let Some(fd) = inode.cached_fd(layer) {
-            return Ok(fd);
+        while let Some((dir, name)) = below.pop() {
+            let child = sys::open_child_dir(fd.as_fd(), name.as_cstr())?;
+            fd = self.fds.insert(&dir, layer, child);
         }
-        let pfd = self.dir_fd(&loc.parent, layer)?;
-        let fd = sys::open_child_dir(pfd.as_fd(), loc.name.as_cstr())?;
-        Ok(self.fds.insert(inode, layer, fd))
+        Ok(fd)
     }
 
     /// Every layer directory of a merged directory, top-most first.

@@ -13,6 +13,7 @@ use super::whiteout::{self, OCI_OPAQUE};
 use crate::error::{Error, Result};
 use crate::name::Name;
 use crate::sys::{self, XTarget};
+use crate::walk::Step;
 
 /// How deletions and opaque directories are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,20 +426,30 @@ fn probe_format(staging: BorrowedFd<'_>) -> WhiteoutFormat {
 
 /// Removes everything inside `dir`, never following a symlink.
 pub fn clear_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
-    let entries = sys::read_dir(dir)?;
-    for e in entries.iter() {
-        if e.name == b"." || e.name == b".." {
-            continue;
-        }
-        let Ok(n) = Name::from_bytes(e.name) else {
-            continue;
-        };
-        remove_tree(dir, n.as_cstr())?;
-    }
-    Ok(())
+    let root = Arc::new(sys::open_child_dir(dir, c".")?);
+    let res = crate::walk::walk(
+        root,
+        (),
+        false,
+        |e| match sys::unlinkat(e.dir, e.name.as_cstr(), false) {
+            Ok(()) => Ok(Step::Next),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EISDIR | libc::EPERM)) => {
+                Ok(Step::Descend(()))
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(Step::Next),
+            Err(err) => Err(err.into()),
+        },
+        |d, ()| {
+            if let Some((parent, name)) = d.parent {
+                sys::unlinkat(parent, name.as_cstr(), true)?;
+            }
+            Ok(())
+        },
+    );
+    res.map_err(|e| std::io::Error::from_raw_os_error(e.errno))
 }
 
-/// Removes `name` in `dir`, recursively for a directory.
+/// Removes `name` in `dir`, with everything below it for a directory.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
     match sys::unlinkat(dir, name, false) {
         Ok(()) => return Ok(()),
