@@ -7,13 +7,15 @@
 //! returned.
 
 use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use clap::Args;
 
 use crate::api::Mount;
+use crate::name::Name;
 use crate::sys::{self, RootSetup};
 
 #[derive(Debug, Args)]
@@ -65,6 +67,79 @@ fn temp_base() -> Result<PathBuf, String> {
 }
 
 /// Runs the command; returns its exit status (128 + signal when killed).
+/// Makes `inside` (an absolute path in the container) exist in the root,
+/// as a directory or an empty file, and returns it relative to the root.
+/// Every component is resolved inside the root as the container would
+/// resolve it (`RESOLVE_IN_ROOT`): a symlink in the image is followed, but
+/// never out to the host. What it creates is pushed to `made`, as
+/// `(directory, name, is_dir)`, for removal afterwards.
+fn make_target(
+    root: BorrowedFd<'_>,
+    inside: &Path,
+    dir: bool,
+    made: &mut Vec<(OwnedFd, Name, bool)>,
+) -> Result<CString, String> {
+    let shown = inside.display();
+    let mut names = Vec::new();
+    for c in inside.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => {
+                names.push(Name::from_bytes(n.as_bytes()).map_err(|e| format!("{shown}: {e}"))?)
+            }
+            _ => return Err(format!("{shown}: '..' is not allowed in a container path")),
+        }
+    }
+    if names.is_empty() {
+        return Err(format!("{shown}: cannot bind over the container's root"));
+    }
+    let mut rel = Vec::new();
+    let mut cur = root
+        .try_clone_to_owned()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(name.as_bytes());
+        let crel = CString::new(rel.clone()).map_err(|_| format!("{shown}: NUL byte"))?;
+        let flags = if last {
+            libc::O_PATH
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY
+        };
+        match sys::open_in_root(root, &crel, flags) {
+            Ok(fd) => {
+                cur = fd;
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(format!("{shown}: {e}")),
+        }
+        let is_dir = dir || !last;
+        let res = if is_dir {
+            sys::mkdirat(cur.as_fd(), name.as_cstr(), 0o755)
+        } else {
+            sys::create_file(cur.as_fd(), name.as_cstr(), libc::O_WRONLY, 0o644).map(drop)
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(format!(
+                    "{shown}: {} exists in the image but leads nowhere inside the root (a dangling symlink)",
+                    String::from_utf8_lossy(&rel)
+                ));
+            }
+            Err(e) => return Err(format!("cannot make {shown} in the root: {e}")),
+        }
+        let parent = cur;
+        cur = sys::open_in_root(root, &crel, flags).map_err(|e| format!("{shown}: {e}"))?;
+        made.push((parent, name.clone(), is_dir));
+    }
+    CString::new(rel).map_err(|_| format!("{shown}: NUL byte"))
+}
+
 pub fn run(args: &RunArgs) -> Result<i32, String> {
     let mut volumes = Vec::new();
     for v in &args.volume {
@@ -107,31 +182,16 @@ fn run_in(args: &RunArgs, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result
         }
     }
     let mut mount = builder.mount(&root)?;
+    let root_fd = sys::open_dir_path(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     let mut binds = Vec::new();
-    let mut made: Vec<PathBuf> = Vec::new();
-    let mut bind = |src: &Path, inside: &Path| -> Result<(), String> {
-        let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
-        if !target.exists() {
-            made.push(target.clone());
-            // Made through the mount: the container's layer, not the image.
-            if src.is_dir() {
-                std::fs::create_dir_all(&target)
-            } else {
-                if let Some(p) = target.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                }
-                std::fs::write(&target, b"")
-            }
-            .map_err(|e| format!("cannot make {} in the root: {e}", inside.display()))?;
-        }
-        binds.push((cstr(src)?, cstr(&target)?));
-        Ok(())
-    };
+    let mut made = Vec::new();
     for d in ["/proc", "/dev", "/sys"] {
-        bind(Path::new(d), Path::new(d))?;
+        let rel = make_target(root_fd.as_fd(), Path::new(d), true, &mut made)?;
+        binds.push((cstr(Path::new(d))?, rel));
     }
     for (host, path) in volumes {
-        bind(host, path)?;
+        let rel = make_target(root_fd.as_fd(), path, host.is_dir(), &mut made)?;
+        binds.push((cstr(host)?, rel));
     }
     let (uid, gid) = sys::ids();
     let userns = (uid != 0).then(|| {
@@ -166,8 +226,10 @@ fn run_in(args: &RunArgs, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
     };
     // Mountpoints made for the binds are not the command's changes.
-    for m in made.iter().rev() {
-        let _ = std::fs::remove_dir(m).or_else(|_| std::fs::remove_file(m));
+    for (dir, name, is_dir) in made.iter().rev() {
+        if let Err(e) = sys::unlinkat(dir.as_fd(), name.as_cstr(), *is_dir) {
+            log::debug!("cannot remove a bind target: {e}");
+        }
     }
     if args.diff {
         let changes = mount.diff()?;

@@ -2,6 +2,8 @@
 #![allow(unsafe_code)]
 
 mod common;
+#[path = "support/tree.rs"]
+mod tree;
 
 use std::fs;
 use std::process::Command;
@@ -112,5 +114,118 @@ fn run_with_an_upper_keeps_the_changes() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim().lines().count(),
         1
+    );
+}
+
+/// An image whose /proc, /dev and volume parents are symlinks pointing out
+/// of the root (absolute, and relative with `..`): `run` resolves every
+/// target inside the root as the container would, so nothing is created,
+/// changed or mounted on the host; a target that leads nowhere inside the
+/// root is refused with one line, and one that leads somewhere inside it
+/// is used.
+#[test]
+fn symlinks_in_the_image_never_lead_run_out_of_the_root() {
+    let s = Scratch::new();
+    let Some(root) = busybox_rootfs(&s) else {
+        panic!("busybox is missing (package busybox-static)");
+    };
+    let tmp = s.mkdir("tmp");
+    let vol = s.mkdir("vol");
+    write(&vol, "file", "volume\n");
+    let canary = s.mkdir("canary");
+    write(&canary, "keep", "canary\n");
+    let before = tree::manifest(&canary, &tree::Opts::layer());
+    let mounts_before = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let r = root.to_str().expect("utf-8");
+    let v = |inside: &str| format!("{}:{inside}", vol.display());
+    let depth_up = "../".repeat(40);
+    let rel_canary = format!("{depth_up}{}", canary.display());
+
+    let cases: [(&str, &str, &str); 4] = [
+        ("abs", canary.to_str().expect("utf-8"), "/abs/x"),
+        ("rel", &rel_canary, "/rel/x"),
+        ("proc", canary.to_str().expect("utf-8"), "/unused"),
+        ("dev", &rel_canary, "/unused"),
+    ];
+    for (link, target, inside) in cases {
+        let image = s.mkdir(&format!("image-{link}"));
+        common::link(&image, link, target);
+        if link == "proc" || link == "dev" {
+            // The image's /proc or /dev itself points out.
+            let out = unionfuse_run(
+                &[
+                    "--lower",
+                    image.to_str().expect("utf-8"),
+                    "--lower",
+                    r,
+                    "--",
+                    "true",
+                ],
+                &tmp,
+            );
+            assert!(!out.status.success(), "{link}: run went on");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim().lines().count(), 1, "{link}: {err}");
+            assert!(err.contains("dangling symlink"), "{link}: {err}");
+        } else {
+            let out = unionfuse_run(
+                &[
+                    "--lower",
+                    image.to_str().expect("utf-8"),
+                    "--lower",
+                    r,
+                    "--volume",
+                    &v(inside),
+                    "--",
+                    "true",
+                ],
+                &tmp,
+            );
+            assert!(!out.status.success(), "{link}: run went on");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("dangling symlink"), "{link}: {err}");
+        }
+        assert_eq!(
+            tree::manifest(&canary, &tree::Opts::layer()),
+            before,
+            "{link}: the canary changed"
+        );
+    }
+
+    // A symlink that stays inside the root is followed, as in the container.
+    let image = s.mkdir("image-inside");
+    common::mkdir(&image, "real");
+    common::link(&image, "vol", "/real");
+    let out = unionfuse_run(
+        &[
+            "--lower",
+            image.to_str().expect("utf-8"),
+            "--lower",
+            r,
+            "--volume",
+            &v("/vol/x"),
+            "--",
+            "cat",
+            "/real/x/file",
+        ],
+        &tmp,
+    );
+    assert!(
+        out.status.success(),
+        "run with a volume under an inside symlink: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "volume\n");
+    assert_eq!(
+        tree::manifest(&canary, &tree::Opts::layer()),
+        before,
+        "the canary changed"
+    );
+    let mounts_after = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let count = |t: &str| t.lines().filter(|l| !l.contains("unionfuse-test-")).count();
+    assert_eq!(
+        count(&mounts_before),
+        count(&mounts_after),
+        "a mount appeared outside the root"
     );
 }

@@ -125,6 +125,31 @@ pub fn open_child_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResu
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Opens `rel` (a relative path) inside the tree rooted at `root`, as
+/// if `root` were `/`: symlinks are followed, but absolute ones and `..`
+/// never leave `root` (`RESOLVE_IN_ROOT`), and `/proc` magic links are
+/// refused.
+pub fn open_in_root(root: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: rel is NUL-terminated, how is a valid open_how of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            rel.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = cvt_long(rc)? as RawFd;
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `fstat` on any descriptor, `O_PATH` ones included.
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -556,9 +581,9 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> SysResult<OwnedFd> {
 #[derive(Debug)]
 pub struct RootSetup {
     pub root: std::ffi::CString,
-    /// `(source, target)`: `target` an absolute path under `root`,
-    /// bind-mounted recursively from `source` (host /proc, /dev, /sys and
-    /// volumes).
+    /// `(source, target)`: `target` a path relative to `root`, resolved
+    /// inside it (see [`open_in_root`]) and bind-mounted recursively from
+    /// `source` (host /proc, /dev, /sys and volumes).
     pub binds: Vec<(std::ffi::CString, std::ffi::CString)>,
     /// For an unprivileged caller: `uid_map`/`gid_map` lines mapping root
     /// in a new user namespace to the caller.
@@ -604,18 +629,35 @@ pub fn enter_root(s: &RootSetup) -> SysResult<()> {
             std::ptr::null(),
         )
     })?;
-    for (src, dst) in &s.binds {
-        // SAFETY: as above.
+    // Targets are opened in this namespace (a mount made onto a descriptor
+    // of another namespace's mount is refused) and mounted onto through
+    // their descriptor, never through a path a symlink in the image could
+    // redirect to the host.
+    // SAFETY: root is NUL-terminated; the fd is owned below.
+    let root = cvt(unsafe {
+        libc::open(
+            s.root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: root was just opened and is owned by nobody else.
+    let root = unsafe { OwnedFd::from_raw_fd(root) };
+    for (src, rel) in &s.binds {
+        let target = open_in_root(root.as_fd(), rel, libc::O_PATH)?;
+        let mut path = [0u8; 32];
+        let via = fd_path(&mut path, target.as_raw_fd());
+        // SAFETY: as above; `via` is NUL-terminated.
         cvt(unsafe {
             libc::mount(
                 src.as_ptr(),
-                dst.as_ptr(),
+                via.as_ptr(),
                 std::ptr::null(),
                 libc::MS_BIND | libc::MS_REC,
                 std::ptr::null(),
             )
         })?;
     }
+    drop(root);
     // SAFETY: root is NUL-terminated.
     cvt(unsafe { libc::chroot(s.root.as_ptr()) })?;
     // SAFETY: "/" is NUL-terminated.
@@ -657,6 +699,29 @@ pub fn enter_root(s: &RootSetup) -> SysResult<()> {
         )
     };
     Ok(())
+}
+
+/// `/proc/self/fd/N` in `buf`, without allocating (this runs between fork
+/// and exec).
+fn fd_path(buf: &mut [u8; 32], fd: RawFd) -> &CStr {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 12];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+    CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd")
 }
 
 /// Starts `cmd` inside the root `setup` describes (see [`enter_root`]).
