@@ -2,9 +2,8 @@
 //! (daemonized or in the foreground) or unmount. Errors are one line.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -494,74 +493,6 @@ fn escape_colons(p: &OsStr) -> OsString {
     OsString::from_vec(out)
 }
 
-impl MountArgs {
-    /// The `unionfuse mount` argv that means the same, for the daemonized
-    /// child: whichever syntax the user spoke, the child gets this one.
-    fn to_argv(&self) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["mount".into()];
-        for l in &self.lower {
-            a.push("--lower".into());
-            a.push(l.clone());
-        }
-        let mut path = |flag: &str, v: &Option<PathBuf>| {
-            if let Some(v) = v {
-                a.push(flag.into());
-                a.push(v.clone().into_os_string());
-            }
-        };
-        path("--upper", &self.upper);
-        path("--work", &self.work);
-        a.push("--whiteout".into());
-        a.push(
-            match self.whiteout {
-                WhiteoutArg::Auto => "auto",
-                WhiteoutArg::Overlay => "overlay",
-                WhiteoutArg::Oci => "oci",
-            }
-            .into(),
-        );
-        if let Some(t) = self.threads {
-            a.push("--threads".into());
-            a.push(t.to_string().into());
-        }
-        a.push("--cache-timeout".into());
-        a.push(self.cache_timeout.to_string().into());
-        for (on, flag) in [
-            (self.debug, "--debug"),
-            (self.volatile, "--volatile"),
-            (self.read_only, "--read-only"),
-            (self.nodev, "--nodev"),
-            (self.nosuid, "--nosuid"),
-            (self.allow_other, "--allow-other"),
-        ] {
-            if on {
-                a.push(flag.into());
-            }
-        }
-        for (flag, v) in [("--uidmap", &self.uidmap), ("--gidmap", &self.gidmap)] {
-            if let Some(v) = v {
-                a.push(flag.into());
-                a.push(v.into());
-            }
-        }
-        for (flag, v) in [
-            ("--squash-uid", self.squash_uid),
-            ("--squash-gid", self.squash_gid),
-        ] {
-            if let Some(v) = v {
-                a.push(flag.into());
-                a.push(v.to_string().into());
-            }
-        }
-        if let Some(x) = self.xattr_permissions {
-            a.push("--xattr-permissions".into());
-            a.push(x.to_string().into());
-        }
-        a.push(self.mountpoint.clone().into_os_string());
-        a
-    }
-}
-
 /// Splits one `--lower` value on unescaped colons; a backslash escapes the
 /// next byte (`\:` is a colon, `\\` a backslash).
 pub fn split_lowers(v: &OsStr) -> Vec<PathBuf> {
@@ -807,20 +738,23 @@ pub fn mount_cmd(args: MountArgs) -> Result<(), String> {
             Some(fd) => Some(sys::adopt_fd(fd).map_err(|e| format!("--ready-fd {fd}: {e}"))?),
             None => None,
         };
-        let created = prepare_work(&cfg)?;
-        let detach = std::env::var_os(DAEMON_ENV).is_some()
-            && !cfg.debug
-            && std::env::var_os("RUST_LOG").is_none();
-        let res = mount::serve(&cfg, ready, detach);
-        if res.is_err()
-            && let Some(w) = created
-        {
-            // Nothing may be left behind by a mount that failed.
-            let _ = std::fs::remove_dir(w);
-        }
-        return res;
+        return serve_foreground(&cfg, ready, false);
     }
-    daemonize(&args)
+    daemonize(&cfg)
+}
+
+/// Serves `cfg` in this process; `detach` points stderr at /dev/null once
+/// the mount answers (a daemon outliving its terminal).
+fn serve_foreground(cfg: &MountConfig, ready: Option<OwnedFd>, detach: bool) -> Result<(), String> {
+    let created = prepare_work(cfg)?;
+    let res = mount::serve(cfg, ready, detach);
+    if res.is_err()
+        && let Some(w) = created
+    {
+        // Nothing may be left behind by a mount that failed.
+        let _ = std::fs::remove_dir(w);
+    }
+    res
 }
 
 /// Creates the default work directory when it is missing; returns it when
@@ -840,49 +774,41 @@ pub(crate) fn prepare_work(cfg: &MountConfig) -> Result<Option<PathBuf>, String>
     Ok(Some(w.clone()))
 }
 
-/// Runs the same command in the foreground as a detached child and waits
-/// until it reports the mount live (exit 0) or dies (its exit status; the
-/// child has already printed why).
-fn daemonize(args: &MountArgs) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+/// Forks the daemon, which serves `cfg` as validated here, and waits until
+/// it reports the mount live (exit 0) or dies (its exit status; the child
+/// has already printed why on the shared stderr).
+fn daemonize(cfg: &MountConfig) -> Result<(), String> {
     let (r, w) = sys::ready_pipe().map_err(|e| format!("cannot create pipe: {e}"))?;
-    let mut argv = args.to_argv();
-    let fdnum = std::os::fd::AsRawFd::as_raw_fd(&w).to_string();
-    argv.splice(
-        1..1,
-        [
-            "--foreground".into(),
-            "--ready-fd".into(),
-            OsString::from(fdnum),
-        ],
-    );
-    let mut child = Command::new(exe)
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        // A new process group: the terminal's ^C must not reach the daemon.
-        .process_group(0)
-        .env(DAEMON_ENV, "1")
-        .spawn()
-        .map_err(|e| format!("cannot start daemon: {e}"))?;
-    drop(w);
-    let mut b = [0u8; 1];
-    let got = sys::read(r.as_fd(), &mut b).unwrap_or(0);
-    if got == 1 && b[0] == READY_BYTE {
-        return Ok(());
+    // Nothing the daemon starts (fusermount3) may hold the pipe open.
+    sys::set_cloexec(w.as_fd(), true).map_err(|e| format!("cannot create pipe: {e}"))?;
+    match sys::fork_daemon().map_err(|e| format!("cannot start daemon: {e}"))? {
+        sys::Forked::Child => {
+            drop(r);
+            let detach = !cfg.debug && std::env::var_os("RUST_LOG").is_none();
+            let code = match serve_foreground(cfg, Some(w), detach) {
+                Ok(()) => 0,
+                Err(msg) => {
+                    eprintln!("unionfuse: {msg}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        sys::Forked::Parent(pid) => {
+            drop(w);
+            let mut b = [0u8; 1];
+            let got = sys::read(r.as_fd(), &mut b).unwrap_or(0);
+            if got == 1 && b[0] == READY_BYTE {
+                return Ok(());
+            }
+            let code = sys::wait_child(pid).map_err(|e| format!("waiting for daemon: {e}"))?;
+            std::process::exit(code.max(1));
+        }
     }
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for daemon: {e}"))?;
-    // The child printed its own one-line reason to the shared stderr.
-    std::process::exit(status.code().unwrap_or(1).max(1));
 }
 
 /// Retries of a busy unmount, 50 ms apart.
 const UMOUNT_BUSY_RETRIES: u32 = 20;
-
-/// Set in a daemonized child so that it detaches stderr once ready.
-pub const DAEMON_ENV: &str = "UNIONFUSE_DAEMON";
 
 /// The absolute form of a mountpoint without stat-ing it: a dead FUSE mount
 /// answers ENOTCONN to that, and must still be unmountable.

@@ -398,3 +398,38 @@ fn a_work_directory_in_use_by_a_live_mount_is_refused() {
     assert!(!is_mountpoint(&other));
     unionfuse_umount(&s.mnt);
 }
+
+/// `diff MOUNTPOINT` finds a mount's layers from the record its daemon
+/// published, whichever binary made the mount: here a copy at another path.
+#[test]
+fn diff_finds_a_mount_made_by_another_copy_of_the_binary() {
+    let s = Setup::new();
+    let copy = s.mnt.parent().expect("scratch").join("other-unionfuse");
+    fs::copy(bin(), &copy).expect("copy the binary");
+    let out = Command::new(&copy)
+        .args(s.mount_argv(&[]))
+        .output()
+        .expect("run the copy");
+    assert!(
+        out.status.success(),
+        "mount with a copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _c = Cleanup {
+        mnt: &s.mnt,
+        children: Vec::new(),
+    };
+    fs::write(s.mnt.join("added"), "x").expect("write");
+    fs::remove_file(s.mnt.join("etc/motd")).expect("rm");
+    let out = run(&[OsStr::new("diff"), s.mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "diff MOUNTPOINT: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A /added\nC /etc\nD /etc/motd\n"
+    );
+    unionfuse_umount(&s.mnt);
+}

@@ -460,6 +460,67 @@ pub fn detach_stderr() -> SysResult<()> {
     Ok(())
 }
 
+/// Which side of [`fork_daemon`] this is.
+#[derive(Debug)]
+pub enum Forked {
+    /// The new process, in a process group of its own (the terminal's ^C
+    /// must not reach a daemon), stdin and stdout on /dev/null.
+    Child,
+    Parent(libc::pid_t),
+}
+
+/// Forks a daemon that goes on with this process's state (its validated
+/// configuration) instead of re-parsing a command line. Refused unless
+/// the process has a single thread: the child of a threaded process may
+/// only call async-signal-safe functions.
+pub fn fork_daemon() -> SysResult<Forked> {
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count())?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork a daemon from a process with {threads} threads"
+        )));
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: the process has one thread, so the child is a full copy that
+    // may run any code.
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid > 0 {
+        return Ok(Forked::Parent(pid));
+    }
+    // SAFETY: plain syscalls on descriptors this process owns.
+    unsafe {
+        libc::setpgid(0, 0);
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+    Ok(Forked::Child)
+}
+
+/// Waits for child `pid` and returns its exit code (128 + signal when
+/// killed).
+pub fn wait_child(pid: libc::pid_t) -> SysResult<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status is writable.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    })
+}
+
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread
 /// it spawns later), so that one thread can take the first two with
 /// [`wait_signal`]. SIGHUP stays blocked for good: a daemon outlives the
