@@ -196,3 +196,65 @@ fn a_power_cut_leaves_each_change_whole_or_absent() {
         );
     }
 }
+
+/// An upper filesystem that fills up: a copy-up that does not fit fails
+/// with ENOSPC and leaves the file as it was (the lower shows through) and
+/// nothing in staging or the upper; once space is freed, the same mount
+/// copies up again.
+#[test]
+fn a_full_upper_fails_with_enospc_and_recovers() {
+    if skip_as_non_root("a small tmpfs for the upper needs root") {
+        return;
+    }
+    let s = Scratch::new();
+    let lower = s.mkdir("lower");
+    fs::write(lower.join("big"), data(4 << 20, 1)).expect("lower file");
+    fs::write(lower.join("small"), data(1000, 2)).expect("lower file");
+    let t = common::Tmpfs::new(&s.path("tmpfs"), "2m");
+    let upper = t.path.join("upper");
+    let work = t.path.join("work");
+    fs::create_dir(&upper).expect("upper");
+    fs::create_dir(&work).expect("work");
+    let mnt = s.mkdir("mnt");
+    let m = Mounted::new(
+        &[&lower],
+        Some(&upper),
+        &mnt,
+        &["--work", work.to_str().expect("utf-8")],
+    );
+    let append = |name: &str| {
+        let mut f = fs::OpenOptions::new().append(true).open(m.path(name))?;
+        std::io::Write::write_all(&mut f, b"+")
+    };
+    let e = append("big").expect_err("a 4 MiB copy-up into 2 MiB");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(fs::read(m.path("big")).expect("read"), data(4 << 20, 1));
+    assert!(names(&upper).is_empty(), "upper holds {:?}", names(&upper));
+    assert!(
+        names(&work.join("unionfuse-staging")).is_empty(),
+        "staging not emptied"
+    );
+    // Fill the rest with a new file, then free it.
+    let mut filler = fs::File::create(m.path("filler")).expect("create");
+    let mut wrote = 0usize;
+    let full = loop {
+        match std::io::Write::write_all(&mut filler, &[7u8; 65536]) {
+            Ok(()) => wrote += 65536,
+            Err(e) => break e,
+        }
+        assert!(wrote < (4 << 20), "a 2 MiB filesystem took {wrote} bytes");
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    drop(filler);
+    let e = append("small").expect_err("no room left for a copy-up");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(fs::read(m.path("small")).expect("read"), data(1000, 2));
+    fs::remove_file(m.path("filler")).expect("free the space");
+    append("small").expect("a copy-up once there is room");
+    let mut want = data(1000, 2);
+    want.push(b'+');
+    assert_eq!(fs::read(m.path("small")).expect("read"), want);
+    assert_eq!(fs::read(lower.join("small")).expect("lower"), data(1000, 2));
+    drop(m);
+    assert!(names(&work.join("unionfuse-staging")).is_empty());
+}
