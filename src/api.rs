@@ -150,6 +150,7 @@ impl MountBuilder {
             union,
             mounted,
             work_lock,
+            stats,
         } = match mount::start(&cfg, true) {
             Ok(s) => s,
             Err(e) => {
@@ -176,6 +177,7 @@ impl MountBuilder {
             lowers: cfg.lowers,
             notifier,
             mounted,
+            stats,
             serving: Some(Serving {
                 bg,
                 union,
@@ -206,6 +208,7 @@ pub struct MountGuard {
     lowers: Vec<PathBuf>,
     notifier: fuser::Notifier,
     mounted: mount::Mounted,
+    stats: std::sync::Arc<crate::stats::Stats>,
     /// `None` once unmounted.
     serving: Option<Serving>,
 }
@@ -293,6 +296,12 @@ impl MountGuard {
             .map_err(|e| format!("restore {name}: {e}"))?;
         self.forget(&inval);
         Ok(())
+    }
+
+    /// Requests the mount answered so far, by kind (what `unionfuse stats`
+    /// prints for a daemon).
+    pub fn stats(&self) -> Vec<crate::stats::Row> {
+        self.stats.rows()
     }
 
     fn forget(&self, inval: &[crate::reset::Inval]) {

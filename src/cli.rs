@@ -99,6 +99,24 @@ copies, which are gone from the tree."
     Checkpoint(NamedArgs),
     /// Bring back checkpoint NAME as the writable layer of a live mount.
     Restore(NamedArgs),
+    /// Requests a live mount has answered, by kind, and the time spent.
+    #[command(
+        long_about = "Print the requests the daemon of the live mount at MOUNTPOINT has \
+answered since it started, by kind (lookup, getattr, readdirplus, ...), with the time it spent \
+on them: what a workload costs the filesystem, before it shows as seconds. --json gives \
+[{\"op\":\"lookup\",\"count\":N,\"nanos\":N},...]. Requests the kernel answers from its \
+caches never reach the daemon and are not counted."
+    )]
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -339,6 +357,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Cmd::Export(args) => export_cmd(&args),
         Cmd::Unpack(args) => unpack_cmd(&args),
         Cmd::Commit(args) => commit_cmd(&args),
+        Cmd::Stats(a) => stats_cmd(&a),
         Cmd::Reset(a) => control_cmd(&a.mountpoint, "reset".into()),
         Cmd::Checkpoint(a) => control_cmd(&a.mountpoint, format!("checkpoint {}", a.name)),
         Cmd::Restore(a) => control_cmd(&a.mountpoint, format!("restore {}", a.name)),
@@ -418,17 +437,36 @@ fn control_cmd(mnt: &Path, line: String) -> Result<(), String> {
     {
         return Err("a checkpoint name is a plain name, without '/'".into());
     }
-    let rec = record_of(mnt)?;
-    let work = match (&rec.upper, &rec.work) {
-        (Some(_), Some(w)) => w,
-        _ => {
-            return Err(format!(
-                "{} is a read-only mount: it has no writable layer",
-                mnt.display()
-            ));
-        }
+    let w = live(mnt)?;
+    if w.record.upper.is_none() || w.record.read_only {
+        return Err(format!(
+            "{} is a read-only mount: it has no writable layer",
+            mnt.display()
+        ));
+    }
+    control_request(&w, &line).map(drop)
+}
+
+/// Sends one control request to the daemon behind `w`.
+fn control_request(w: &crate::runtime::Watch, line: &str) -> Result<String, String> {
+    let sock = crate::control::socket_path(&w.dir, w.record.dev, w.record.pid);
+    crate::control::request(&sock, line)
+}
+
+fn stats_cmd(args: &StatsArgs) -> Result<(), String> {
+    let w = live(&args.mountpoint)?;
+    let payload = control_request(&w, "stats")?;
+    let rows =
+        crate::stats::decode(&payload).ok_or_else(|| format!("the daemon answered {payload:?}"))?;
+    let text = if args.json {
+        crate::stats::format_json(&rows)
+    } else {
+        crate::stats::format_table(&rows)
     };
-    crate::control::request(work, &line)
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write the figures: {e}"))
 }
 
 fn diff_cmd(args: &DiffArgs) -> Result<(), String> {
@@ -474,11 +512,15 @@ fn diff_cmd(args: &DiffArgs) -> Result<(), String> {
     res.map_err(|e| format!("cannot write the diff: {e}"))
 }
 
-/// The runtime record of the live mount at `mnt`: its layers, as the
-/// daemon (or program) serving it published them.
+/// The live mount at `mnt`: its layers, as the daemon (or program)
+/// serving it published them, and where to reach it.
+fn live(mnt: &Path) -> Result<crate::runtime::Watch, String> {
+    crate::runtime::Watch::at(&mountpoint_path(mnt)?)
+}
+
+/// The runtime record of the live mount at `mnt`.
 fn record_of(mnt: &Path) -> Result<crate::runtime::Record, String> {
-    let path = mountpoint_path(mnt)?;
-    Ok(crate::runtime::Watch::at(&path)?.record)
+    Ok(live(mnt)?.record)
 }
 
 /// Escapes `:` and `\` so that [`split_lowers`] gives the path back.

@@ -1,7 +1,7 @@
-//! The control channel of a live mount: `unionfuse reset`, `checkpoint`
-//! and `restore` talk to the daemon through a unix socket in its work
-//! directory (mode 0700, so only the mount's owner reaches it), one line
-//! per request and one line of answer.
+//! The control channel of a live mount: `unionfuse stats`, `reset`,
+//! `checkpoint` and `restore` talk to the daemon through a unix socket
+//! beside its runtime record (a directory only the mount's owner may
+//! enter), one line per request and one line of answer.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,22 +14,25 @@ use log::warn;
 
 use crate::name::Name;
 use crate::reset::Inval;
+use crate::stats::Stats;
 use crate::union::Union;
 
-/// Where a mount's daemon listens.
-pub fn socket_path(work: &Path) -> PathBuf {
-    work.join(SOCKET)
+/// Where the daemon `pid` of connection `dev` listens, in the runtime
+/// directory `dir`: named by both, so that a daemon still exiting never
+/// removes the socket of a newer mount that got the same device number.
+pub fn socket_path(dir: &Path, dev: crate::mountinfo::Dev, pid: u32) -> PathBuf {
+    dir.join(format!("{dev}.{pid}.sock"))
 }
 
-const SOCKET: &str = "unionfuse-control";
-
 /// A path to the socket short enough for `sun_path` (108 bytes) however
-/// deep the work directory is: through the `/proc/self/fd` link of an open
+/// deep its directory is: through the `/proc/self/fd` link of an open
 /// descriptor of the directory, which must stay open while it is used.
-fn short_path(work: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+fn short_path(sock: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
     use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(work)?;
-    let p = PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd()));
+    let dir = std::fs::File::open(sock.parent().unwrap_or(Path::new("/")))?;
+    let name = sock.file_name().unwrap_or_default();
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
     Ok((dir, p))
 }
 
@@ -46,7 +49,14 @@ pub fn apply(notifier: &Notifier, inval: &[Inval]) {
     }
 }
 
-fn handle(union: &Union, notifier: &Notifier, line: &str) -> Result<(), String> {
+/// Answers one request: `Ok(Some(payload))` for a query, `Ok(None)` for
+/// an action done.
+fn handle(
+    union: &Union,
+    notifier: &Notifier,
+    stats: &Stats,
+    line: &str,
+) -> Result<Option<String>, String> {
     let mut words = line.split_whitespace();
     let verb = words.next().unwrap_or("");
     let name = || -> Result<Name, String> {
@@ -54,6 +64,7 @@ fn handle(union: &Union, notifier: &Notifier, line: &str) -> Result<(), String> 
         Name::from_bytes(n.as_bytes()).map_err(|e| format!("checkpoint name {n:?}: {e}"))
     };
     match verb {
+        "stats" => return Ok(Some(crate::stats::encode(&stats.rows()))),
         "reset" => apply(notifier, &union.reset().map_err(|e| e.to_string())?),
         "checkpoint" => union.checkpoint(&name()?).map_err(|e| e.to_string())?,
         "restore" => {
@@ -69,13 +80,18 @@ fn handle(union: &Union, notifier: &Notifier, line: &str) -> Result<(), String> 
         }
         _ => return Err(format!("unknown request {verb:?}")),
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Serves requests on `path` for the life of the process.
-pub fn listen(path: PathBuf, union: Arc<Union>, notifier: Notifier) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let (_dir, short) = short_path(path.parent().unwrap_or(Path::new("/")))?;
+pub fn listen(
+    path: PathBuf,
+    union: Arc<Union>,
+    notifier: Notifier,
+    stats: Arc<Stats>,
+) -> std::io::Result<()> {
+    let (_dir, short) = short_path(&path)?;
+    let _ = std::fs::remove_file(&short);
     let listener = UnixListener::bind(&short)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new()
@@ -87,8 +103,9 @@ pub fn listen(path: PathBuf, union: Arc<Union>, notifier: Notifier) -> std::io::
                 if r.read_line(&mut line).is_err() {
                     continue;
                 }
-                let answer = match handle(&union, &notifier, line.trim()) {
-                    Ok(()) => "ok\n".to_string(),
+                let answer = match handle(&union, &notifier, &stats, line.trim()) {
+                    Ok(None) => "ok\n".to_string(),
+                    Ok(Some(payload)) => format!("ok {payload}\n"),
                     Err(e) => {
                         warn!("control request {:?}: {e}", line.trim());
                         format!("error: {e}\n")
@@ -100,12 +117,12 @@ pub fn listen(path: PathBuf, union: Arc<Union>, notifier: Notifier) -> std::io::
     Ok(())
 }
 
-/// Sends one request to the daemon whose work directory is `work`.
-pub fn request(work: &Path, line: &str) -> Result<(), String> {
-    let path = socket_path(work);
+/// Sends one request to the daemon listening on `sock`; returns what it
+/// answered after `ok` (empty for an action).
+pub fn request(sock: &Path, line: &str) -> Result<String, String> {
     let unreachable =
-        |e: std::io::Error| format!("cannot reach the mount's daemon at {}: {e}", path.display());
-    let (_dir, short) = short_path(work).map_err(unreachable)?;
+        |e: std::io::Error| format!("cannot reach the mount's daemon at {}: {e}", sock.display());
+    let (_dir, short) = short_path(sock).map_err(unreachable)?;
     let mut s = UnixStream::connect(&short).map_err(unreachable)?;
     s.write_all(format!("{line}\n").as_bytes())
         .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
@@ -113,9 +130,12 @@ pub fn request(work: &Path, line: &str) -> Result<(), String> {
     BufReader::new(&s)
         .read_line(&mut answer)
         .map_err(|e| format!("no answer from the daemon: {e}"))?;
-    match answer.trim().strip_prefix("error: ") {
-        None if answer.trim() == "ok" => Ok(()),
-        None => Err(format!("unexpected answer {:?}", answer.trim())),
-        Some(e) => Err(e.to_string()),
+    let answer = answer.trim();
+    if let Some(e) = answer.strip_prefix("error: ") {
+        return Err(e.to_string());
+    }
+    match answer.strip_prefix("ok") {
+        Some(rest) if rest.is_empty() || rest.starts_with(' ') => Ok(rest.trim_start().to_string()),
+        _ => Err(format!("unexpected answer {answer:?}")),
     }
 }

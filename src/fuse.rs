@@ -20,6 +20,7 @@ use log::{debug, info, trace, warn};
 
 use crate::error::Error;
 use crate::handle::Handle;
+use crate::stats::{Op, Stats};
 use crate::union::{DirPlusReplier, DirReplier, Union};
 use crate::write::{Caller, SetAttr, SetTime};
 
@@ -45,6 +46,7 @@ pub struct UnionFs {
     io: DashMap<u64, IoState>,
     /// fh -> (inode, its backing file when passthrough).
     open_files: DashMap<u64, (u64, Option<Arc<BackingId>>)>,
+    stats: Arc<Stats>,
 }
 
 /// The I/O mode of an inode's open files.
@@ -61,13 +63,14 @@ enum IoMode {
 }
 
 impl UnionFs {
-    pub fn new(union: Arc<Union>, ttl: Duration, passthrough: bool) -> UnionFs {
+    pub fn new(union: Arc<Union>, ttl: Duration, passthrough: bool, stats: Arc<Stats>) -> UnionFs {
         UnionFs {
             union,
             ttl,
             passthrough: AtomicBool::new(passthrough),
             io: DashMap::new(),
             open_files: DashMap::new(),
+            stats,
         }
     }
 }
@@ -215,6 +218,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.stats.time(const { Op::named("lookup") });
         match self.union.lookup(parent.0, name) {
             Ok(Some(st)) => {
                 trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
@@ -235,10 +239,12 @@ impl Filesystem for UnionFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.stats.time(const { Op::named("forget") });
         self.union.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.stats.time(const { Op::named("getattr") });
         match self.union.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(st) => reply.attr(&self.ttl, &file_attr(&st)),
             Err(e) => {
@@ -249,6 +255,7 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.stats.time(const { Op::named("readlink") });
         match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => {
@@ -259,6 +266,7 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.stats.time(const { Op::named("open") });
         let fh = match self.union.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => {
@@ -285,6 +293,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.stats.time(const { Op::named("read") });
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             let size = (size as usize).min(MAX_READ);
@@ -311,12 +320,14 @@ impl Filesystem for UnionFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("release") });
         self.close_io(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.stats.time(const { Op::named("opendir") });
         match self.union.opendir(ino.0) {
             // The kernel may keep this directory's listing across opens: it
             // only changes through this mount, which invalidates it.
@@ -339,6 +350,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _t = self.stats.time(const { Op::named("readdir") });
         let res = self
             .union
             .readdir(fh.0, offset, &mut DirOut { reply: &mut reply });
@@ -359,6 +371,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _t = self.stats.time(const { Op::named("readdirplus") });
         let res = self.union.readdirplus(
             fh.0,
             offset,
@@ -385,11 +398,13 @@ impl Filesystem for UnionFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("releasedir") });
         self.union.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.stats.time(const { Op::named("statfs") });
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -409,6 +424,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.stats.time(const { Op::named("getxattr") });
         if size == 0 {
             match self.union.getxattr(ino.0, name, &mut []) {
                 Ok(n) => reply.size(n as u32),
@@ -435,6 +451,7 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.stats.time(const { Op::named("listxattr") });
         match self.union.listxattr(ino.0) {
             Ok(list) if size == 0 => reply.size(list.len() as u32),
             Ok(list) if list.len() > size as usize => reply.error(errno(Error::RANGE)),
@@ -447,6 +464,7 @@ impl Filesystem for UnionFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.stats.time(const { Op::named("access") });
         match self.union.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -474,6 +492,7 @@ impl Filesystem for UnionFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.stats.time(const { Op::named("setattr") });
         let a = SetAttr {
             mode,
             uid,
@@ -501,6 +520,7 @@ impl Filesystem for UnionFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.stats.time(const { Op::named("mknod") });
         let r = self
             .union
             .mknod(caller(req), parent.0, name, mode, rdev as u64);
@@ -516,6 +536,7 @@ impl Filesystem for UnionFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.stats.time(const { Op::named("mkdir") });
         let r = self.union.mkdir(caller(req), parent.0, name, mode);
         self.reply_entry("mkdir", parent, name, r, reply);
     }
@@ -528,6 +549,7 @@ impl Filesystem for UnionFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _t = self.stats.time(const { Op::named("symlink") });
         let r = self
             .union
             .symlink(caller(req), parent.0, link_name, target.as_os_str());
@@ -542,16 +564,19 @@ impl Filesystem for UnionFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _t = self.stats.time(const { Op::named("link") });
         let r = self.union.link(ino.0, newparent.0, newname);
         self.reply_entry("link", ino, newname, r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.stats.time(const { Op::named("unlink") });
         let r = self.union.unlink(parent.0, name);
         reply_empty("unlink", parent, Some(name), r, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.stats.time(const { Op::named("rmdir") });
         let r = self.union.rmdir(parent.0, name);
         reply_empty("rmdir", parent, Some(name), r, reply);
     }
@@ -566,6 +591,7 @@ impl Filesystem for UnionFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("rename") });
         let r = self
             .union
             .rename(parent.0, name, newparent.0, newname, flags.bits());
@@ -582,6 +608,7 @@ impl Filesystem for UnionFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.stats.time(const { Op::named("create") });
         let (st, fh) = match self.union.create(caller(req), parent.0, name, mode, flags) {
             Ok(v) => v,
             Err(e) => {
@@ -617,6 +644,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.stats.time(const { Op::named("write") });
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
@@ -634,6 +662,7 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("flush") });
         // Writes reach the upper file as they come; close has nothing left
         // to hand over. ENOSYS tells the kernel to stop sending FLUSH on
         // every close.
@@ -648,6 +677,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("fsync") });
         let r = self.union.fsync(fh.0, datasync);
         reply_empty("fsync", ino, None, r, reply);
     }
@@ -660,6 +690,7 @@ impl Filesystem for UnionFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("fsyncdir") });
         // A directory handle's fsync is the union's fsync of that handle.
         let r = self.union.fsync(fh.0, datasync);
         reply_empty("fsyncdir", ino, None, r, reply);
@@ -675,6 +706,7 @@ impl Filesystem for UnionFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("fallocate") });
         let r = self.union.fallocate(fh.0, offset, length, mode);
         reply_empty("fallocate", ino, None, r, reply);
     }
@@ -689,11 +721,13 @@ impl Filesystem for UnionFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.stats.time(const { Op::named("setxattr") });
         let r = self.union.setxattr(ino.0, name, value, flags);
         reply_empty("setxattr", ino, Some(name), r, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.stats.time(const { Op::named("removexattr") });
         let r = self.union.removexattr(ino.0, name);
         reply_empty("removexattr", ino, Some(name), r, reply);
     }
@@ -707,6 +741,7 @@ impl Filesystem for UnionFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _t = self.stats.time(const { Op::named("lseek") });
         match self.union.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
             Err(e) => {

@@ -38,6 +38,7 @@ pub mod reset;
 pub mod resolve;
 pub mod run;
 pub mod runtime;
+pub mod stats;
 pub mod sys;
 pub mod union;
 mod walk;

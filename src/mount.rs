@@ -14,6 +14,7 @@ use crate::layer::Layers;
 use crate::layer::upper::Upper;
 use crate::mountinfo::{self, Dev};
 use crate::runtime::{self, Published, Record, WorkLock};
+use crate::stats::Stats;
 use crate::sys;
 use crate::union::Union;
 
@@ -53,6 +54,8 @@ pub struct Started {
     /// Exclusive use of the work directory; released only once the upper
     /// is final (see [`finish`]).
     pub work_lock: Option<WorkLock>,
+    /// Requests answered, by kind.
+    pub stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for Started {
@@ -178,7 +181,13 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
     union.set_exact_modes(in_process);
     let union = Arc::new(union);
     let root = sys::is_root();
-    let fs = UnionFs::new(Arc::clone(&union), cfg.cache_timeout, root);
+    let stats = Arc::new(Stats::default());
+    let fs = UnionFs::new(
+        Arc::clone(&union),
+        cfg.cache_timeout,
+        root,
+        Arc::clone(&stats),
+    );
 
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads);
@@ -246,6 +255,7 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         union,
         mounted,
         work_lock,
+        stats,
     })
 }
 
@@ -345,6 +355,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
         union,
         mounted,
         work_lock,
+        stats,
     } = match start(cfg, false) {
         Ok(s) => s,
         Err(StartError::Unmounted) => {
@@ -357,18 +368,17 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
         Err(StartError::Failed(e)) => return Err(e),
     };
     let record = publish(cfg, &mounted);
-    let control = match (&cfg.upper, &cfg.work) {
-        (Some(_), Some(work)) => {
-            let path = crate::control::socket_path(work);
-            if let Err(e) =
-                crate::control::listen(path.clone(), Arc::clone(&union), session.notifier())
-            {
-                warn!("no control socket (reset, checkpoint, restore): {e}");
-            }
-            Some(path)
+    // Beside the record, so that any mount, read-only ones included, can
+    // be asked (stats), and found the way the record is.
+    let control = record.as_ref().map(|r| {
+        let path = crate::control::socket_path(r.dir(), mounted.dev, std::process::id());
+        if let Err(e) =
+            crate::control::listen(path.clone(), Arc::clone(&union), session.notifier(), stats)
+        {
+            warn!("no control socket (stats, reset, checkpoint, restore): {e}");
         }
-        _ => None,
-    };
+        path
+    });
     let on_signal = mounted.clone();
     std::thread::Builder::new()
         .name("signals".into())

@@ -202,6 +202,11 @@ pub struct Published {
 }
 
 impl Published {
+    /// The runtime directory the record is in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+
     /// Writes `rec` under its device number, locked before it becomes
     /// visible so that nobody sees an unlocked live record.
     pub fn publish(rec: &Record) -> std::io::Result<Published> {
@@ -250,6 +255,8 @@ impl Drop for Published {
 pub struct Watch {
     file: File,
     pub record: Record,
+    /// The runtime directory the record was found in.
+    pub dir: PathBuf,
     /// The process holding the record's lock, when it could be told: the
     /// lock is released as the process exits, a moment before it is gone.
     pidfd: Option<OwnedFd>,
@@ -281,6 +288,7 @@ impl Watch {
                     return Some(Watch {
                         file,
                         record,
+                        dir,
                         pidfd,
                     });
                 }

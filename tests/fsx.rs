@@ -60,7 +60,9 @@ struct Subject {
 
 fn fill(rng: &mut Rng, len: usize) -> Vec<u8> {
     let tag = (rng.next() as u8) | 1;
-    (0..len).map(|i| tag.wrapping_add((i % 251) as u8)).collect()
+    (0..len)
+        .map(|i| tag.wrapping_add((i % 251) as u8))
+        .collect()
 }
 
 fn check_read(what: &str, f: &File, model: &[u8], off: u64, len: u64) -> Result<(), String> {
@@ -243,7 +245,8 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
                 let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
                     .map_err(|e| e.to_string())?;
                 // SAFETY: c is a valid path.
-                cvt(unsafe { libc::truncate(c.as_ptr(), len as libc::off_t) }, "truncate")?;
+                let rc = unsafe { libc::truncate(c.as_ptr(), len as libc::off_t) };
+                cvt(rc, "truncate")?;
             } else {
                 let f = errno(OpenOptions::new().write(true).open(&path), "open w")?;
                 errno(f.set_len(len), "ftruncate")?;
@@ -266,18 +269,10 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
                     "punch hole",
                 ),
             };
+            let (o, l) = (off as libc::off_t, len as libc::off_t);
             // SAFETY: plain integers on a descriptor this test owns.
-            cvt(
-                unsafe {
-                    libc::fallocate(
-                        f.as_raw_fd(),
-                        mode,
-                        off as libc::off_t,
-                        len as libc::off_t,
-                    )
-                },
-                what,
-            )?;
+            let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, o, l) };
+            cvt(rc, what)?;
             let end = (off + len) as usize;
             if mode == 0 && s.model.len() < end {
                 s.model.resize(end, 0);

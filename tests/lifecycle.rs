@@ -433,3 +433,65 @@ fn diff_finds_a_mount_made_by_another_copy_of_the_binary() {
     );
     unionfuse_umount(&s.mnt);
 }
+
+/// `unionfuse stats MOUNTPOINT` counts what a workload asked of any live
+/// mount, read-only ones included.
+#[test]
+fn stats_counts_the_requests_of_a_workload() {
+    let s = Setup::new();
+    for i in 0..20 {
+        write(&s.lower, &format!("dir/f{i}"), "x\n");
+    }
+    let mut argv = vec![
+        OsStr::new("mount"),
+        OsStr::new("--lower"),
+        s.lower.as_os_str(),
+    ];
+    argv.push(s.mnt.as_os_str());
+    let out = run(&argv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _c = Cleanup {
+        mnt: &s.mnt,
+        children: Vec::new(),
+    };
+    let listed = fs::read_dir(s.mnt.join("dir")).expect("readdir").count();
+    assert_eq!(listed, 20);
+    for i in 0..20 {
+        fs::metadata(s.mnt.join(format!("dir/f{i}"))).expect("stat");
+    }
+    assert_eq!(
+        fs::read_to_string(s.mnt.join("dir/f3")).expect("read"),
+        "x\n"
+    );
+    let out = run(&[OsStr::new("stats"), OsStr::new("--json"), s.mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    let count = |op: &str| -> u64 {
+        let key = format!("{{\"op\":\"{op}\",\"count\":");
+        json.split(&key)
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("lookup") >= 1, "{json}");
+    assert!(count("readdir") + count("readdirplus") >= 1, "{json}");
+    // Reads of a read-only mount go straight to the layer file where
+    // passthrough is allowed (root), so only the open is certain.
+    assert!(count("open") >= 1, "{json}");
+    let out = run(&[OsStr::new("stats"), s.mnt.as_os_str()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("request") && table.contains("\ntotal "),
+        "{table}"
+    );
+    unionfuse_umount(&s.mnt);
+}
