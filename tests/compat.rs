@@ -29,13 +29,8 @@ fn opt(key: &str, p: &Path) -> String {
 
 /// Unmounts with fusermount3, as container tools do, and waits for the
 /// daemon to let go of the mountpoint.
-fn fusermount_u(mnt: &Path) {
-    let st = Command::new("fusermount3")
-        .arg("-u")
-        .arg(mnt)
-        .status()
-        .expect("run fusermount3");
-    assert!(st.success(), "fusermount3 -u {mnt:?} failed");
+fn fusermount_u_and_wait(mnt: &Path) {
+    common::fusermount_u(mnt);
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_mountpoint(mnt) {
         assert!(Instant::now() < deadline, "{mnt:?} still mounted");
@@ -87,7 +82,7 @@ fn container_storage_invocation_mounts_writes_and_unmounts() {
     assert_eq!(ls(&mnt.join("var/cache")), ["new"]);
     fs::write(mnt.join("etc/hostname"), "changed\n").expect("write through the mount");
     fs::remove_file(mnt.join("etc/os-release")).expect("rm");
-    fusermount_u(&mnt);
+    fusermount_u_and_wait(&mnt);
     assert_eq!(
         fs::read_to_string(up.join("etc/hostname")).expect("copy-up"),
         "changed\n"
@@ -133,7 +128,7 @@ fn quoted_commas_source_argument_and_unknown_options() {
     // No upperdir: read-only.
     let e = fs::write(mnt.join("x"), "x").expect_err("write to a read-only mount");
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-    fusermount_u(&mnt);
+    fusermount_u_and_wait(&mnt);
 }
 
 #[test]
@@ -162,7 +157,7 @@ fn escaped_colon_in_lowerdir() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fs::read_to_string(mnt.join("f")).expect("read"), "colon\n");
-    fusermount_u(&mnt);
+    fusermount_u_and_wait(&mnt);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, bin, daemon_pids, is_mountpoint, process_gone, run, write};
+use common::{Scratch, bin, daemon_pids, fusermount_u, is_mountpoint, process_gone, run, write};
 
 /// How long a mount may take to appear, or a daemon to exit.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -142,29 +142,6 @@ fn unionfuse_umount(mnt: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mountpoint(mnt), "unionfuse umount left the mount");
-}
-
-/// `fusermount3 -u`, retried briefly while busy: tests run in parallel
-/// threads, and a child another thread forks holds copies of this thread's
-/// files until it execs, pinning the mount for a moment.
-fn fusermount_u(mnt: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = Command::new("fusermount3")
-            .arg("-u")
-            .arg(mnt)
-            .output()
-            .expect("run fusermount3");
-        let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            return;
-        }
-        assert!(
-            err.contains("busy") && Instant::now() < deadline,
-            "fusermount3 -u: {err}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn mount_daemon(s: &Setup) {

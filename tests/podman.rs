@@ -246,11 +246,6 @@ fn same_checks_without_podman(s: &Scratch, root: &Path) {
                 "c1's file leaked into c2"
             );
         }
-        let st = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&merged)
-            .status()
-            .expect("fusermount3");
-        assert!(st.success());
+        fusermount_u(&merged);
     }
 }

@@ -593,3 +593,26 @@ pub fn process_gone(pid: libc::pid_t) -> bool {
             .unwrap_or(false),
     }
 }
+
+/// `fusermount3 -u`, retried briefly while busy: tests run in parallel
+/// threads, and a child another thread forks holds copies of this thread's
+/// files until it execs, pinning the mount for a moment.
+pub fn fusermount_u(mnt: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .output()
+            .expect("run fusermount3");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            err.contains("busy") && Instant::now() < deadline,
+            "fusermount3 -u: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
