@@ -175,32 +175,39 @@ pub fn format_text(changes: &[Change]) -> Vec<u8> {
     s
 }
 
-/// The diff as JSON: `[{"kind":"A","path":"/x"},...]`, paths that are not
-/// UTF-8 escaped byte by byte as `\u00XX`.
+/// The diff as JSON: `[{"kind":"A","path":"/x"},...]` (see [`json_string`]
+/// for paths that are not UTF-8).
 pub fn format_json(changes: &[Change]) -> String {
-    let mut s = String::from("[");
-    for (i, c) in changes.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push_str("{\"kind\":\"");
-        s.push(c.kind.letter());
-        s.push_str("\",\"path\":\"");
-        match std::str::from_utf8(&c.path) {
-            Ok(p) => escape_json(p, &mut s),
-            Err(_) => {
-                for b in &c.path {
-                    if b.is_ascii_graphic() && *b != b'"' && *b != b'\\' || *b == b' ' {
-                        s.push(*b as char);
-                    } else {
-                        s.push_str(&format!("\\u{:04x}", b));
-                    }
+    let items: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"kind\":\"{}\",\"path\":{}}}",
+                c.kind.letter(),
+                json_string(&c.path)
+            )
+        })
+        .collect();
+    format!("[{}]\n", items.join(","))
+}
+
+/// `bytes` as a quoted JSON string; a path that is not UTF-8 has each byte
+/// outside printable ASCII escaped as `\u00XX`.
+pub(crate) fn json_string(bytes: &[u8]) -> String {
+    let mut s = String::from("\"");
+    match std::str::from_utf8(bytes) {
+        Ok(p) => escape_json(p, &mut s),
+        Err(_) => {
+            for b in bytes {
+                if b.is_ascii_graphic() && *b != b'"' && *b != b'\\' || *b == b' ' {
+                    s.push(*b as char);
+                } else {
+                    s.push_str(&format!("\\u{:04x}", b));
                 }
             }
         }
-        s.push_str("\"}");
     }
-    s.push_str("]\n");
+    s.push('"');
     s
 }
 

@@ -17,6 +17,7 @@
 //! fuser. [`Mount`] is where Rust programs start.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod compat;
 pub mod config;
