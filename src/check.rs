@@ -283,7 +283,7 @@ fn visit(
     };
     if have_lowers && !marks.opaque && marks.redirect.is_some() && lower_parts.is_empty() {
         // Nothing below shows through either way: opaque says so plainly.
-        let repaired = repair && seal(e.dir, e.name, sub.as_fd(), format, t);
+        let repaired = repair && seal(e.dir, e.name, sub.as_fd(), format, &list);
         found(
             "redirect-dangling",
             format!(
@@ -309,27 +309,34 @@ fn visit(
     }))
 }
 
-/// Replaces a dangling redirect by an opaque marker in the upper's format.
+/// Replaces a dangling redirect by an opaque marker in the upper's format,
+/// in the namespace the redirect was written in (`list`: the directory's
+/// xattr names).
 fn seal(
     parent: BorrowedFd<'_>,
     name: &Name,
     dir: BorrowedFd<'_>,
     format: WhiteoutFormat,
-    t: XTarget<'_>,
+    list: &[u8],
 ) -> bool {
+    let t = XTarget::At(parent, name.as_cstr());
+    let present: Vec<&CStr> = REDIRECT_XATTRS
+        .iter()
+        .copied()
+        .filter(|x| has_xattr(list, x))
+        .collect();
     let marked = match format {
         WhiteoutFormat::Oci => sys::create_file(dir, OCI_OPAQUE, libc::O_WRONLY, 0o644).is_ok(),
-        WhiteoutFormat::Overlay => OPAQUE_XATTRS[..2]
-            .iter()
-            .any(|x| sys::setxattr(XTarget::At(parent, name.as_cstr()), x, b"y", 0).is_ok()),
+        WhiteoutFormat::Overlay => {
+            let opaque = if present.first() == Some(&REDIRECT_XATTRS[0]) {
+                OPAQUE_XATTRS[0]
+            } else {
+                OPAQUE_XATTRS[1]
+            };
+            sys::setxattr(t, opaque, b"y", 0).is_ok()
+        }
     };
-    marked
-        && REDIRECT_XATTRS
-            .iter()
-            .all(|x| match sys::removexattr(t, x) {
-                Ok(()) => true,
-                Err(e) => e.raw_os_error() == Some(libc::ENODATA),
-            })
+    marked && present.iter().all(|x| sys::removexattr(t, x).is_ok())
 }
 
 /// Findings as text, one line each.

@@ -383,10 +383,17 @@ fn diff_finds_a_mount_made_by_another_copy_of_the_binary() {
     let s = Setup::new();
     let copy = s.mnt.parent().expect("scratch").join("other-unionfuse");
     fs::copy(bin(), &copy).expect("copy the binary");
-    let out = Command::new(&copy)
-        .args(s.mount_argv(&[]))
-        .output()
-        .expect("run the copy");
+    // A child that another test thread forks while the copy is still open
+    // for writing keeps it busy for a moment (ETXTBSY).
+    let deadline = Instant::now() + SETTLE;
+    let out = loop {
+        match Command::new(&copy).args(s.mount_argv(&[])).output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.expect("run the copy"),
+        }
+    };
     assert!(
         out.status.success(),
         "mount with a copy: {}",
