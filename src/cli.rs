@@ -951,16 +951,7 @@ fn mountpoint_path(p: &Path) -> Result<PathBuf, String> {
 
 fn umount_cmd(p: &Path, timeout: Duration) -> Result<(), String> {
     let mnt = mountpoint_path(p)?;
-    let entry = crate::mountinfo::top_at(&mnt)
-        .map_err(|e| format!("cannot read the mount table: {e}"))?
-        .ok_or_else(|| format!("{} is not a mount point", p.display()))?;
-    if !entry.is_unionfuse() {
-        return Err(format!(
-            "{} is not a unionfuse mount (it is {})",
-            p.display(),
-            entry.fstype
-        ));
-    }
+    let entry = crate::mountinfo::unionfuse_at(&mnt)?;
     // Found before the unmount: afterwards the device number may already
     // belong to another mount.
     let watch = crate::runtime::Watch::find(&entry);

@@ -97,6 +97,22 @@ pub fn top_at(path: &Path) -> std::io::Result<Option<Entry>> {
         .rfind(|e| e.mountpoint.as_os_str().as_bytes() == path.as_os_str().as_bytes()))
 }
 
+/// The unionfuse mount on top at `path`, or a one-line reason why there
+/// is none.
+pub fn unionfuse_at(path: &Path) -> Result<Entry, String> {
+    let entry = top_at(path)
+        .map_err(|e| format!("cannot read the mount table: {e}"))?
+        .ok_or_else(|| format!("{} is not a mount point", path.display()))?;
+    if !entry.is_unionfuse() {
+        return Err(format!(
+            "{} is not a unionfuse mount (it is {})",
+            path.display(),
+            entry.fstype
+        ));
+    }
+    Ok(entry)
+}
+
 /// Whether the connection `dev` is still mounted at `path` (on top).
 pub fn is_mounted_at(path: &Path, dev: Dev) -> bool {
     matches!(top_at(path), Ok(Some(e)) if e.dev == dev)

@@ -304,16 +304,7 @@ impl Watch {
     /// The record of the live mount at `path`, for the verbs that act on a
     /// mount's layers.
     pub fn at(path: &Path) -> Result<Watch, String> {
-        let entry = mountinfo::top_at(path)
-            .map_err(|e| format!("cannot read the mount table: {e}"))?
-            .ok_or_else(|| format!("{} is not a mount point", path.display()))?;
-        if !entry.is_unionfuse() {
-            return Err(format!(
-                "{} is not a unionfuse mount (it is {})",
-                path.display(),
-                entry.fstype
-            ));
-        }
+        let entry = mountinfo::unionfuse_at(path)?;
         Watch::find(&entry).ok_or_else(|| {
             format!(
                 "no live unionfuse daemon has published the mount at {}",
