@@ -3,8 +3,7 @@
 //! without changing the merged view. Without `repair` nothing on disk
 //! changes.
 //!
-//! Found: leftovers in staging, index entries no name uses, directories
-//! marked opaque twice (xattr and `.wh..wh..opq`), whiteouts inside opaque
+//! Found: leftovers in staging, directories marked opaque twice (xattr and `.wh..wh..opq`), whiteouts inside opaque
 //! directories, whiteouts for names no lower holds, redirects that lead
 //! nowhere, private xattrs on objects they do not belong to, and ownership
 //! overrides that do not parse.
@@ -27,8 +26,7 @@ use crate::walk::{Entry, Step, walk};
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// A short stable name: `staging-leftover`, `index-unused`,
-    /// `double-opaque`, `whiteout-in-opaque`, `whiteout-unneeded`,
+    /// A short stable name: `staging-leftover`, `double-opaque`, `whiteout-in-opaque`, `whiteout-unneeded`,
     /// `redirect-dangling`, `xattr-stale`, `override-malformed`.
     pub kind: &'static str,
     /// In the upper (`/etc/x`), or in the work directory (`work:/...`).
@@ -38,6 +36,10 @@ pub struct Finding {
 }
 
 const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+// Hard-link index entries are not judged: one whose only link is its own
+// still carries the data of lower names not copied up yet (the other
+// names of a lower hard link), so "no upper name uses it" does not make
+// it unused.
 const NLINK_XATTRS: [&CStr; 2] = [c"trusted.unionfuse.nlink", c"user.unionfuse.nlink"];
 const FORMAT_XATTRS: [&CStr; 2] = [c"trusted.unionfuse.whiteout", c"user.unionfuse.whiteout"];
 const OVERRIDE_XATTRS: [&CStr; 2] = [override_stat::SECURITY, override_stat::CONTAINERS];
@@ -121,19 +123,6 @@ fn check_work(work: BorrowedFd<'_>, repair: bool, out: &mut Vec<Finding>) -> Res
             detail: "half-built by an interrupted change; never visible".into(),
             repaired,
         });
-        Ok(())
-    })?;
-    in_dir(c"unionfuse-index", &mut |dir, name| {
-        let st = sys::fstatat(dir, name.as_cstr())?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1 {
-            let repaired = repair && sys::unlinkat(dir, name.as_cstr(), false).is_ok();
-            out.push(Finding {
-                kind: "index-unused",
-                path: at("unionfuse-index", name),
-                detail: "a hard-link index entry no name in the upper uses".into(),
-                repaired,
-            });
-        }
         Ok(())
     })
 }

@@ -111,8 +111,8 @@ caches never reach the daemon and are not counted."
     /// Find, and with --repair fix, what a crash or another tool left in an upper.
     #[command(
         long_about = "Check an upper layer (not mounted, or mounted read-only) and its work \
-directory for what a crash or another tool can leave: leftovers in staging, hard-link index \
-entries no name uses, directories marked opaque twice, whiteouts inside opaque directories, \
+directory for what a crash or another tool can leave: leftovers in staging, directories marked \
+opaque twice, whiteouts inside opaque directories, \
 whiteouts for names no lower layer holds (needs --lower), redirects that lead nowhere (needs \
 --lower), private xattrs on objects they do not belong to, and ownership overrides that do not \
 parse. Prints one line per finding. Without --repair nothing on disk changes; --repair fixes \

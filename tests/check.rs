@@ -104,7 +104,9 @@ fn check_reports_without_changing_anything_and_repairs_without_changing_the_view
     setxattr(&upper, "h", "user.containers.override_stat", b"garbage");
     let work = s.mkdir("work");
     write(&work, "unionfuse-staging/1234.5", "half\n");
-    write(&work, "unionfuse-index/99", "unused\n");
+    // An index entry whose only link is its own still holds the data of
+    // lower names not copied up yet: never a finding.
+    write(&work, "unionfuse-index/99", "lower hard link\n");
 
     let before = merged(&s, &upper, &lower, "m1");
     let manifest = |p: &Path| tree::manifest(p, &tree::Opts::layer());
@@ -128,7 +130,6 @@ fn check_reports_without_changing_anything_and_repairs_without_changing_the_view
         got,
         [
             "double-opaque /opq",
-            "index-unused work",
             "override-malformed /h",
             "redirect-dangling /red",
             "staging-leftover work",
@@ -147,7 +148,7 @@ fn check_reports_without_changing_anything_and_repairs_without_changing_the_view
     let (code, json) = check(&json_args);
     assert_eq!(code, Some(3));
     assert!(
-        json.starts_with("[{\"kind\":") && json.matches("\"repaired\":false").count() == 10,
+        json.starts_with("[{\"kind\":") && json.matches("\"repaired\":false").count() == 9,
         "{json}"
     );
 
@@ -157,7 +158,7 @@ fn check_reports_without_changing_anything_and_repairs_without_changing_the_view
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.ends_with("(repaired)")).count(),
-        10,
+        9,
         "{text}"
     );
     let (code, text) = check(&args);
