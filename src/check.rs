@@ -205,11 +205,17 @@ fn visit(
             );
         }
     }
-    let mut stale: Vec<&CStr> = NLINK_XATTRS
-        .iter()
-        .copied()
-        .filter(|x| has_xattr(&list, x))
-        .collect();
+    // Names of an indexed hard link are links of the index entry and carry
+    // its xattr: only a file linked nowhere else has it wrongly.
+    let mut stale: Vec<&CStr> = if st.st_nlink == 1 {
+        NLINK_XATTRS
+            .iter()
+            .copied()
+            .filter(|x| has_xattr(&list, x))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !is_dir {
         stale.extend(
             OPAQUE_XATTRS
