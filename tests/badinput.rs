@@ -98,7 +98,9 @@ fn every_verb_refuses_bad_paths_with_one_line_and_changes_nothing() {
             &["does not exist"],
         ),
     ];
-    let locked = s.mkdir("locked");
+    // Outside the tree whose manifest is compared: it cannot be read.
+    let s2 = Scratch::new();
+    let locked = s2.mkdir("locked");
     let lk = p(&locked);
     if !is_root() {
         // Root reads through any mode; an ordinary user does not.
