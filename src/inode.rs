@@ -382,12 +382,23 @@ impl FdCache {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
+    /// Inodes entered since the table last gave memory back, and the most
+    /// there were: after a walk the kernel forgets nearly all of them, and
+    /// the table's capacity (and the allocator's free lists) would
+    /// otherwise stay at the walk's size for the daemon's life.
+    live: AtomicUsize,
+    peak: AtomicUsize,
 }
+
+/// Below this many inodes at its peak, a table never bothers to shrink.
+const SHRINK_FLOOR: usize = 16 * 1024;
 
 impl InodeTable {
     pub fn new(root: Inode) -> InodeTable {
         let t = InodeTable {
             map: DashMap::new(),
+            live: AtomicUsize::new(1),
+            peak: AtomicUsize::new(1),
         };
         // The kernel never forgets the root; one count keeps it forever.
         root.lookups.store(1, Ordering::Relaxed);
@@ -426,6 +437,8 @@ impl InodeTable {
             Entry::Vacant(v) => {
                 let inode = make();
                 inode.lookups.store(1, Ordering::Relaxed);
+                let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+                self.peak.fetch_max(live, Ordering::Relaxed);
                 Arc::clone(v.insert(Arc::new(inode)).value())
             }
         }
@@ -442,14 +455,31 @@ impl InodeTable {
         if nodeid == ROOT {
             return None;
         }
-        if let Entry::Occupied(e) = self.map.entry(nodeid) {
-            let prev = e.get().lookups.load(Ordering::Relaxed);
-            let left = prev.saturating_sub(n);
-            e.get().lookups.store(left, Ordering::Relaxed);
-            if left == 0 {
-                return Some(e.remove());
+        let removed = match self.map.entry(nodeid) {
+            Entry::Occupied(e) => {
+                let prev = e.get().lookups.load(Ordering::Relaxed);
+                let left = prev.saturating_sub(n);
+                e.get().lookups.store(left, Ordering::Relaxed);
+                (left == 0).then(|| e.remove())
+            }
+            Entry::Vacant(_) => None,
+        };
+        if removed.is_some() {
+            let live = self.live.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            let peak = self.peak.load(Ordering::Relaxed);
+            // Shrunk to an eighth of its peak: give the memory back, once
+            // (the shard guard above is gone by now).
+            if peak >= SHRINK_FLOOR
+                && live < peak / 8
+                && self
+                    .peak
+                    .compare_exchange(peak, live.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.map.shrink_to_fit();
+                crate::sys::trim_heap();
             }
         }
-        None
+        removed
     }
 }
