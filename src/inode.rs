@@ -295,6 +295,10 @@ impl Drop for Counted {
     }
 }
 
+/// Queue entries tolerated beyond twice the cached descriptors before the
+/// queue is swept of inodes that are gone.
+const QUEUE_SLACK: usize = 4096;
+
 /// The bound on cached directory descriptors, shared by all inodes. Eviction
 /// is first-in first-out: cheap, and a re-open costs one `openat2`.
 #[derive(Debug)]
@@ -336,7 +340,16 @@ impl FdCache {
                 return fd;
             }
             if fds.len() == 1 {
-                self.queue.lock().push_back(Arc::downgrade(inode));
+                let mut q = self.queue.lock();
+                q.push_back(Arc::downgrade(inode));
+                // Entries of inodes that are gone stay until an eviction
+                // reaches them, and each keeps its inode's memory; with the
+                // budget never reached none would come. Dropping them here
+                // keeps the queue in proportion to what is cached. Only weak
+                // counts are read: no inode lock is taken under this one.
+                if q.len() > QUEUE_SLACK.max(2 * self.count.load(Ordering::Relaxed)) {
+                    q.retain(|w| w.strong_count() > 0);
+                }
             }
             fd
         };
