@@ -23,12 +23,7 @@ BIG_MB=${BENCH_BIG_MB:-256}
 REPS=${BENCH_REPS:-3}
 ensure_cargo
 ensure_fuse
-if [ -n "${UNIONFUSE:-}" ]; then
-    UF=$UNIONFUSE
-else
-    cargo build --release --quiet
-    UF=$PWD/target/release/unionfuse
-fi
+release_binary
 
 work=$(mktemp -d /tmp/unionfuse-copyup.XXXXXX)
 fs=$work/fs

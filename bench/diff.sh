@@ -16,12 +16,7 @@ FILES=${BENCH_FILES:-100000}
 CHANGES=${BENCH_CHANGES:-100}
 ensure_cargo
 ensure_fuse
-if [ -n "${UNIONFUSE:-}" ]; then
-    UF=$UNIONFUSE
-else
-    cargo build --release --quiet
-    UF=$PWD/target/release/unionfuse
-fi
+release_binary
 
 work=$(mktemp -d /tmp/unionfuse-diffbench.XXXXXX)
 cleanup() {

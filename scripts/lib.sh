@@ -137,3 +137,15 @@ test_artifacts() {
         | sed -n -e 's/.*"kind":\["test"\].*"executable":"\([^"]*\)".*/test \1/p' \
             -e 's/.*"kind":\["bin"\].*"test":false.*"executable":"\([^"]*\)".*/bin \1/p'
 }
+
+# Sets UF to the unionfuse binary to measure: $UNIONFUSE when given, else a
+# release build of this checkout.
+release_binary() {
+    if [ -n "${UNIONFUSE:-}" ]; then
+        UF=$UNIONFUSE
+    else
+        cargo build --release --quiet
+        UF=$PWD/target/release/unionfuse
+    fi
+    [ -x "$UF" ] || die "no binary at $UF"
+}
