@@ -297,11 +297,12 @@ fn visit(
             .map(|(l, fd)| (l, Arc::new(fd)))
             .collect()
     };
-    Ok(Step::Descend(Ctx {
-        upper: sub,
+    let ctx = Ctx {
+        upper: Arc::clone(&sub),
         lowers,
         opaque,
-    }))
+    };
+    Ok(Step::DescendOpened(ctx, sub))
 }
 
 /// Replaces a dangling redirect by an opaque marker in the upper's format,

@@ -136,7 +136,7 @@ fn visit(layers: &Layers, e: &Entry<'_, DirFds>, out: &mut Vec<Change>) -> Resul
         }
         _ => Vec::new(),
     };
-    Ok(Step::Descend(sub_lowers))
+    Ok(Step::DescendOpened(sub_lowers, Arc::new(sub)))
 }
 
 /// `D` for each entry of the merged lower directory `hidden` that opaque

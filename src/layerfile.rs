@@ -212,7 +212,7 @@ fn export_entry<W: Write>(
                 )
                 .map_err(w)?;
             }
-            return Ok(Step::Descend(()));
+            return Ok(Step::DescendOpened((), std::sync::Arc::new(sub)));
         }
         libc::S_IFREG => {
             if st.st_nlink > 1 {

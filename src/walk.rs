@@ -33,6 +33,9 @@ pub enum Step<C> {
     Next,
     /// Walk the entry's directory next, its entries seeing `C`.
     Descend(C),
+    /// The same, through a descriptor of it the visitor already opened
+    /// (to read its markers), so that it is not opened twice.
+    DescendOpened(C, Arc<OwnedFd>),
 }
 
 /// A directory whose whole subtree [`walk`] has visited.
@@ -120,20 +123,25 @@ pub fn walk<C>(
             path: &path,
             ctx: &top.ctx,
         })?;
-        match step {
-            Step::Next => path.truncate(len),
-            Step::Descend(c) => {
-                let sub = Arc::new(sys::open_child_dir(top.fd.as_fd(), name.as_cstr())?);
-                let frame = match open_frame(sub, Some(name.clone()), c, sorted, len) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        path.truncate(len);
-                        return Err(e);
-                    }
-                };
-                stack.push(frame);
+        let (c, sub) = match step {
+            Step::Next => {
+                path.truncate(len);
+                continue;
             }
-        }
+            Step::DescendOpened(c, fd) => (c, fd),
+            Step::Descend(c) => (
+                c,
+                Arc::new(sys::open_child_dir(top.fd.as_fd(), name.as_cstr())?),
+            ),
+        };
+        let frame = match open_frame(sub, Some(name.clone()), c, sorted, len) {
+            Ok(f) => f,
+            Err(e) => {
+                path.truncate(len);
+                return Err(e);
+            }
+        };
+        stack.push(frame);
     }
     Ok(())
 }
