@@ -11,7 +11,7 @@ use log::debug;
 
 use crate::error::{Error, Result};
 use crate::inode::Inode;
-use crate::layer::INDEX;
+use crate::layer::Place;
 use crate::layer::upper::{Upper, remove_tree};
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
@@ -65,7 +65,7 @@ impl Union {
     /// The upper descriptor of directory `inode`, copying it (and its
     /// ancestors) up first when only lower layers hold it.
     pub(crate) fn upper_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
-        if inode.top_layer()? == 0 {
+        if inode.in_upper() {
             return self.dir_fd(inode, 0);
         }
         // The ancestors that only lower layers hold are copied first, from
@@ -74,7 +74,7 @@ impl Union {
         let mut above = Vec::new();
         let mut cur = Arc::clone(inode);
         while let Some(loc) = cur.location()? {
-            if loc.parent.top_layer()? == 0 {
+            if loc.parent.in_upper() {
                 break;
             }
             above.push(Arc::clone(&loc.parent));
@@ -89,7 +89,7 @@ impl Union {
     /// Copies directory `inode` up, its parent being in the upper already
     /// (or copied up first).
     fn copy_up_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
-        if inode.top_layer()? == 0 {
+        if inode.in_upper() {
             return self.dir_fd(inode, 0);
         }
         let upper = self.upper()?;
@@ -98,8 +98,8 @@ impl Union {
             return Err(Error::ROFS);
         };
         let pfd = self.upper_dir(&loc.parent)?;
-        let _g = inode.copy_lock.lock();
-        if inode.top_layer()? == 0 {
+        let _g = inode.copy_lock();
+        if inode.in_upper() {
             return self.dir_fd(inode, 0);
         }
         let src = self.object(inode)?;
@@ -123,14 +123,13 @@ impl Union {
         staged.keep();
         keep_times(pfd.as_fd(), &pst);
         let fd = sys::open_child_dir(pfd.as_fd(), loc.name.as_cstr())?;
-        inode.layers.write().insert(0, 0);
-        Ok(self.fds.insert(inode, 0, fd))
+        Ok(self.fds.copied_up(inode, fd))
     }
 
     /// Copies a non-directory up at its current name; without `data` the
     /// copy is empty (an open with O_TRUNC, a truncate to 0).
     pub(crate) fn copy_up(&self, inode: &Arc<Inode>, data: bool) -> Result<()> {
-        if inode.top_layer()? == 0 {
+        if inode.place() == Place::Upper {
             return Ok(());
         }
         let Some(loc) = inode.location()? else {
@@ -149,14 +148,15 @@ impl Union {
         name: &Name,
         data: bool,
     ) -> Result<()> {
-        if inode.top_layer()? == 0 {
+        if inode.place() == Place::Upper {
             return Ok(());
         }
         let pfd = self.upper_dir(parent)?;
-        let _g = inode.copy_lock.lock();
-        let top = inode.top_layer()?;
-        if top == 0 || (top == INDEX && sys::fstatat(pfd.as_fd(), name.as_cstr()).is_ok()) {
-            return Ok(());
+        let _g = inode.copy_lock();
+        match inode.place() {
+            Place::Upper => return Ok(()),
+            Place::Index if sys::fstatat(pfd.as_fd(), name.as_cstr()).is_ok() => return Ok(()),
+            _ => {}
         }
         let pst = sys::fstat(pfd.as_fd())?;
         let indexed = self.copy_up_locked(inode, pfd.as_fd(), name, data)?;
@@ -166,7 +166,7 @@ impl Union {
         self.sync_dir(pfd.as_fd())?;
         // An indexed object is reached through its index entry from now
         // on, whichever of its names is used.
-        *inode.layers.write() = vec![if indexed { INDEX } else { 0 }];
+        inode.copied_up(indexed);
         keep_times(pfd.as_fd(), &pst);
         Ok(())
     }
@@ -190,7 +190,7 @@ impl Union {
             sys::linkat(upper.index.as_fd(), index.as_cstr(), pfd, name.as_cstr())?;
             Ok(true)
         };
-        if inode.top_layer()? == INDEX {
+        if inode.place() == Place::Index {
             return link_up();
         }
         let src = self.object(inode)?;
@@ -352,7 +352,7 @@ impl Union {
     /// crash half-way shows the same tree; upper objects stay where they
     /// are, keeping their identity.
     pub(crate) fn copy_up_tree(&self, dir: &Arc<Inode>) -> Result<()> {
-        if *dir.layers.read() == [0] {
+        if dir.upper_only() {
             return Ok(());
         }
         // Depth first over an explicit stack (trees in images nest
@@ -361,7 +361,7 @@ impl Union {
         let mut stack = vec![self.copy_up_entries(dir)?];
         while let Some((top, subdirs)) = stack.last_mut() {
             match subdirs.pop() {
-                Some(child) if *child.layers.read() == [0] => {}
+                Some(child) if child.upper_only() => {}
                 Some(child) => {
                     let next = self.copy_up_entries(&child)?;
                     stack.push(next);
@@ -415,8 +415,10 @@ impl Union {
         let st = sys::fstat(fd.as_fd())?;
         upper.mark_opaque(pfd.as_fd(), loc.name.as_cstr(), fd.as_fd())?;
         keep_times(fd.as_fd(), &st);
-        *dir.layers.write() = vec![0];
-        self.fds.release(dir);
+        dir.relocate(Place::Dir {
+            upper: true,
+            layers: vec![0],
+        });
         dir.changed(true);
         Ok(())
     }

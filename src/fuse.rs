@@ -161,7 +161,7 @@ impl DirReplier for DirOut<'_> {
 struct DirPlusOut<'a> {
     reply: &'a mut ReplyDirectoryPlus,
     ttl: Duration,
-    generation: Generation,
+    union: &'a Union,
 }
 
 impl DirPlusReplier for DirPlusOut<'_> {
@@ -174,7 +174,7 @@ impl DirPlusReplier for DirPlusOut<'_> {
             OsStr::from_bytes(name),
             &self.ttl,
             &attr,
-            self.generation,
+            Generation(self.union.generation_of(st.st_ino)),
         )
     }
 }
@@ -222,14 +222,14 @@ impl Filesystem for UnionFs {
         match self.union.lookup(parent.0, name) {
             Ok(Some(st)) => {
                 trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
-                reply.entry(&self.ttl, &file_attr(&st), self.generation());
+                reply.entry(&self.ttl, &file_attr(&st), self.generation(st.st_ino));
             }
             Ok(None) => {
                 // A negative entry: nodeid 0 with a timeout lets the kernel
                 // cache the miss (PATH searches, build tools probing files).
                 let mut attr = file_attr(&zero_stat());
                 attr.ino = INodeNo(0);
-                reply.entry(&self.ttl, &attr, self.generation());
+                reply.entry(&self.ttl, &attr, Generation(self.union.generation()));
             }
             Err(e) => {
                 log_failure("lookup", parent, Some(name), e);
@@ -378,7 +378,7 @@ impl Filesystem for UnionFs {
             &mut DirPlusOut {
                 reply: &mut reply,
                 ttl: self.ttl,
-                generation: self.generation(),
+                union: &self.union,
             },
         );
         match res {
@@ -621,14 +621,18 @@ impl Filesystem for UnionFs {
             IoMode::Passthrough(id) => reply.created_passthrough(
                 &self.ttl,
                 &attr,
-                self.generation(),
+                self.generation(st.st_ino),
                 FileHandle(fh),
                 FopenFlags::empty(),
                 &id,
             ),
-            IoMode::Cached(f) => {
-                reply.created(&self.ttl, &attr, self.generation(), FileHandle(fh), f)
-            }
+            IoMode::Cached(f) => reply.created(
+                &self.ttl,
+                &attr,
+                self.generation(st.st_ino),
+                FileHandle(fh),
+                f,
+            ),
         }
     }
 
@@ -756,8 +760,8 @@ impl UnionFs {
     /// Inode generation: bumped by a reset, so that the kernel treats every
     /// object looked up afterwards as new and fails I/O on files opened
     /// before it with EIO instead of mixing old and new.
-    fn generation(&self) -> Generation {
-        Generation(self.union.generation())
+    fn generation(&self, nodeid: u64) -> Generation {
+        Generation(self.union.generation_of(nodeid))
     }
 
     fn reply_entry(
@@ -769,7 +773,7 @@ impl UnionFs {
         reply: ReplyEntry,
     ) {
         match r {
-            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), self.generation()),
+            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), self.generation(st.st_ino)),
             Err(e) => {
                 log_failure(op, parent, Some(name), e);
                 reply.error(errno(e));

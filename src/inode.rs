@@ -6,14 +6,11 @@
 //! fuser sends as both the FUSE nodeid and `st_ino`. The root is nodeid 1.
 //!
 //! An inode holds no descriptor of its own. It knows where it lives (parent
-//! inode and name) and which layers hold it; a directory's per-layer `O_PATH`
-//! descriptors are opened on demand relative to its parent's and kept in a
-//! cache bounded by the open-file limit. A non-directory is always reached as
-//! `(parent directory descriptor, name)`. So a walk over millions of files
-//! never runs out of descriptors, whatever the kernel keeps cached.
-//!
-//! Lock order: table shard lock, then nothing; an inode's `fds` lock, then the
-//! cache's queue lock; never an inode lock under a table shard lock.
+//! inode and name, and a [`Place`] in the layers); a directory's per-layer
+//! `O_PATH` descriptors are opened on demand relative to its parent's and
+//! kept in a cache bounded by the open-file limit. A non-directory is always
+//! reached as `(parent directory descriptor, name)`. So a walk over millions
+//! of files never runs out of descriptors, whatever the kernel keeps cached.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -22,11 +19,11 @@ use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
 use crate::handle::DirSnapshot;
-use crate::layer::LayerIdx;
+use crate::layer::{LayerIdx, Place, Winner};
 use crate::name::Name;
 use crate::resolve::Found;
 
@@ -41,6 +38,12 @@ pub struct Location {
 }
 
 /// One object of the merged tree.
+///
+/// Lock order, outermost first: `copy`, `dir`, `names`, `state`, then the
+/// descriptor cache's queue. No inode lock is taken under an inode table
+/// shard lock. Of two inodes' locks of one kind, only `copy` is ever held
+/// together, parent before child; `names` and `state` of ancestors are
+/// taken one at a time while walking up.
 #[derive(Debug)]
 pub struct Inode {
     /// FUSE nodeid (equal to `st_ino` except for the root).
@@ -49,72 +52,112 @@ pub struct Inode {
     pub st_ino: u64,
     /// `st_mode & S_IFMT` of the object; fixed for the inode's life.
     pub kind: u32,
+    /// Added to the mount's FUSE generation: an object that takes over the
+    /// number of one the kernel may still hold gets the next, so that the
+    /// kernel never mistakes one for the other.
+    pub generation: u64,
     lookups: AtomicU64,
-    /// Parent and name; `None` for the root, and for an object whose last
-    /// name is gone (then `dead` is set).
-    pub loc: RwLock<Option<Location>>,
+    /// Serialises copy-up of this object, held across the copy: concurrent
+    /// writers copy once.
+    copy: Mutex<()>,
+    /// The merged listing of a directory and the count of changes made in
+    /// it, held while a listing is taken so that it is never older than the
+    /// count says.
+    dir: Mutex<DirState>,
+    /// Layers whose directory here holds `.wh.` files, as the last listing
+    /// saw them (all, until one is taken or after any change); written under
+    /// `dir`, read without it on every lookup in the directory.
+    oci_layers: AtomicU64,
+    /// Subdirectories of a merged directory, for `st_nlink`: kept apart
+    /// from the listing, which every file created in the directory
+    /// invalidates; written under `dir`.
+    subdirs: AtomicU32,
+    /// Parent and names.
+    names: RwLock<Names>,
+    /// Every name is gone; only open handles still reach the object.
+    /// Written under `names`, read without it.
+    dead: AtomicBool,
+    /// Where the object lives, and the directory descriptors that reach it
+    /// there: one lock, so that a copy-up changes both at once.
+    state: RwLock<State>,
+}
+
+#[derive(Debug)]
+struct Names {
+    /// `None` for the root, and for an object whose last name is gone.
+    loc: Option<Location>,
     /// Further names of a hard-linked object that the kernel has looked up
     /// or created, so that it stays reachable when `loc` is unlinked.
-    aliases: Mutex<Vec<Location>>,
-    /// Every name is gone; only open handles still reach the object.
-    pub dead: AtomicBool,
-    /// Serialises copy-up of this object: concurrent writers copy once.
-    pub copy_lock: Mutex<()>,
-    /// For a directory, every layer whose directory is merged into it,
-    /// top-most first (stopping at an opaque one); otherwise the single layer
-    /// of the winning object.
-    pub layers: RwLock<Vec<LayerIdx>>,
+    aliases: Vec<Location>,
+}
+
+#[derive(Debug)]
+struct State {
+    place: Place,
     /// Cached `O_PATH` descriptors of a directory, per layer.
-    fds: Mutex<Vec<Slot>>,
+    fds: Vec<Slot>,
     /// The descriptors are never evicted: the directory was found through
     /// a redirect, so its lower parts cannot be reopened from the parent by
     /// name. Such directories are rare (renamed by kernel overlayfs).
-    pinned: AtomicBool,
+    pinned: bool,
+}
+
+#[derive(Debug, Default)]
+struct DirState {
     /// Merged listing of a directory spanning several layers, kept because
     /// both `st_nlink` and readdir need it and the lowers never change.
-    pub dir_cache: Mutex<Option<Arc<DirSnapshot>>>,
-    /// Layers whose directory here holds `.wh.` files, as the last listing
-    /// saw them (all, until one is taken or after any change).
-    oci_layers: AtomicU64,
+    listing: Option<Arc<DirSnapshot>>,
     /// Changes made through the mount in this directory, so that a listing
-    /// taken across one does not pass for current; updated with
-    /// `oci_layers` under `oci_lock`.
-    changes: AtomicU64,
-    oci_lock: Mutex<()>,
-    /// Subdirectories of a merged directory, for `st_nlink`: kept apart
-    /// from the listing, which every file created in the directory
-    /// invalidates.
-    subdirs: AtomicU32,
+    /// taken across one does not pass for current.
+    changes: u64,
 }
 
 /// `Inode::subdirs` not computed yet.
 const UNKNOWN: u32 = u32::MAX;
 
+/// The directory lock of an inode, held while its listing is taken.
+#[derive(Debug)]
+pub struct DirGuard<'a> {
+    inode: &'a Inode,
+    state: MutexGuard<'a, DirState>,
+}
+
+impl DirGuard<'_> {
+    pub fn listing(&self) -> Option<Arc<DirSnapshot>> {
+        self.state.listing.clone()
+    }
+
+    /// Keeps a merged listing taken under this guard.
+    pub fn keep(&mut self, snap: &Arc<DirSnapshot>) {
+        self.state.listing = Some(Arc::clone(snap));
+        self.inode
+            .oci_layers
+            .store(snap.oci_layers(), Ordering::Relaxed);
+    }
+}
+
 impl Inode {
-    pub fn new(
-        nodeid: u64,
-        st_ino: u64,
-        kind: u32,
-        loc: Option<Location>,
-        layers: Vec<LayerIdx>,
-    ) -> Inode {
+    pub fn new(nodeid: u64, st_ino: u64, kind: u32, loc: Option<Location>, place: Place) -> Inode {
         Inode {
             nodeid,
             st_ino,
             kind,
+            generation: 0,
             lookups: AtomicU64::new(0),
-            loc: RwLock::new(loc),
-            aliases: Mutex::new(Vec::new()),
-            dead: AtomicBool::new(false),
-            copy_lock: Mutex::new(()),
-            layers: RwLock::new(layers),
-            fds: Mutex::new(Vec::new()),
-            pinned: AtomicBool::new(false),
-            dir_cache: Mutex::new(None),
-            subdirs: AtomicU32::new(UNKNOWN),
+            copy: Mutex::new(()),
+            dir: Mutex::new(DirState::default()),
             oci_layers: AtomicU64::new(u64::MAX),
-            changes: AtomicU64::new(0),
-            oci_lock: Mutex::new(()),
+            subdirs: AtomicU32::new(UNKNOWN),
+            names: RwLock::new(Names {
+                loc,
+                aliases: Vec::new(),
+            }),
+            dead: AtomicBool::new(false),
+            state: RwLock::new(State {
+                place,
+                fds: Vec::new(),
+                pinned: false,
+            }),
         }
     }
 
@@ -122,27 +165,92 @@ impl Inode {
         self.kind == libc::S_IFDIR
     }
 
-    /// The top-most layer holding the object.
-    pub fn top_layer(&self) -> Result<LayerIdx> {
-        self.layers.read().first().copied().ok_or(Error::STALE)
+    /// Held while the object is copied up.
+    pub fn copy_lock(&self) -> MutexGuard<'_, ()> {
+        self.copy.lock()
+    }
+
+    /// A copy of where the object lives.
+    pub fn place(&self) -> Place {
+        self.state.read().place.clone()
+    }
+
+    /// See [`Place::in_upper`].
+    pub fn in_upper(&self) -> bool {
+        self.state.read().place.in_upper()
+    }
+
+    /// See [`Place::upper_only`].
+    pub fn upper_only(&self) -> bool {
+        self.state.read().place.upper_only()
+    }
+
+    /// See [`Place::is_merged`].
+    pub fn is_merged(&self) -> bool {
+        self.state.read().place.is_merged()
+    }
+
+    /// See [`Place::winner`].
+    pub fn winner(&self) -> Winner {
+        self.state.read().place.winner()
+    }
+
+    /// The layers of a directory, top-most first.
+    pub fn dir_layers(&self) -> Vec<LayerIdx> {
+        self.state.read().place.dir_layers().to_vec()
+    }
+
+    /// The object now lives at `place`; cached descriptors, which reached
+    /// it where it was, are dropped.
+    pub fn relocate(&self, place: Place) {
+        let old = {
+            let mut st = self.state.write();
+            st.place = place;
+            st.pinned = false;
+            std::mem::take(&mut st.fds)
+        };
+        drop(old);
+    }
+
+    /// The object was copied up as a non-directory (into the index when
+    /// `indexed`). A directory's copy-up goes through
+    /// [`FdCache::copied_up`], which records its new descriptor with it.
+    pub fn copied_up(&self, indexed: bool) {
+        let mut st = self.state.write();
+        st.place = st.place.copied_up(indexed);
     }
 
     /// `st_ino` of the parent directory (the inode's own for the root).
     pub fn parent_ino(&self) -> u64 {
-        self.loc
+        self.names
             .read()
+            .loc
             .as_ref()
             .map(|l| l.parent.st_ino)
             .unwrap_or(self.st_ino)
     }
 
+    /// The parent, if the object has a name.
+    pub fn parent(&self) -> Option<Arc<Inode>> {
+        self.names
+            .read()
+            .loc
+            .as_ref()
+            .map(|l| Arc::clone(&l.parent))
+    }
+
+    /// Every name of the object is gone.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
     /// The current location; `ESTALE` once every name is gone. The root
     /// has none.
     pub fn location(&self) -> Result<Option<Location>> {
-        if self.dead.load(Ordering::Acquire) {
+        if self.is_dead() {
             return Err(Error::STALE);
         }
-        Ok(self.loc.read().clone())
+        Ok(self.names.read().loc.clone())
     }
 
     /// Records that the object is (also) reachable as `name` in `parent`,
@@ -150,25 +258,24 @@ impl Inode {
     pub fn note_location(&self, parent: &Arc<Inode>, name: &Name) {
         let same =
             |l: &Location| Arc::ptr_eq(&l.parent, parent) && l.name.as_bytes() == name.as_bytes();
-        if self.loc.read().as_ref().is_some_and(same) {
+        if self.names.read().loc.as_ref().is_some_and(same) {
             return;
         }
-        let mut loc = self.loc.write();
+        let mut names = self.names.write();
         let new = Location {
             parent: Arc::clone(parent),
             name: name.clone(),
         };
-        if self.dead.load(Ordering::Acquire) || loc.is_none() {
-            *loc = Some(new);
+        if self.is_dead() || names.loc.is_none() {
+            names.loc = Some(new);
             self.dead.store(false, Ordering::Release);
             return;
         }
-        if loc.as_ref().is_some_and(same) {
+        if names.loc.as_ref().is_some_and(same) {
             return;
         }
-        let mut aliases = self.aliases.lock();
-        if !aliases.iter().any(same) {
-            aliases.push(new);
+        if !names.aliases.iter().any(same) {
+            names.aliases.push(new);
         }
     }
 
@@ -179,12 +286,12 @@ impl Inode {
             parent: Arc::clone(parent),
             name: name.clone(),
         };
-        let mut loc = self.loc.write();
-        let mut aliases = self.aliases.lock();
-        aliases
+        let mut names = self.names.write();
+        names
+            .aliases
             .retain(|l| !(Arc::ptr_eq(&l.parent, parent) && l.name.as_bytes() == name.as_bytes()));
-        if let Some(old) = loc.replace(new) {
-            aliases.push(old);
+        if let Some(old) = names.loc.replace(new) {
+            names.aliases.push(old);
         }
         self.dead.store(false, Ordering::Release);
     }
@@ -195,15 +302,14 @@ impl Inode {
         let same = |l: &Location| {
             std::ptr::eq(Arc::as_ptr(&l.parent), parent) && l.name.as_bytes() == name
         };
-        let mut loc = self.loc.write();
-        let mut aliases = self.aliases.lock();
-        if loc.as_ref().is_some_and(same) {
-            *loc = aliases.pop();
-            if loc.is_none() {
+        let mut names = self.names.write();
+        if names.loc.as_ref().is_some_and(same) {
+            names.loc = names.aliases.pop();
+            if names.loc.is_none() {
                 self.dead.store(true, Ordering::Release);
             }
         } else {
-            aliases.retain(|l| !same(l));
+            names.aliases.retain(|l| !same(l));
         }
     }
 
@@ -212,28 +318,35 @@ impl Inode {
         let same = |l: &Location| {
             std::ptr::eq(Arc::as_ptr(&l.parent), parent) && l.name.as_bytes() == name
         };
-        let mut loc = self.loc.write();
-        if loc.as_ref().is_none_or(same) {
-            *loc = Some(new);
+        let mut names = self.names.write();
+        if names.loc.as_ref().is_none_or(same) {
+            names.loc = Some(new);
             self.dead.store(false, Ordering::Release);
             return;
         }
-        let mut aliases = self.aliases.lock();
-        aliases.retain(|l| !same(l));
-        aliases.push(new);
+        names.aliases.retain(|l| !same(l));
+        names.aliases.push(new);
     }
 
     /// Drops the cached merged listing after a change in the directory;
     /// `subdirs` when the change may add or remove a subdirectory.
     pub fn changed(&self, subdirs: bool) {
-        *self.dir_cache.lock() = None;
         {
-            let _g = self.oci_lock.lock();
-            self.changes.fetch_add(1, Ordering::Relaxed);
+            let mut d = self.dir.lock();
+            d.listing = None;
+            d.changes += 1;
             self.oci_layers.store(u64::MAX, Ordering::Relaxed);
         }
         if subdirs {
             self.subdirs.store(UNKNOWN, Ordering::Relaxed);
+        }
+    }
+
+    /// Locks the directory's listing state (see [`DirGuard`]).
+    pub fn lock_dir(&self) -> DirGuard<'_> {
+        DirGuard {
+            inode: self,
+            state: self.dir.lock(),
         }
     }
 
@@ -244,14 +357,14 @@ impl Inode {
 
     /// The count of changes, to pass to [`Inode::set_oci_layers`].
     pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Relaxed)
+        self.dir.lock().changes
     }
 
     /// Records what a listing started at change count `seen` found, unless
     /// the directory changed since.
     pub fn set_oci_layers(&self, seen: u64, mask: u64) {
-        let _g = self.oci_lock.lock();
-        if self.changes.load(Ordering::Relaxed) == seen {
+        let d = self.dir.lock();
+        if d.changes == seen {
             self.oci_layers.store(mask, Ordering::Relaxed);
         }
     }
@@ -268,8 +381,9 @@ impl Inode {
 
     /// A cached descriptor of this directory in `layer`.
     pub fn cached_fd(&self, layer: LayerIdx) -> Option<Arc<OwnedFd>> {
-        self.fds
-            .lock()
+        self.state
+            .read()
+            .fds
             .iter()
             .find(|s| s.layer == layer)
             .map(|s| Arc::clone(&s.fd))
@@ -306,6 +420,8 @@ pub struct FdCache {
     budget: usize,
     count: Arc<AtomicUsize>,
     queue: Mutex<VecDeque<Weak<Inode>>>,
+    /// The budget was passed while an inode's state lock was held.
+    evict_later: AtomicBool,
 }
 
 impl FdCache {
@@ -314,6 +430,7 @@ impl FdCache {
             budget: budget.max(64),
             count: Arc::new(AtomicUsize::new(0)),
             queue: Mutex::new(VecDeque::new()),
+            evict_later: AtomicBool::new(false),
         }
     }
 
@@ -321,42 +438,73 @@ impl FdCache {
     /// request already did) and returns the one to use.
     pub fn insert(&self, inode: &Arc<Inode>, layer: LayerIdx, fd: OwnedFd) -> Arc<OwnedFd> {
         let fd = {
-            let mut fds = inode.fds.lock();
-            if let Some(existing) = fds.iter().find(|s| s.layer == layer) {
-                return Arc::clone(&existing.fd);
-            }
-            let fd = Arc::new(fd);
-            let pinned = inode.pinned.load(Ordering::Relaxed);
-            let counted = (!pinned).then(|| {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                Counted(Arc::clone(&self.count))
-            });
-            fds.push(Slot {
-                layer,
-                fd: Arc::clone(&fd),
-                _counted: counted,
-            });
-            if pinned {
-                return fd;
-            }
-            if fds.len() == 1 {
-                let mut q = self.queue.lock();
-                q.push_back(Arc::downgrade(inode));
-                // Entries of inodes that are gone stay until an eviction
-                // reaches them, and each keeps its inode's memory; with the
-                // budget never reached none would come. Dropping them here
-                // keeps the queue in proportion to what is cached. Only weak
-                // counts are read: no inode lock is taken under this one.
-                if q.len() > QUEUE_SLACK.max(2 * self.count.load(Ordering::Relaxed)) {
-                    q.retain(|w| w.strong_count() > 0);
-                }
-            }
-            fd
+            let mut st = inode.state.write();
+            self.insert_locked(inode, &mut st, layer, fd)
         };
+        self.evict_if_due();
+        fd
+    }
+
+    fn insert_locked(
+        &self,
+        inode: &Arc<Inode>,
+        st: &mut State,
+        layer: LayerIdx,
+        fd: OwnedFd,
+    ) -> Arc<OwnedFd> {
+        if let Some(existing) = st.fds.iter().find(|s| s.layer == layer) {
+            return Arc::clone(&existing.fd);
+        }
+        let fd = Arc::new(fd);
+        let counted = (!st.pinned).then(|| {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            Counted(Arc::clone(&self.count))
+        });
+        st.fds.push(Slot {
+            layer,
+            fd: Arc::clone(&fd),
+            _counted: counted,
+        });
+        if st.pinned {
+            return fd;
+        }
+        if st.fds.len() == 1 {
+            let mut q = self.queue.lock();
+            q.push_back(Arc::downgrade(inode));
+            // Entries of inodes that are gone stay until an eviction
+            // reaches them, and each keeps its inode's memory; with the
+            // budget never reached none would come. Dropping them here
+            // keeps the queue in proportion to what is cached. Only weak
+            // counts are read: no inode lock is taken under this one.
+            if q.len() > QUEUE_SLACK.max(2 * self.count.load(Ordering::Relaxed)) {
+                q.retain(|w| w.strong_count() > 0);
+            }
+        }
         if self.count.load(Ordering::Relaxed) > self.budget {
-            self.evict();
+            // Evicting takes other inodes' state locks: not under this one.
+            self.evict_later.store(true, Ordering::Relaxed);
         }
         fd
+    }
+
+    /// Records that directory `inode` was copied up: the upper layer's
+    /// directory, `fd`, now heads its layers. One lock covers both, so no
+    /// request sees the new place without its descriptor.
+    pub fn copied_up(&self, inode: &Arc<Inode>, fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = {
+            let mut st = inode.state.write();
+            st.place = st.place.copied_up(false);
+            self.insert_locked(inode, &mut st, 0, fd)
+        };
+        self.evict_if_due();
+        fd
+    }
+
+    /// Evicts once the budget was passed (see `insert_locked`).
+    fn evict_if_due(&self) {
+        if self.evict_later.swap(false, Ordering::Relaxed) {
+            self.evict();
+        }
     }
 
     /// Closes the cached descriptors of the oldest inodes until the count is
@@ -367,7 +515,8 @@ impl FdCache {
                 return;
             };
             if let Some(inode) = victim.upgrade() {
-                drop(std::mem::take(&mut *inode.fds.lock()));
+                let gone = std::mem::take(&mut inode.state.write().fds);
+                drop(gone);
             }
         }
     }
@@ -375,18 +524,26 @@ impl FdCache {
     /// Drops an inode's cached descriptors (it left the table, or what it
     /// refers to changed).
     pub fn release(&self, inode: &Inode) {
-        drop(std::mem::take(&mut *inode.fds.lock()));
-        inode.pinned.store(false, Ordering::Relaxed);
+        let gone = {
+            let mut st = inode.state.write();
+            st.pinned = false;
+            std::mem::take(&mut st.fds)
+        };
+        drop(gone);
     }
 
     /// Caches the descriptors a lookup opened for an inode.
     pub fn insert_found(&self, inode: &Arc<Inode>, found: Found) {
-        if found.redirected {
-            inode.pinned.store(true, Ordering::Relaxed);
+        {
+            let mut st = inode.state.write();
+            if found.redirected {
+                st.pinned = true;
+            }
+            for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
+                self.insert_locked(inode, &mut st, *layer, fd);
+            }
         }
-        for (layer, fd) in found.layers.iter().zip(found.dir_fds) {
-            self.insert(inode, *layer, fd);
-        }
+        self.evict_if_due();
     }
 }
 
@@ -439,7 +596,8 @@ impl InodeTable {
                     // The number of an unlinked object was reused by one of
                     // another type: the kernel gets a fresh inode anyway.
                     let count = cur.lookups.load(Ordering::Relaxed) + 1;
-                    let inode = make();
+                    let mut inode = make();
+                    inode.generation = cur.generation + 1;
                     inode.lookups.store(count, Ordering::Relaxed);
                     e.insert(Arc::new(inode));
                     return Arc::clone(e.get());

@@ -34,10 +34,10 @@ pub enum Inval {
 /// Depth of an inode in the tree (the root is 0).
 fn depth(inode: &Inode) -> usize {
     let mut d = 0;
-    let mut cur = inode.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
+    let mut cur = inode.parent();
     while let Some(p) = cur {
         d += 1;
-        cur = p.loc.read().as_ref().map(|l| Arc::clone(&l.parent));
+        cur = p.parent();
     }
     d
 }
@@ -210,7 +210,7 @@ impl Union {
                     if f.stat.st_mode & libc::S_IFMT == inode.kind
                         && self.reported_ino(&dirs, &f, &loc.name) == inode.st_ino =>
                 {
-                    *inode.layers.write() = f.layers.clone();
+                    inode.relocate(self.place_of(&f));
                     self.fds.insert_found(&inode, f);
                 }
                 // The object was the upper's own: it is gone.

@@ -11,7 +11,7 @@ use crate::idmap::IdMap;
 use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
 use crate::layer::upper::Upper;
 use crate::layer::whiteout::is_private_xattr;
-use crate::layer::{INDEX, LayerIdx, Layers};
+use crate::layer::{LayerIdx, Layers, Place, Winner};
 use crate::name::Name;
 use crate::override_stat::Override;
 use crate::resolve::{self, DirFds};
@@ -99,7 +99,8 @@ impl Union {
         // Like overlayfs, the root merges every layer: opaque markers on the
         // layer roots themselves are ignored.
         let all: Vec<LayerIdx> = layers.iter().map(|(i, _)| i).collect();
-        let root = Inode::new(ROOT, st_ino, libc::S_IFDIR, None, all);
+        let place = Place::found(&all, true, layers.has_upper());
+        let root = Inode::new(ROOT, st_ino, libc::S_IFDIR, None, place);
         Ok(Union {
             layers,
             upper,
@@ -151,6 +152,13 @@ impl Union {
     /// The FUSE generation of inodes, bumped by every reset.
     pub fn generation(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The FUSE generation of inode `nodeid`: the mount's, plus the inode's
+    /// own (see [`Inode::generation`]).
+    pub fn generation_of(&self, nodeid: u64) -> u64 {
+        let own = self.inodes.get(nodeid).map_or(0, |i| i.generation);
+        self.generation().wrapping_add(own)
     }
 
     /// Whether new objects need a chmod to get their exact mode.
@@ -214,25 +222,25 @@ impl Union {
 
     /// Every layer directory of a merged directory, top-most first.
     pub(crate) fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
-        // Only this inode's `loc` and `fds` locks are taken under the read
-        // guard, never its `layers` lock.
-        let layers = inode.layers.read();
-        layers
-            .iter()
-            .map(|&l| Ok((l, self.dir_fd(inode, l)?)))
+        inode
+            .dir_layers()
+            .into_iter()
+            .map(|l| Ok((l, self.dir_fd(inode, l)?)))
             .collect()
     }
 
     /// The winning layer object of `inode`.
     pub(crate) fn object(&self, inode: &Arc<Inode>) -> Result<Object> {
-        let layer = inode.top_layer()?;
-        if layer == INDEX {
-            let upper = self.upper.as_ref().ok_or(Error::STALE)?;
-            return Ok(Object {
-                dir: Arc::clone(&upper.index),
-                name: Some(Upper::index_name(inode.st_ino)),
-            });
-        }
+        let layer = match inode.winner() {
+            Winner::Layer(l) => l,
+            Winner::Index => {
+                let upper = self.upper.as_ref().ok_or(Error::STALE)?;
+                return Ok(Object {
+                    dir: Arc::clone(&upper.index),
+                    name: Some(Upper::index_name(inode.st_ino)),
+                });
+            }
+        };
         let loc = inode.location()?;
         match loc {
             None => Ok(Object {
@@ -263,34 +271,33 @@ impl Union {
             return Ok(None);
         };
         let st_ino = self.reported_ino(&dirs, &found, &name);
+        let mut place = self.place_of(&found);
         if found.stat.st_nlink > 1
             && found.stat.st_mode & libc::S_IFMT != libc::S_IFDIR
             && let Some(upper) = &self.upper
             && let Some(ist) = upper.indexed(st_ino)
-            && (found.layers[0] != 0
+            && (place != Place::Upper
                 || (ist.st_dev == found.stat.st_dev && ist.st_ino == found.stat.st_ino))
         {
             // A copied-up lower hard link: whichever name is used, the
             // index entry is the object.
-            found.layers = vec![INDEX];
+            place = Place::Index;
             found.stat = ist;
         }
         let mut st = found.stat;
-        self.fix_nlink(&mut st, st_ino, found.layers[0]);
+        self.fix_nlink(&mut st, st_ino, &place);
         let kind = st.st_mode & libc::S_IFMT;
-        let (inode, known) = self.enter(&p, &name, st_ino, kind, &found.layers);
+        let indexed = place == Place::Index;
+        let (inode, known) = self.enter(&p, &name, st_ino, kind, place);
         if !known {
             // Directory descriptors opened by the lookup are worth keeping,
             // but only for a new inode: a known one has its own.
             self.fds.insert_found(&inode, found);
-        } else if !inode.is_dir()
-            && found.layers[0] == INDEX
-            && inode.top_layer().is_ok_and(|l| l != 0 && l != INDEX)
-        {
+        } else if !inode.is_dir() && indexed && !inode.in_upper() {
             // Another name of a file hard-linked in a lower layer was
             // copied up (in an earlier mount): that copy holds the data
             // now, for every name of the inode.
-            *inode.layers.write() = vec![INDEX];
+            inode.relocate(Place::Index);
             inode.move_location_front(&p, &name);
         } else {
             inode.note_location(&p, &name);
@@ -303,17 +310,26 @@ impl Union {
         Ok(Some(st))
     }
 
+    /// Where a found object lives.
+    pub(crate) fn place_of(&self, found: &resolve::Found) -> Place {
+        Place::found(
+            &found.layers,
+            found.stat.st_mode & libc::S_IFMT == libc::S_IFDIR,
+            self.layers.has_upper(),
+        )
+    }
+
     /// Records one kernel lookup of `name` in `parent` as inode `st_ino` of
-    /// type `kind` in `layers`. `true` when the table already knew the
+    /// type `kind` at `place`. `true` when the table already knew the
     /// inode alive (the caller then notes the name); a new inode, or a dead
-    /// one whose number now names this object, takes `name` and `layers`.
+    /// one whose number now names this object, takes `name` and `place`.
     pub(crate) fn enter(
         &self,
         parent: &Arc<Inode>,
         name: &Name,
         st_ino: u64,
         kind: u32,
-        layers: &[LayerIdx],
+        place: Place,
     ) -> (Arc<Inode>, bool) {
         let mut fresh = false;
         let inode = self.inodes.lookup(st_ino, kind, || {
@@ -322,14 +338,16 @@ impl Union {
                 parent: Arc::clone(parent),
                 name: name.clone(),
             };
-            Inode::new(st_ino, st_ino, kind, Some(loc), layers.to_vec())
+            Inode::new(st_ino, st_ino, kind, Some(loc), place.clone())
         });
         if fresh {
             return (inode, false);
         }
-        if inode.dead.load(std::sync::atomic::Ordering::Acquire) {
-            *inode.layers.write() = layers.to_vec();
-            self.fds.release(&inode);
+        if inode.is_dead() {
+            // A dead inode of the same type: another name of the same
+            // object (a hard link the table never saw), or a new object
+            // with a reused number; either way it is found here now.
+            inode.relocate(place);
             inode.note_location(parent, name);
             return (inode, false);
         }
@@ -340,8 +358,8 @@ impl Union {
     /// recorded at copy-up for an upper object that has one, else the
     /// layer object's own (mapped by [`Layers::st_ino`]).
     pub(crate) fn reported_ino(&self, dirs: &DirFds, found: &resolve::Found, name: &Name) -> u64 {
-        let top = found.layers[0];
-        if top == 0
+        if self.layers.has_upper()
+            && found.layers.first() == Some(&0)
             && let Some(upper) = &self.upper
             && let Some((_, dir)) = dirs.first()
             && let Some(ino) = upper.recorded_ino(dir.as_fd(), name.as_cstr())
@@ -352,11 +370,8 @@ impl Union {
     }
 
     /// Leaves the index's own link out of an indexed copy's `st_nlink`.
-    fn fix_nlink(&self, st: &mut libc::stat, st_ino: u64, layer: LayerIdx) {
-        if st.st_nlink <= 1
-            || (layer != 0 && layer != INDEX)
-            || st.st_mode & libc::S_IFMT == libc::S_IFDIR
-        {
+    fn fix_nlink(&self, st: &mut libc::stat, st_ino: u64, place: &Place) {
+        if st.st_nlink <= 1 || !place.in_upper() || st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return;
         }
         if let Some(upper) = &self.upper
@@ -395,7 +410,7 @@ impl Union {
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st)?;
         } else {
-            self.fix_nlink(&mut st, inode.st_ino, inode.top_layer()?);
+            self.fix_nlink(&mut st, inode.st_ino, &inode.place());
         }
         st.st_ino = inode.st_ino;
         self.present(&inode, &mut st);
@@ -407,7 +422,7 @@ impl Union {
     /// needs the merged listing (overlayfs answers 1 there; tools such as
     /// `find` use the count to skip work, so it is worth getting right).
     fn dir_nlink(&self, inode: &Arc<Inode>, st: &libc::stat) -> Result<libc::nlink_t> {
-        if inode.layers.read().len() <= 1 {
+        if !inode.is_merged() {
             return Ok(st.st_nlink);
         }
         if let Some(n) = inode.subdirs() {
@@ -420,29 +435,36 @@ impl Union {
 
     /// The cached listing of a directory that spans several layers.
     fn merged_listing(&self, inode: &Arc<Inode>) -> Result<Arc<DirSnapshot>> {
-        let mut cache = inode.dir_cache.lock();
-        if let Some(s) = &*cache {
-            return Ok(Arc::clone(s));
+        // No change in the directory can come between the listing and
+        // keeping it: changes take this lock too.
+        let mut dir = inode.lock_dir();
+        if let Some(s) = dir.listing() {
+            return Ok(s);
         }
-        let snap = Arc::new(self.list(inode)?);
-        *cache = Some(Arc::clone(&snap));
+        let snap = Arc::new(self.list_now(inode)?);
+        dir.keep(&snap);
         Ok(snap)
     }
 
+    /// A fresh listing of a directory, not kept.
     fn list(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
         let seen = inode.changes();
+        let snap = self.list_now(inode)?;
+        // Lookups that follow a listing (readdirplus, ls -l, tree walks)
+        // skip the `.wh.NAME` check where no layer directory has any.
+        inode.set_oci_layers(seen, snap.oci_layers());
+        Ok(snap)
+    }
+
+    fn list_now(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
         let dirs = self.dir_fds(inode)?;
-        let snap = resolve::list(
+        resolve::list(
             &self.layers,
             &dirs,
             inode.st_ino,
             inode.parent_ino(),
             self.upper.as_ref(),
-        )?;
-        // Lookups that follow a listing (readdirplus, ls -l, tree walks)
-        // skip the `.wh.NAME` check where no layer directory has any.
-        inode.set_oci_layers(seen, snap.oci_layers());
-        Ok(snap)
+        )
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
@@ -477,7 +499,7 @@ impl Union {
             }
             other => other?,
         };
-        let copied = (inode.top_layer()? != 0 && !self.read_only()).then(OnceLock::new);
+        let copied = (!inode.in_upper() && !self.read_only()).then(OnceLock::new);
         Ok(self.handles.insert(Handle::File { fd, inode, copied }))
     }
 
@@ -513,7 +535,7 @@ impl Union {
         if let Some(c) = copied.get() {
             return c.as_fd();
         }
-        if !inode.top_layer().is_ok_and(|l| l == 0 || l == INDEX) {
+        if !inode.in_upper() {
             return fd.as_fd();
         }
         let reopened = self.object(inode).and_then(|obj| {
@@ -560,7 +582,7 @@ impl Union {
         let snap = match &*s {
             Some(snap) if offset != 0 => Arc::clone(snap),
             _ => {
-                let fresh = if inode.layers.read().len() > 1 {
+                let fresh = if inode.is_merged() {
                     self.merged_listing(inode)?
                 } else {
                     Arc::new(self.list(inode)?)

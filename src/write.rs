@@ -12,7 +12,7 @@ use crate::copyup::Staged;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::inode::{Inode, Location};
-use crate::layer::INDEX;
+use crate::layer::Place;
 use crate::layer::upper::WhiteoutFormat;
 use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
@@ -212,7 +212,7 @@ impl Union {
         let kind = found.stat.st_mode & libc::S_IFMT;
         if let Ok(i) = self.inodes.get(st_ino)
             && i.kind == kind
-            && !i.dead.load(std::sync::atomic::Ordering::Acquire)
+            && !i.is_dead()
         {
             return i;
         }
@@ -225,7 +225,7 @@ impl Union {
             st_ino,
             kind,
             Some(loc),
-            found.layers.clone(),
+            self.place_of(&found),
         ));
         self.fds.insert_found(&inode, found);
         inode
@@ -346,7 +346,8 @@ impl Union {
     fn register(&self, parent: &Arc<Inode>, name: &Name, mut st: libc::stat) -> libc::stat {
         let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
         let kind = st.st_mode & libc::S_IFMT;
-        let (inode, known) = self.enter(parent, name, st_ino, kind, &[0]);
+        let place = Place::found(&[0], kind == libc::S_IFDIR, true);
+        let (inode, known) = self.enter(parent, name, st_ino, kind, place);
         if known {
             inode.note_location(parent, name);
         }
@@ -495,7 +496,7 @@ impl Union {
         st.st_ino = inode.st_ino;
         self.present(&inode, &mut st);
         let i = self.inodes.lookup(inode.nodeid, inode.kind, || {
-            Inode::new(inode.nodeid, inode.st_ino, inode.kind, None, vec![0])
+            Inode::new(inode.nodeid, inode.st_ino, inode.kind, None, Place::Upper)
         });
         i.note_location(&np, &name);
         let upper = self.upper()?;
@@ -848,7 +849,7 @@ impl Union {
     }
 
     fn fsync_dir(&self, inode: &Arc<Inode>, datasync: bool) -> Result<()> {
-        if inode.top_layer()? != 0 {
+        if !inode.in_upper() {
             // Nothing of it is in the upper; there is nothing to flush.
             return Ok(());
         }
@@ -952,7 +953,7 @@ impl Union {
                 // Any open handle may be a reader whose release is still
                 // on its way: only a writable one can be truncated through.
                 Some(Handle::File { fd, .. })
-                    if inode.top_layer()? == 0
+                    if inode.place() == Place::Upper
                         && sys::is_open_for_write(fd.as_fd())
                         && self.handle_in_upper(fd.as_fd(), &obj) =>
                 {
@@ -1060,7 +1061,7 @@ impl Union {
             return true;
         }
         match self.handles.get(fh).as_deref() {
-            Ok(Handle::File { inode, .. }) => inode.top_layer().is_ok_and(|l| l == 0 || l == INDEX),
+            Ok(Handle::File { inode, .. }) => inode.in_upper(),
             _ => false,
         }
     }

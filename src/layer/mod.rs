@@ -23,9 +23,115 @@ pub struct Layer {
 /// is one).
 pub type LayerIdx = u16;
 
-/// Stands for the upper layer's index of copied-up hard links in an inode's
-/// layer list: the object is the index entry named by its inode number.
-pub const INDEX: LayerIdx = LayerIdx::MAX;
+/// Where an object of the merged tree lives. Metadata-only copy-up adds one
+/// variant here (metadata in the upper, data in a lower layer); every
+/// question below then answers for it in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// A non-directory in the upper layer, at its name.
+    Upper,
+    /// A non-directory that only lower layers hold: the winning layer.
+    Lower(LayerIdx),
+    /// A copied-up lower hard link: the upper's index entry named by the
+    /// object's inode number, whichever of its names is used.
+    Index,
+    /// A directory: every layer whose directory is merged into it,
+    /// top-most first, stopping at an opaque one. `upper` when the first
+    /// is the upper layer.
+    Dir { upper: bool, layers: Vec<LayerIdx> },
+}
+
+/// What [`Place::winner`] names: the object whose attributes the mount shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    /// The object at the inode's name in this layer.
+    Layer(LayerIdx),
+    /// The upper's index entry of the inode.
+    Index,
+}
+
+impl Place {
+    /// The place of an object found in `layers` (top-most first, never
+    /// empty) of a mount that `has_upper`.
+    pub fn found(layers: &[LayerIdx], is_dir: bool, has_upper: bool) -> Place {
+        let upper = has_upper && layers.first() == Some(&0);
+        if is_dir {
+            Place::Dir {
+                upper,
+                layers: layers.to_vec(),
+            }
+        } else if upper {
+            Place::Upper
+        } else {
+            Place::Lower(layers.first().copied().unwrap_or(0))
+        }
+    }
+
+    /// The upper layer holds the object (and its data): changes need no
+    /// copy-up.
+    pub fn in_upper(&self) -> bool {
+        match self {
+            Place::Upper | Place::Index => true,
+            Place::Lower(_) => false,
+            Place::Dir { upper, .. } => *upper,
+        }
+    }
+
+    /// Only the upper layer holds the object: nothing below shows through.
+    pub fn upper_only(&self) -> bool {
+        match self {
+            Place::Upper | Place::Index => true,
+            Place::Lower(_) => false,
+            Place::Dir { upper, layers } => *upper && layers.len() == 1,
+        }
+    }
+
+    /// A directory merged from more than one layer.
+    pub fn is_merged(&self) -> bool {
+        matches!(self, Place::Dir { layers, .. } if layers.len() > 1)
+    }
+
+    /// The layers whose directories make up a directory (empty for
+    /// anything else).
+    pub fn dir_layers(&self) -> &[LayerIdx] {
+        match self {
+            Place::Dir { layers, .. } => layers,
+            _ => &[],
+        }
+    }
+
+    /// The object that stands for the whole.
+    pub fn winner(&self) -> Winner {
+        match self {
+            Place::Upper => Winner::Layer(0),
+            Place::Lower(l) => Winner::Layer(*l),
+            Place::Index => Winner::Index,
+            Place::Dir { layers, .. } => Winner::Layer(layers.first().copied().unwrap_or(0)),
+        }
+    }
+
+    /// The place once the upper holds a copy of the object: a directory
+    /// keeps its lower parts merged below the new upper one.
+    pub fn copied_up(&self, indexed: bool) -> Place {
+        match self {
+            Place::Dir {
+                upper: false,
+                layers,
+            } => {
+                let mut all = Vec::with_capacity(layers.len() + 1);
+                all.push(0);
+                all.extend_from_slice(layers);
+                Place::Dir {
+                    upper: true,
+                    layers: all,
+                }
+            }
+            Place::Dir { .. } => self.clone(),
+            _ if indexed => Place::Index,
+            _ => Place::Upper,
+        }
+    }
+}
 
 /// All layers of a mount, top-most first.
 #[derive(Debug)]
