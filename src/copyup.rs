@@ -17,7 +17,7 @@ use crate::layer::whiteout::is_private_xattr;
 use crate::name::Name;
 use crate::resolve;
 use crate::sys::{self, XTarget};
-use crate::union::{Object, Union};
+use crate::tree::{Object, Tree};
 
 /// Largest chunk handed to one `copy_file_range` call.
 const COPY_CHUNK: usize = 1 << 30;
@@ -57,11 +57,7 @@ impl Drop for Staged<'_> {
     }
 }
 
-impl Union {
-    pub(crate) fn upper(&self) -> Result<&Upper> {
-        self.upper.as_ref().ok_or(Error::ROFS)
-    }
-
+impl Tree {
     /// The upper descriptor of directory `inode`, copying it (and its
     /// ancestors) up first when only lower layers hold it.
     pub(crate) fn upper_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
@@ -309,17 +305,6 @@ impl Union {
         if !self.volatile {
             sys::fsync(out, false)?;
         }
-        Ok(())
-    }
-
-    /// Makes the entries of upper directory `dir` (an `O_PATH` descriptor)
-    /// durable, unless the mount is volatile.
-    pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
-        if self.volatile {
-            return Ok(());
-        }
-        let fd = sys::open_child_flags(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
-        sys::fsync(fd.as_fd(), false)?;
         Ok(())
     }
 

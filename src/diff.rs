@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::handle::DirSnapshot;
 use crate::layer::whiteout::{self, dir_marks, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
+use crate::listing::DirSnapshot;
 use crate::name::Name;
 use crate::resolve::{self, DirFds};
 use crate::sys;

@@ -22,8 +22,8 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
-use crate::handle::DirSnapshot;
 use crate::layer::{LayerIdx, Place, Winner};
+use crate::listing::DirSnapshot;
 use crate::name::Name;
 use crate::resolve::Found;
 

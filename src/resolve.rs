@@ -6,10 +6,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::handle::DirSnapshot;
 use crate::layer::upper::Upper;
 use crate::layer::whiteout::{self, DirMarks, dir_marks, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
+use crate::listing::DirSnapshot;
 use crate::name::Name;
 use crate::sys;
 

@@ -1,4 +1,7 @@
-//! The filesystem operations as plain Rust: `Result<T, Error>` in, no fuser.
+//! The filesystem as plain Rust (`Result<T, Error>`, no fuser): [`Union`],
+//! which adds open handles and the change/reset barrier to the shared
+//! [`Tree`], and the operations that only read. Changes are in
+//! `crate::write`, resets in `crate::reset`, copy-up in `crate::copyup`.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -6,16 +9,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::handle::{DirSnapshot, Handle, Handles};
+use crate::handle::{Handle, Handles};
 use crate::idmap::IdMap;
-use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
+use crate::inode::Inode;
 use crate::layer::upper::Upper;
 use crate::layer::whiteout::is_private_xattr;
-use crate::layer::{LayerIdx, Layers, Place, Winner};
+use crate::layer::{Layers, Place};
+use crate::listing::DirSnapshot;
 use crate::name::Name;
-use crate::override_stat::Override;
-use crate::resolve::{self, DirFds};
-use crate::sys::{self, XTarget};
+use crate::resolve;
+use crate::sys;
+use crate::tree::Tree;
 
 /// Receives directory entries; returns `true` once its buffer is full (the
 /// entry was then not taken). Lets the merge be written once for readdir.
@@ -29,26 +33,12 @@ pub trait DirPlusReplier {
     fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat) -> bool;
 }
 
-/// The merged filesystem.
+/// The merged filesystem: the shared tree, plus open handles and what
+/// keeps changes and resets apart.
 #[derive(Debug)]
 pub struct Union {
-    pub(crate) layers: Layers,
-    /// The writable layer's conventions; `None` on a read-only mount.
-    pub(crate) upper: Option<Upper>,
-    pub(crate) inodes: InodeTable,
+    pub(crate) tree: Tree,
     pub(crate) handles: Handles,
-    pub(crate) fds: FdCache,
-    /// Mounted read-only although there is an upper.
-    read_only: bool,
-    /// Owners as shown (container ids) and as stored (host ids).
-    pub(crate) ids: IdMap,
-    /// The xattr holding ownership and mode overrides, when enabled.
-    pub(crate) override_xattr: Option<&'static CStr>,
-    /// fsync does not reach the disk.
-    pub(crate) volatile: bool,
-    /// New objects get their mode by chmod, not through a zero umask (an
-    /// in-process mount leaves its host's umask alone).
-    pub(crate) exact_modes: bool,
     /// Held for reading by every change to the upper, for writing by a
     /// reset or checkpoint, which must see the upper still.
     pub(crate) barrier: parking_lot::RwLock<()>,
@@ -56,33 +46,11 @@ pub struct Union {
     pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
-/// A layer object as the syscalls want it: a name in a parent directory, or
-/// (no name) the root directory of a layer itself.
-pub(crate) struct Object {
-    pub(crate) dir: Arc<OwnedFd>,
-    pub(crate) name: Option<Name>,
-}
-
-impl Object {
-    pub(crate) fn xattr_target(&self) -> XTarget<'_> {
-        match &self.name {
-            None => XTarget::Fd(self.dir.as_fd()),
-            Some(name) => XTarget::At(self.dir.as_fd(), name.as_cstr()),
-        }
-    }
-
-    pub(crate) fn stat(&self) -> Result<libc::stat> {
-        Ok(match &self.name {
-            None => sys::fstat(self.dir.as_fd())?,
-            Some(name) => sys::fstatat(self.dir.as_fd(), name.as_cstr())?,
-        })
-    }
-
-    pub(crate) fn dir_and_name(&self) -> (BorrowedFd<'_>, &CStr) {
-        match &self.name {
-            None => (self.dir.as_fd(), c"."),
-            Some(name) => (self.dir.as_fd(), name.as_cstr()),
-        }
+/// The operations reach the shared tree's state and its helpers directly.
+impl std::ops::Deref for Union {
+    type Target = Tree;
+    fn deref(&self) -> &Tree {
+        &self.tree
     }
 }
 
@@ -90,28 +58,9 @@ impl Union {
     /// Builds the union over opened layers. `fd_budget` bounds the directory
     /// descriptors kept open (see [`crate::inode`]).
     pub fn new(layers: Layers, upper: Option<Upper>, fd_budget: usize) -> std::io::Result<Union> {
-        if layers.is_empty() {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let top = layers.get(0);
-        let st = sys::fstat(top.root.as_fd())?;
-        let st_ino = layers.st_ino(st.st_dev, st.st_ino);
-        // Like overlayfs, the root merges every layer: opaque markers on the
-        // layer roots themselves are ignored.
-        let all: Vec<LayerIdx> = layers.iter().map(|(i, _)| i).collect();
-        let place = Place::found(&all, true, layers.has_upper());
-        let root = Inode::new(ROOT, st_ino, libc::S_IFDIR, None, place);
         Ok(Union {
-            layers,
-            upper,
-            inodes: InodeTable::new(root),
+            tree: Tree::new(layers, upper, fd_budget)?,
             handles: Handles::default(),
-            fds: FdCache::new(fd_budget),
-            read_only: false,
-            volatile: false,
-            ids: IdMap::default(),
-            override_xattr: None,
-            exact_modes: false,
             barrier: parking_lot::RwLock::new(()),
             epoch: std::sync::atomic::AtomicU64::new(0),
         })
@@ -140,13 +89,13 @@ impl Union {
 
     /// `--read-only` (refuse changes despite an upper) and `--volatile`.
     pub fn set_options(&mut self, read_only: bool, volatile: bool) {
-        self.read_only = read_only;
-        self.volatile = volatile;
+        self.tree.read_only = read_only;
+        self.tree.volatile = volatile;
     }
 
     /// Shows owners through `ids` (user-namespace id mapping or squashing).
     pub fn set_ids(&mut self, ids: IdMap) {
-        self.ids = ids;
+        self.tree.ids = ids;
     }
 
     /// The FUSE generation of inodes, bumped by every reset.
@@ -163,95 +112,13 @@ impl Union {
 
     /// Whether new objects need a chmod to get their exact mode.
     pub fn set_exact_modes(&mut self, on: bool) {
-        self.exact_modes = on;
+        self.tree.exact_modes = on;
     }
 
     /// Reads and writes ownership overrides in `attr` (see
     /// [`crate::override_stat`]).
     pub fn set_override_xattr(&mut self, attr: Option<&'static CStr>) {
-        self.override_xattr = attr;
-    }
-
-    /// The override recorded on an object, if overrides are enabled.
-    pub(crate) fn override_of(&self, t: XTarget<'_>) -> Option<Override> {
-        let attr = self.override_xattr?;
-        let mut buf = [0u8; 64];
-        let n = sys::getxattr(t, attr, &mut buf).ok()?;
-        Override::parse(&buf[..n])
-    }
-
-    /// A stat result as the mount shows it: overrides, then id mapping.
-    pub(crate) fn present(&self, inode: &Arc<Inode>, st: &mut libc::stat) {
-        if self.override_xattr.is_some()
-            && let Ok(obj) = self.object(inode)
-            && let Some(o) = self.override_of(obj.xattr_target())
-        {
-            o.apply(st);
-        }
-        self.ids.show(st);
-    }
-
-    /// Whether the mount refuses every change.
-    pub fn read_only(&self) -> bool {
-        self.read_only || !self.layers.has_upper()
-    }
-
-    /// The descriptor of directory `inode` in `layer`, from the cache or
-    /// opened relative to the nearest ancestor's that is cached. A loop, not
-    /// recursion: images nest directories thousands deep, and a request
-    /// thread's stack is small.
-    pub(crate) fn dir_fd(&self, inode: &Arc<Inode>, layer: LayerIdx) -> Result<Arc<OwnedFd>> {
-        let mut below = Vec::new();
-        let mut cur = Arc::clone(inode);
-        let mut fd = loop {
-            let Some(loc) = cur.location()? else {
-                break Arc::clone(&self.layers.get(layer).root);
-            };
-            if let Some(fd) = cur.cached_fd(layer) {
-                break fd;
-            }
-            below.push((cur, loc.name));
-            cur = loc.parent;
-        };
-        while let Some((dir, name)) = below.pop() {
-            let child = sys::open_child_dir(fd.as_fd(), name.as_cstr())?;
-            fd = self.fds.insert(&dir, layer, child);
-        }
-        Ok(fd)
-    }
-
-    /// Every layer directory of a merged directory, top-most first.
-    pub(crate) fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
-        inode
-            .dir_layers()
-            .into_iter()
-            .map(|l| Ok((l, self.dir_fd(inode, l)?)))
-            .collect()
-    }
-
-    /// The winning layer object of `inode`.
-    pub(crate) fn object(&self, inode: &Arc<Inode>) -> Result<Object> {
-        let layer = match inode.winner() {
-            Winner::Layer(l) => l,
-            Winner::Index => {
-                let upper = self.upper.as_ref().ok_or(Error::STALE)?;
-                return Ok(Object {
-                    dir: Arc::clone(&upper.index),
-                    name: Some(Upper::index_name(inode.st_ino)),
-                });
-            }
-        };
-        let loc = inode.location()?;
-        match loc {
-            None => Ok(Object {
-                dir: Arc::clone(&self.layers.get(layer).root),
-                name: None,
-            }),
-            Some(loc) => Ok(Object {
-                dir: self.dir_fd(&loc.parent, layer)?,
-                name: Some(loc.name),
-            }),
-        }
+        self.tree.override_xattr = attr;
     }
 
     /// Resolves `name` in `parent`; `Ok(None)` when nothing is visible there,
@@ -308,65 +175,6 @@ impl Union {
         }
         self.present(&inode, &mut st);
         Ok(Some(st))
-    }
-
-    /// Where a found object lives.
-    pub(crate) fn place_of(&self, found: &resolve::Found) -> Place {
-        Place::found(
-            &found.layers,
-            found.stat.st_mode & libc::S_IFMT == libc::S_IFDIR,
-            self.layers.has_upper(),
-        )
-    }
-
-    /// Records one kernel lookup of `name` in `parent` as inode `st_ino` of
-    /// type `kind` at `place`. `true` when the table already knew the
-    /// inode alive (the caller then notes the name); a new inode, or a dead
-    /// one whose number now names this object, takes `name` and `place`.
-    pub(crate) fn enter(
-        &self,
-        parent: &Arc<Inode>,
-        name: &Name,
-        st_ino: u64,
-        kind: u32,
-        place: Place,
-    ) -> (Arc<Inode>, bool) {
-        let mut fresh = false;
-        let inode = self.inodes.lookup(st_ino, kind, || {
-            fresh = true;
-            let loc = Location {
-                parent: Arc::clone(parent),
-                name: name.clone(),
-            };
-            Inode::new(st_ino, st_ino, kind, Some(loc), place.clone())
-        });
-        if fresh {
-            return (inode, false);
-        }
-        if inode.is_dead() {
-            // A dead inode of the same type: another name of the same
-            // object (a hard link the table never saw), or a new object
-            // with a reused number; either way it is found here now.
-            inode.relocate(place);
-            inode.note_location(parent, name);
-            return (inode, false);
-        }
-        (inode, true)
-    }
-
-    /// The inode number the mount reports for a found object: the one
-    /// recorded at copy-up for an upper object that has one, else the
-    /// layer object's own (mapped by [`Layers::st_ino`]).
-    pub(crate) fn reported_ino(&self, dirs: &DirFds, found: &resolve::Found, name: &Name) -> u64 {
-        if self.layers.has_upper()
-            && found.layers.first() == Some(&0)
-            && let Some(upper) = &self.upper
-            && let Some((_, dir)) = dirs.first()
-            && let Some(ino) = upper.recorded_ino(dir.as_fd(), name.as_cstr())
-        {
-            return ino;
-        }
-        self.layers.st_ino(found.stat.st_dev, found.stat.st_ino)
     }
 
     /// Leaves the index's own link out of an indexed copy's `st_nlink`.

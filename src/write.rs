@@ -199,38 +199,6 @@ impl Union {
         Ok(!lowers.is_empty() && resolve::lookup(&self.layers, &lowers, name)?.is_some())
     }
 
-    /// The inode of a found object: the table's when the kernel holds it,
-    /// else a transient one for the duration of the operation.
-    pub(crate) fn inode_of(
-        &self,
-        parent: &Arc<Inode>,
-        name: &Name,
-        dirs: &DirFds,
-        found: Found,
-    ) -> Arc<Inode> {
-        let st_ino = self.reported_ino(dirs, &found, name);
-        let kind = found.stat.st_mode & libc::S_IFMT;
-        if let Ok(i) = self.inodes.get(st_ino)
-            && i.kind == kind
-            && !i.is_dead()
-        {
-            return i;
-        }
-        let loc = Location {
-            parent: Arc::clone(parent),
-            name: name.clone(),
-        };
-        let inode = Arc::new(Inode::new(
-            st_ino,
-            st_ino,
-            kind,
-            Some(loc),
-            self.place_of(&found),
-        ));
-        self.fds.insert_found(&inode, found);
-        inode
-    }
-
     /// Creates `name` in `parent`, owned by the caller. Where the daemon's
     /// own ids give the right owner, the object is made in place (complete
     /// the moment it exists); a file for another owner is made unnamed
@@ -1007,7 +975,7 @@ impl Union {
 
     /// Whether a handle's descriptor is the object `obj` (and not the lower
     /// file it was opened on before a copy-up).
-    fn handle_in_upper(&self, fd: BorrowedFd<'_>, obj: &crate::union::Object) -> bool {
+    fn handle_in_upper(&self, fd: BorrowedFd<'_>, obj: &crate::tree::Object) -> bool {
         match (sys::fstat(fd), obj.stat()) {
             (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
             _ => false,
