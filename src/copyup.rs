@@ -404,7 +404,7 @@ impl Tree {
             upper: true,
             layers: vec![0],
         });
-        dir.changed(true);
+        dir.changed();
         Ok(())
     }
 }

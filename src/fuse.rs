@@ -41,6 +41,10 @@ pub struct UnionFs {
     /// unsupported), so this can be long.
     ttl: Duration,
     passthrough: AtomicBool,
+    /// The kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT
+    /// was agreed): the first OPENDIR is answered ENOSYS, and no OPENDIR or
+    /// RELEASEDIR comes after it.
+    no_opendir: AtomicBool,
     /// Per inode with open files: the kernel wants every open of an inode
     /// in one I/O mode (all through one backing file, or all cached).
     io: DashMap<u64, IoState>,
@@ -68,6 +72,7 @@ impl UnionFs {
             union,
             ttl,
             passthrough: AtomicBool::new(passthrough),
+            no_opendir: AtomicBool::new(false),
             io: DashMap::new(),
             open_files: DashMap::new(),
             stats,
@@ -192,10 +197,18 @@ impl Filesystem for UnionFs {
             // readdirplus when the kernel sees lookups follow a listing
             // (ls -l, find, tree walks), plain readdir otherwise.
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            // Reading a directory needs no handle (offsets are name
+            // hashes), so every opendir and closedir of a walk would be two
+            // round trips for nothing.
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
         if let Err(missing) = config.add_capabilities(wanted & caps) {
             debug!("kernel lacks {missing:?}");
         }
+        self.no_opendir.store(
+            caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
+            Ordering::Relaxed,
+        );
         let _ = config.set_max_readahead(MAX_READ as u32);
         let _ = config.set_max_write(MAX_READ as u32);
         if self.passthrough.load(Ordering::Relaxed) {
@@ -329,10 +342,14 @@ impl Filesystem for UnionFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.stats.time(const { Op::named("opendir") });
         match self.union.opendir(ino.0) {
+            // From now on the kernel opens directories itself, keeping their
+            // listings across opens (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE,
+            // its default then, as below).
+            Ok(()) if self.no_opendir.load(Ordering::Relaxed) => reply.error(Errno::ENOSYS),
             // The kernel may keep this directory's listing across opens: it
             // only changes through this mount, which invalidates it.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
+            Ok(()) => reply.opened(
+                FileHandle(0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => {
@@ -346,14 +363,14 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _t = self.stats.time(const { Op::named("readdir") });
         let res = self
             .union
-            .readdir(fh.0, offset, &mut DirOut { reply: &mut reply });
+            .readdir(ino.0, offset, &mut DirOut { reply: &mut reply });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => {
@@ -367,13 +384,13 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _t = self.stats.time(const { Op::named("readdirplus") });
         let res = self.union.readdirplus(
-            fh.0,
+            ino.0,
             offset,
             &mut DirPlusOut {
                 reply: &mut reply,
@@ -394,12 +411,11 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
         let _t = self.stats.time(const { Op::named("releasedir") });
-        self.union.releasedir(fh.0);
         reply.ok();
     }
 
@@ -690,13 +706,12 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         let _t = self.stats.time(const { Op::named("fsyncdir") });
-        // A directory handle's fsync is the union's fsync of that handle.
-        let r = self.union.fsync(fh.0, datasync);
+        let r = self.union.fsyncdir(ino.0, datasync);
         reply_empty("fsyncdir", ino, None, r, reply);
     }
 

@@ -5,11 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use crate::inode::Inode;
-use crate::listing::DirSnapshot;
 
 /// What a file handle refers to.
 #[derive(Debug)]
@@ -21,11 +19,6 @@ pub enum Handle {
         /// Opened read-only on a lower file: once the file is copied up,
         /// reads switch to this descriptor of the copy.
         copied: Option<OnceLock<OwnedFd>>,
-    },
-    /// An open directory; the listing is taken at the first readdir.
-    Dir {
-        inode: Arc<Inode>,
-        snapshot: Mutex<Option<Arc<DirSnapshot>>>,
     },
 }
 

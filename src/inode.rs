@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -60,18 +60,14 @@ pub struct Inode {
     /// Serialises copy-up of this object, held across the copy: concurrent
     /// writers copy once.
     copy: Mutex<()>,
-    /// The merged listing of a directory and the count of changes made in
-    /// it, held while a listing is taken so that it is never older than the
-    /// count says.
+    /// The listing of a directory's readdir pass, held while a listing is
+    /// taken so that no change in the directory comes between listing and
+    /// keeping it.
     dir: Mutex<DirState>,
     /// Layers whose directory here holds `.wh.` files, as the last listing
     /// saw them (all, until one is taken or after any change); written under
     /// `dir`, read without it on every lookup in the directory.
     oci_layers: AtomicU64,
-    /// Subdirectories of a merged directory, for `st_nlink`: kept apart
-    /// from the listing, which every file created in the directory
-    /// invalidates; written under `dir`.
-    subdirs: AtomicU32,
     /// Parent and names.
     names: RwLock<Names>,
     /// Every name is gone; only open handles still reach the object.
@@ -104,16 +100,9 @@ struct State {
 
 #[derive(Debug, Default)]
 struct DirState {
-    /// Merged listing of a directory spanning several layers, kept because
-    /// both `st_nlink` and readdir need it and the lowers never change.
+    /// The listing of a readdir pass in progress.
     listing: Option<Arc<DirSnapshot>>,
-    /// Changes made through the mount in this directory, so that a listing
-    /// taken across one does not pass for current.
-    changes: u64,
 }
-
-/// `Inode::subdirs` not computed yet.
-const UNKNOWN: u32 = u32::MAX;
 
 /// The directory lock of an inode, held while its listing is taken.
 #[derive(Debug)]
@@ -127,7 +116,20 @@ impl DirGuard<'_> {
         self.state.listing.clone()
     }
 
-    /// Keeps a merged listing taken under this guard.
+    /// A readdir pass over `snap` reached its end: the kernel keeps the
+    /// listing now, and the directory need not.
+    pub fn pass_ended(&mut self, snap: &Arc<DirSnapshot>) {
+        if self
+            .state
+            .listing
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, snap))
+        {
+            self.state.listing = None;
+        }
+    }
+
+    /// Keeps a listing taken under this guard.
     pub fn keep(&mut self, snap: &Arc<DirSnapshot>) {
         self.state.listing = Some(Arc::clone(snap));
         self.inode
@@ -147,7 +149,6 @@ impl Inode {
             copy: Mutex::new(()),
             dir: Mutex::new(DirState::default()),
             oci_layers: AtomicU64::new(u64::MAX),
-            subdirs: AtomicU32::new(UNKNOWN),
             names: RwLock::new(Names {
                 loc,
                 aliases: Vec::new(),
@@ -328,18 +329,11 @@ impl Inode {
         names.aliases.push(new);
     }
 
-    /// Drops the cached merged listing after a change in the directory;
-    /// `subdirs` when the change may add or remove a subdirectory.
-    pub fn changed(&self, subdirs: bool) {
-        {
-            let mut d = self.dir.lock();
-            d.listing = None;
-            d.changes += 1;
-            self.oci_layers.store(u64::MAX, Ordering::Relaxed);
-        }
-        if subdirs {
-            self.subdirs.store(UNKNOWN, Ordering::Relaxed);
-        }
+    /// Drops the kept listing after a change in the directory.
+    pub fn changed(&self) {
+        let mut d = self.dir.lock();
+        d.listing = None;
+        self.oci_layers.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Locks the directory's listing state (see [`DirGuard`]).
@@ -353,30 +347,6 @@ impl Inode {
     /// See the field; `u64::MAX` when unknown.
     pub fn oci_layers(&self) -> u64 {
         self.oci_layers.load(Ordering::Relaxed)
-    }
-
-    /// The count of changes, to pass to [`Inode::set_oci_layers`].
-    pub fn changes(&self) -> u64 {
-        self.dir.lock().changes
-    }
-
-    /// Records what a listing started at change count `seen` found, unless
-    /// the directory changed since.
-    pub fn set_oci_layers(&self, seen: u64, mask: u64) {
-        let d = self.dir.lock();
-        if d.changes == seen {
-            self.oci_layers.store(mask, Ordering::Relaxed);
-        }
-    }
-
-    /// The number of subdirectories of a merged directory, when known.
-    pub fn subdirs(&self) -> Option<u32> {
-        let n = self.subdirs.load(Ordering::Relaxed);
-        (n != UNKNOWN).then_some(n)
-    }
-
-    pub fn set_subdirs(&self, n: u32) {
-        self.subdirs.store(n, Ordering::Relaxed);
     }
 
     /// A cached descriptor of this directory in `layer`.

@@ -194,7 +194,7 @@ impl Union {
         all.sort_by_key(|i| depth(i));
         for inode in all {
             self.fds.release(&inode);
-            inode.changed(true);
+            inode.changed();
             out.push(Inval::Inode(inode.nodeid));
             let Ok(Some(loc)) = inode.location() else {
                 continue;

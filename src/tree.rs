@@ -36,6 +36,9 @@ pub struct Tree {
     /// New objects get their mode by chmod, not through a zero umask (an
     /// in-process mount leaves its host's umask alone).
     pub(crate) exact_modes: bool,
+    /// The key of readdir offsets (see [`crate::listing`]), random so that
+    /// names in an image cannot be chosen to collide.
+    pub(crate) dir_hash: std::collections::hash_map::RandomState,
 }
 
 /// A layer object as the syscalls want it: a name in a parent directory, or
@@ -95,6 +98,7 @@ impl Tree {
             ids: IdMap::default(),
             override_xattr: None,
             exact_modes: false,
+            dir_hash: Default::default(),
         })
     }
 

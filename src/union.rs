@@ -171,7 +171,7 @@ impl Union {
         }
         st.st_ino = inode.st_ino;
         if inode.is_dir() {
-            st.st_nlink = self.dir_nlink(&inode, &st)?;
+            st.st_nlink = self.dir_nlink(&inode, &st);
         }
         self.present(&inode, &mut st);
         Ok(Some(st))
@@ -210,13 +210,12 @@ impl Union {
                 };
                 match &*h {
                     Handle::File { fd, .. } => sys::fstat(fd.as_fd())?,
-                    Handle::Dir { .. } => return Err(e),
                 }
             }
             (Err(e), _) => return Err(e),
         };
         if inode.is_dir() {
-            st.st_nlink = self.dir_nlink(&inode, &st)?;
+            st.st_nlink = self.dir_nlink(&inode, &st);
         } else {
             self.fix_nlink(&mut st, inode.st_ino, &inode.place());
         }
@@ -225,54 +224,49 @@ impl Union {
         Ok(st)
     }
 
-    /// `st_nlink` of a directory: exact, 2 + its subdirectories in the merged
-    /// view. A directory from one layer already has it on disk; a merged one
-    /// needs the merged listing (overlayfs answers 1 there; tools such as
-    /// `find` use the count to skip work, so it is worth getting right).
-    fn dir_nlink(&self, inode: &Arc<Inode>, st: &libc::stat) -> Result<libc::nlink_t> {
-        if !inode.is_merged() {
-            return Ok(st.st_nlink);
-        }
-        if let Some(n) = inode.subdirs() {
-            return Ok(2 + n as libc::nlink_t);
-        }
-        let n = self.merged_listing(inode)?.subdirs() as u32;
-        inode.set_subdirs(n);
-        Ok(2 + n as libc::nlink_t)
+    /// `st_nlink` of a directory: its real count when one layer holds it;
+    /// 1 when it is merged from several, as kernel overlayfs reports (tools
+    /// such as `find` read 1 as "count unknown"). An exact count would cost
+    /// a full merged listing at the directory's first stat.
+    fn dir_nlink(&self, inode: &Arc<Inode>, st: &libc::stat) -> libc::nlink_t {
+        if inode.is_merged() { 1 } else { st.st_nlink }
     }
 
-    /// The cached listing of a directory that spans several layers.
-    fn merged_listing(&self, inode: &Arc<Inode>) -> Result<Arc<DirSnapshot>> {
+    /// The listing a readdir pass reads from: taken at the pass's first
+    /// request and kept on the directory until a pass reaches its end or
+    /// the directory changes. Offsets stay right across a change anyway
+    /// (see [`crate::listing`]); keeping it only spares a 50k-entry
+    /// directory a new listing per request.
+    fn pass_listing(&self, inode: &Arc<Inode>) -> Result<Arc<DirSnapshot>> {
         // No change in the directory can come between the listing and
         // keeping it: changes take this lock too.
         let mut dir = inode.lock_dir();
         if let Some(s) = dir.listing() {
             return Ok(s);
         }
-        let snap = Arc::new(self.list_now(inode)?);
-        dir.keep(&snap);
-        Ok(snap)
-    }
-
-    /// A fresh listing of a directory, not kept.
-    fn list(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
-        let seen = inode.changes();
-        let snap = self.list_now(inode)?;
-        // Lookups that follow a listing (readdirplus, ls -l, tree walks)
-        // skip the `.wh.NAME` check where no layer directory has any.
-        inode.set_oci_layers(seen, snap.oci_layers());
-        Ok(snap)
-    }
-
-    fn list_now(&self, inode: &Arc<Inode>) -> Result<DirSnapshot> {
         let dirs = self.dir_fds(inode)?;
-        resolve::list(
+        let mut snap = resolve::list(
             &self.layers,
             &dirs,
             inode.st_ino,
             inode.parent_ino(),
             self.upper.as_ref(),
-        )
+        )?;
+        snap.order(&self.dir_hash);
+        let snap = Arc::new(snap);
+        // Lookups that follow a listing (readdirplus, ls -l, tree walks)
+        // skip the `.wh.NAME` check where no layer directory has any.
+        dir.keep(&snap);
+        Ok(snap)
+    }
+
+    /// A directory being read.
+    fn dir_inode_for_read(&self, nodeid: u64) -> Result<Arc<Inode>> {
+        let inode = self.inodes.get(nodeid)?;
+        if !inode.is_dir() {
+            return Err(Error::NOTDIR);
+        }
+        Ok(inode)
     }
 
     pub fn readlink(&self, nodeid: u64) -> Result<Vec<u8>> {
@@ -327,7 +321,6 @@ impl Union {
                 };
                 Ok(sys::pread(fd, buf, offset)?)
             }
-            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
         }
     }
 
@@ -360,7 +353,6 @@ impl Union {
         let h = self.handles.get(fh)?;
         match &*h {
             Handle::File { fd, .. } => Ok(sys::lseek(fd.as_fd(), offset, whence)?),
-            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
         }
     }
 
@@ -368,86 +360,61 @@ impl Union {
         self.handles.remove(fh);
     }
 
-    pub fn opendir(&self, nodeid: u64) -> Result<u64> {
-        let inode = self.inodes.get(nodeid)?;
-        if !inode.is_dir() {
-            return Err(Error::NOTDIR);
-        }
-        Ok(self.handles.insert(Handle::Dir {
-            inode,
-            snapshot: parking_lot::Mutex::new(None),
-        }))
+    /// Checks that a directory may be opened. Directories have no handles:
+    /// reading one needs no state between requests (see
+    /// [`crate::listing`]).
+    pub fn opendir(&self, nodeid: u64) -> Result<()> {
+        self.dir_inode_for_read(nodeid).map(drop)
     }
 
-    /// The listing of an open directory, taken at offset 0 and kept for the
-    /// handle's life, so that offsets stay meaningful for seekdir.
-    fn snapshot(&self, fh: u64, offset: u64) -> Result<(Arc<Inode>, Arc<DirSnapshot>)> {
-        let h = self.handles.get(fh)?;
-        let Handle::Dir { inode, snapshot } = &*h else {
-            return Err(Error::NOTDIR);
-        };
-        let mut s = snapshot.lock();
-        let snap = match &*s {
-            Some(snap) if offset != 0 => Arc::clone(snap),
-            _ => {
-                let fresh = if inode.is_merged() {
-                    self.merged_listing(inode)?
-                } else {
-                    Arc::new(self.list(inode)?)
-                };
-                *s = Some(Arc::clone(&fresh));
-                fresh
-            }
-        };
-        Ok((Arc::clone(inode), snap))
-    }
-
-    /// Sends entries from `offset` (0, or an offset handed out earlier) until
-    /// the replier is full.
-    pub fn readdir(&self, fh: u64, offset: u64, out: &mut dyn DirReplier) -> Result<()> {
-        let (_, snap) = self.snapshot(fh, offset)?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, e) in snap.entries().iter().enumerate().skip(start) {
-            if out.add(e.ino, i as u64 + 1, e.d_type, snap.name(e)) {
-                break;
+    /// Sends entries after `offset` (0, or an offset handed out earlier)
+    /// until the replier is full.
+    pub fn readdir(&self, nodeid: u64, offset: u64, out: &mut dyn DirReplier) -> Result<()> {
+        let dir = self.dir_inode_for_read(nodeid)?;
+        let snap = self.pass_listing(&dir)?;
+        for e in snap.after(offset) {
+            if out.add(e.ino, e.off, e.d_type, snap.name(e)) {
+                return Ok(());
             }
         }
+        dir.lock_dir().pass_ended(&snap);
         Ok(())
     }
 
     /// readdir with each entry looked up, saving the kernel one LOOKUP round
     /// trip per entry on `ls -l` and tree walks. Every entry sent counts as a
     /// kernel lookup, so one that does not fit is forgotten again.
-    pub fn readdirplus(&self, fh: u64, offset: u64, out: &mut dyn DirPlusReplier) -> Result<()> {
-        let (dir, snap) = self.snapshot(fh, offset)?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, e) in snap.entries().iter().enumerate().skip(start) {
+    pub fn readdirplus(
+        &self,
+        nodeid: u64,
+        offset: u64,
+        out: &mut dyn DirPlusReplier,
+    ) -> Result<()> {
+        let dir = self.dir_inode_for_read(nodeid)?;
+        let snap = self.pass_listing(&dir)?;
+        for e in snap.after(offset) {
             let name = snap.name(e);
-            let off = i as u64 + 1;
             if name == b"." || name == b".." {
                 // The kernel links no inode for these; only the dirent counts.
                 let mut st = sys::zeroed_stat();
                 st.st_ino = e.ino;
                 st.st_mode = libc::S_IFDIR;
-                if out.add(off, name, &st) {
-                    break;
+                if out.add(e.off, name, &st) {
+                    return Ok(());
                 }
                 continue;
             }
             // An entry gone since the listing was taken, or unreadable, is
             // left out rather than failing the whole listing.
             if let Ok(Some(st)) = self.lookup(dir.nodeid, OsStr::from_bytes(name))
-                && out.add(off, name, &st)
+                && out.add(e.off, name, &st)
             {
                 self.forget(st.st_ino, 1);
-                break;
+                return Ok(());
             }
         }
+        dir.lock_dir().pass_ended(&snap);
         Ok(())
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.remove(fh);
     }
 
     pub fn statfs(&self) -> Result<libc::statfs> {

@@ -269,7 +269,7 @@ impl Union {
         let st = sys::fstatat(pfd, name.as_cstr())?;
         if !owned {
             // A new name of an existing inode: the caller registers it.
-            parent.changed(false);
+            parent.changed();
             return Ok((st, fd));
         }
         Ok((self.register(parent, name, st), fd))
@@ -319,7 +319,7 @@ impl Union {
         if known {
             inode.note_location(parent, name);
         }
-        parent.changed(kind == libc::S_IFDIR);
+        parent.changed();
         st.st_ino = inode.st_ino;
         self.present(&inode, &mut st);
         st
@@ -501,7 +501,7 @@ impl Union {
         if let Ok(i) = self.inodes.get(st_ino) {
             i.remove_location(&p, name.as_bytes());
         }
-        p.changed(false);
+        p.changed();
         Ok(())
     }
 
@@ -521,7 +521,7 @@ impl Union {
         }
         self.remove_entry(&p, &name, in_upper, true)?;
         dir.remove_location(&p, name.as_bytes());
-        p.changed(true);
+        p.changed();
         Ok(())
     }
 
@@ -710,11 +710,8 @@ impl Union {
                 },
             );
         }
-        // A directory moving out of one parent into another changes both
-        // parents' link counts.
-        let dirs_moved = src_dir || dst_dir == Some(true);
-        p.changed(dirs_moved);
-        np.changed(dirs_moved);
+        p.changed();
+        np.changed();
         Ok(())
     }
 
@@ -802,7 +799,6 @@ impl Union {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         match &*self.handles.get(fh)? {
             Handle::File { fd, .. } => Ok(sys::pwrite(fd.as_fd(), data, offset)?),
-            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
         }
     }
 
@@ -812,16 +808,18 @@ impl Union {
         }
         match &*self.handles.get(fh)? {
             Handle::File { fd, .. } => Ok(sys::fsync(fd.as_fd(), datasync)?),
-            Handle::Dir { inode, .. } => self.fsync_dir(inode, datasync),
         }
     }
 
-    fn fsync_dir(&self, inode: &Arc<Inode>, datasync: bool) -> Result<()> {
-        if !inode.in_upper() {
+    /// fsync of a directory: directories have no handles (see
+    /// [`crate::listing`]).
+    pub fn fsyncdir(&self, nodeid: u64, datasync: bool) -> Result<()> {
+        let inode = self.inodes.get(nodeid)?;
+        if self.volatile || !inode.in_upper() {
             // Nothing of it is in the upper; there is nothing to flush.
             return Ok(());
         }
-        let fd = self.dir_fd(inode, 0)?;
+        let fd = self.dir_fd(&inode, 0)?;
         let d = sys::open_child_flags(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
         Ok(sys::fsync(d.as_fd(), datasync)?)
     }
@@ -829,7 +827,6 @@ impl Union {
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
         match &*self.handles.get(fh)? {
             Handle::File { fd, .. } => Ok(sys::fallocate(fd.as_fd(), mode, offset, len)?),
-            Handle::Dir { .. } => Err(Error::new(libc::EISDIR)),
         }
     }
 
@@ -854,9 +851,7 @@ impl Union {
         {
             // Every name is gone: only an open handle reaches the file.
             let Some(h) = handle_fd else { return Err(*e) };
-            let Handle::File { fd, .. } = &*h else {
-                return Err(*e);
-            };
+            let Handle::File { fd, .. } = &*h;
             let t = XTarget::Fd(fd.as_fd());
             if a.uid.is_some() || a.gid.is_some() {
                 let uid = self.store_id(a.uid, &self.ids.uid)?;

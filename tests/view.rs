@@ -699,6 +699,89 @@ fn readdir_100k_entries_getdents64_small_buffer() {
     );
 }
 
+/// A directory read while it changes: no entry that stays is skipped or
+/// returned twice, whatever the changes between getdents calls (each one
+/// makes the kernel drop its cached listing and read on from the daemon at
+/// the offset it got).
+#[test]
+fn readdir_while_the_directory_changes_skips_and_repeats_nothing() {
+    let s = Scratch::new();
+    let (u, w, l1, l2) = (
+        s.mkdir("upper"),
+        s.mkdir("work"),
+        s.mkdir("l1"),
+        s.mkdir("l2"),
+    );
+    let mnt = s.mkdir("mnt");
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    for i in 0..1500 {
+        let (a, b) = (format!("a{i:04}"), format!("b{i:04}"));
+        write(&l1, &format!("d/{a}"), "1");
+        write(&l2, &format!("d/{b}"), "2");
+        all.insert(a);
+        all.insert(b);
+    }
+    write(&u, "d/u0", "u");
+    all.insert("u0".into());
+    let m = mount_with_work(&[&l1, &l2], Some((&u, &w)), &mnt);
+    let dir = m.path("d");
+    let c = cstr(&dir);
+    // SAFETY: c is a valid NUL-terminated path.
+    let d = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(!d.is_null(), "opendir: {}", std::io::Error::last_os_error());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    let mut created = 0;
+    loop {
+        // SAFETY: d is a valid DIR* until closedir below.
+        let e = unsafe { libc::readdir(d) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: e is a valid dirent with a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        *seen.entry(name.clone()).or_default() += 1;
+        if seen.len() % 50 == 0 {
+            // Remove one entry already read and one not read yet, and add
+            // one: lower names leave whiteouts, the new ones go up.
+            if name != "." && name != ".." && removed.insert(name.clone()) {
+                fs::remove_file(dir.join(&name)).unwrap();
+            }
+            if let Some(ahead) = all
+                .iter()
+                .rev()
+                .find(|n| !seen.contains_key(*n) && !removed.contains(*n))
+                .cloned()
+            {
+                fs::remove_file(dir.join(&ahead)).unwrap();
+                removed.insert(ahead);
+            }
+            fs::write(dir.join(format!("new{created}")), "n").unwrap();
+            created += 1;
+        }
+    }
+    // SAFETY: d came from opendir and is closed once.
+    unsafe { libc::closedir(d) };
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "returned more than once: {twice:?}");
+    let missed: Vec<_> = all
+        .iter()
+        .filter(|n| !removed.contains(*n) && !seen.contains_key(*n))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "entries that stayed but were skipped: {missed:?}"
+    );
+    assert!(created > 20, "the directory changed {created} times");
+    // A new pass shows exactly what is there now.
+    let now: BTreeSet<String> = ls(&dir).into_iter().collect();
+    let mut want: BTreeSet<String> = all.difference(&removed).cloned().collect();
+    want.extend((0..created).map(|i| format!("new{i}")));
+    assert_eq!(now, want);
+}
+
 #[test]
 fn readdir_100k_entries_telldir_seekdir() {
     let s = Scratch::new();
@@ -963,7 +1046,7 @@ fn hard_links_share_ino_and_report_nlink_from_first_stat() {
 }
 
 #[test]
-fn directory_nlink_counts_merged_subdirectories() {
+fn directory_nlink_is_real_for_one_layer_and_1_when_merged() {
     let s = Scratch::new();
     let (u, w, l1, l2) = (
         s.mkdir("upper"),
@@ -994,24 +1077,19 @@ fn directory_nlink_counts_merged_subdirectories() {
     mkdir(&l2, "op/mine");
     let m = mount_with_work(&[&l1, &l2], Some((&u, &w)), &mnt);
     assert_eq!(ls(&m.path("op")), strs(&["mine"]));
+    // As kernel overlayfs: a directory that one layer holds keeps its real
+    // count; a merged one reports 1 ("unknown" to find and friends).
     assert_eq!(
         lstat(&m.path("op")).nlink(),
         2 + 1,
-        "opaque op has one subdir"
+        "opaque op comes from l1 alone, with one subdir"
     );
     assert_eq!(ls(&m.path("m")), strs(&["f", "s1", "s2", "s3", "s5", "x"]));
-    assert_eq!(
-        lstat(&m.path("m")).nlink(),
-        2 + 4,
-        "m has subdirs s1 s2 s3 s5"
-    );
+    assert_eq!(lstat(&m.path("m")).nlink(), 1, "m is merged");
     assert_eq!(lstat(&m.path("leaf")).nlink(), 2);
-    assert_eq!(lstat(&m.path("m/s2")).nlink(), 2);
-    assert_eq!(
-        lstat(&m.mnt).nlink(),
-        2 + 3,
-        "root has subdirs m, leaf and op"
-    );
+    assert_eq!(lstat(&m.path("m/s2")).nlink(), 1, "m/s2 is merged");
+    assert_eq!(lstat(&m.path("m/s1")).nlink(), 2, "m/s1 is l1's alone");
+    assert_eq!(lstat(&m.mnt).nlink(), 1, "the root is merged");
 }
 
 fn statvfs(p: &Path) -> libc::statvfs {
