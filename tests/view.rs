@@ -743,7 +743,7 @@ fn readdir_while_the_directory_changes_skips_and_repeats_nothing() {
             .to_string_lossy()
             .into_owned();
         *seen.entry(name.clone()).or_default() += 1;
-        if seen.len() % 50 == 0 {
+        if seen.len().is_multiple_of(50) {
             // Remove one entry already read and one not read yet, and add
             // one: lower names leave whiteouts, the new ones go up.
             if name != "." && name != ".." && removed.insert(name.clone()) {
