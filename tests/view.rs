@@ -2058,6 +2058,87 @@ fn other_users_get_kernel_permission_checks() {
     assert_eq!(public.stdout, b"public data");
 }
 
+/// A POSIX ACL in the `system.posix_acl_access` xattr format: version 2,
+/// then (tag, perm, id) entries in tag order.
+fn acl_blob(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// ACLs grant and refuse access through the mount as on kernel overlayfs:
+/// one on a lower file, and one set through the mount (which copies up).
+#[test]
+fn posix_acls_are_enforced_as_on_kernel_overlayfs() {
+    if skip_as_non_root("acting as another user (setuid needs root)") {
+        return;
+    }
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    const UNDEFINED: u32 = u32::MAX;
+    let nobody_reads = acl_blob(&[
+        (USER_OBJ, 6, UNDEFINED),
+        (USER, 4, 65534),
+        (GROUP_OBJ, 0, UNDEFINED),
+        (MASK, 4, UNDEFINED),
+        (OTHER, 0, UNDEFINED),
+    ]);
+    let run = |label: &str, union: bool| {
+        let s = Scratch::new();
+        fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let (u, w, l) = (s.mkdir("upper"), s.mkdir("work"), s.mkdir("l"));
+        let mnt = s.mkdir("mnt");
+        write(&l, "granted", "granted data");
+        chmod(&l, "granted", 0o600);
+        setxattr(&l, "granted", "system.posix_acl_access", &nobody_reads);
+        write(&l, "later", "later data");
+        chmod(&l, "later", 0o600);
+        let (_u, _k) = if union {
+            (Some(mount_with_work(&[&l], Some((&u, &w)), &mnt)), None)
+        } else {
+            let k = KernelOverlay::new(&[&l], Some((&u, &w)), &mnt, "")
+                .unwrap_or_else(|e| panic!("kernel overlayfs is the oracle here: {e}"));
+            (None, Some(k))
+        };
+        let as_nobody = |path: &Path| {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new("/bin/cat")
+                .arg(path)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .expect("run as nobody")
+        };
+        let before_set = as_nobody(&mnt.join("later")).status.success();
+        setxattr(&mnt, "later", "system.posix_acl_access", &nobody_reads);
+        let granted = as_nobody(&mnt.join("granted"));
+        let later = as_nobody(&mnt.join("later"));
+        let out = (
+            granted.status.success(),
+            String::from_utf8_lossy(&granted.stdout).into_owned(),
+            before_set,
+            later.status.success(),
+            fs::symlink_metadata(mnt.join("later")).unwrap().mode() & 0o777,
+        );
+        eprintln!("{label}: {out:?}");
+        out
+    };
+    let kernel = run("kernel overlayfs", false);
+    assert_eq!(
+        kernel,
+        (true, "granted data".into(), false, true, 0o640),
+        "kernel overlayfs itself"
+    );
+    assert_eq!(run("unionfuse", true), kernel);
+}
+
 #[test]
 fn parallel_walks_agree_with_the_layers() {
     let s = Scratch::new();
