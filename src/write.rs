@@ -1,7 +1,9 @@
 //! The operations that change the merged tree. Changes land in the upper
 //! layer only: lower objects are copied up first, deletions of lower names
 //! leave whiteouts, and new objects are built in the staging directory and
-//! renamed into place, so no crash exposes a half-made object.
+//! renamed into place, so no crash exposes a half-made object. Whiteouts
+//! and opaque markers are written by the upper's
+//! [`UpperFormat`](crate::layer::whiteout::UpperFormat).
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -13,8 +15,7 @@ use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::inode::{Inode, Location};
 use crate::layer::INDEX;
-use crate::layer::upper::WhiteoutFormat;
-use crate::layer::whiteout::is_private_xattr;
+use crate::layer::whiteout::{self, Scratch, is_private_xattr};
 use crate::name::Name;
 use crate::override_stat::Override;
 use crate::resolve::{self, DirFds, Found};
@@ -262,7 +263,7 @@ impl Union {
         let pfd_arc = self.upper_dir(parent)?;
         let pfd = pfd_arc.as_fd();
         let pst = sys::fstat(pfd)?;
-        let over_whiteout = upper.has_whiteout(pfd, name);
+        let over_whiteout = whiteout::has_whiteout(pfd, name);
         let is_dir = matches!(kind, NewKind::Dir);
         let owned = !matches!(kind, NewKind::Link { .. });
         let own = Ownership::new(caller, &pst, mode & 0o7777, is_dir);
@@ -281,11 +282,15 @@ impl Union {
             if owned {
                 self.own(&own, XTarget::At(sdir, sname), None)?;
             }
-            if is_dir && over_whiteout {
-                let d = sys::open_child_dir(sdir, sname)?;
-                upper.mark_opaque(sdir, sname, d.as_fd())?;
+            if over_whiteout {
+                let from = Scratch {
+                    dir: sdir,
+                    name: sname,
+                };
+                upper.format.place_over_whiteout(from, pfd, name, is_dir)?;
+            } else {
+                sys::renameat2(sdir, sname, pfd, name.as_cstr(), libc::RENAME_NOREPLACE)?;
             }
-            self.place(sdir, sname, pfd, name, is_dir, over_whiteout)?;
             staged.keep();
             fd
         };
@@ -305,40 +310,6 @@ impl Union {
             return Ok((st, fd));
         }
         Ok((self.register(parent, name, st), fd))
-    }
-
-    /// Renames a staged object to `name` in upper directory `dir`, replacing
-    /// a whiteout there if `over_whiteout`.
-    fn place(
-        &self,
-        sdir: BorrowedFd<'_>,
-        sname: &CStr,
-        dir: BorrowedFd<'_>,
-        name: &Name,
-        is_dir: bool,
-        over_whiteout: bool,
-    ) -> Result<()> {
-        let upper = self.upper()?;
-        if !over_whiteout {
-            sys::renameat2(sdir, sname, dir, name.as_cstr(), libc::RENAME_NOREPLACE)?;
-            return Ok(());
-        }
-        match upper.format {
-            WhiteoutFormat::Overlay if is_dir => {
-                // rename(2) will not put a directory over a device node:
-                // swap them, then drop the whiteout.
-                sys::renameat2(sdir, sname, dir, name.as_cstr(), libc::RENAME_EXCHANGE)?;
-                sys::unlinkat(sdir, sname, false)?;
-            }
-            WhiteoutFormat::Overlay => sys::renameat2(sdir, sname, dir, name.as_cstr(), 0)?,
-            WhiteoutFormat::Oci => {
-                // The new object wins over `.wh.NAME` in its own layer, so
-                // the order cannot expose the lower object.
-                sys::renameat2(sdir, sname, dir, name.as_cstr(), libc::RENAME_NOREPLACE)?;
-                upper.remove_oci_whiteout(dir, name)?;
-            }
-        }
-        Ok(())
     }
 
     /// Enters a new upper object into the inode table (one kernel lookup)
@@ -563,6 +534,21 @@ impl Union {
         Ok(snap.entries().len() <= 2)
     }
 
+    /// Runs a change that may park an object in a fresh staging name,
+    /// removing it afterwards when `change` says something is left there.
+    fn with_scratch(&self, change: impl FnOnce(Scratch<'_>) -> Result<bool>) -> Result<()> {
+        let upper = self.upper()?;
+        let staged = Staged::new(upper);
+        let scratch = Scratch {
+            dir: upper.staging(),
+            name: staged.cstr(),
+        };
+        if !change(scratch)? {
+            staged.keep();
+        }
+        Ok(())
+    }
+
     /// Removes the visible `name` from `parent`: the upper object if there
     /// is one, and a whiteout where a lower layer holds the name.
     fn remove_entry(
@@ -577,41 +563,9 @@ impl Union {
         let pfd = pfd.as_fd();
         let hide = self.lower_has(parent, name)?;
         if !in_upper {
-            return upper.write_whiteout(pfd, name);
+            return upper.format.write_whiteout(pfd, name);
         }
-        self.drop_upper(pfd, name, is_dir, hide)
-    }
-
-    /// Removes the upper object `name` in `pfd`, leaving a whiteout in its
-    /// place when `hide`, in one atomic step where the format allows.
-    fn drop_upper(&self, pfd: BorrowedFd<'_>, name: &Name, is_dir: bool, hide: bool) -> Result<()> {
-        let upper = self.upper()?;
-        if hide && upper.format == WhiteoutFormat::Overlay {
-            let staged = Staged::new(upper);
-            sys::mknodat(upper.staging(), staged.cstr(), libc::S_IFCHR, 0)?;
-            // rename(2) will not put a device node over a directory: swap
-            // them, and the directory leaves with the staged name.
-            let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
-            sys::renameat2(upper.staging(), staged.cstr(), pfd, name.as_cstr(), flags)?;
-            if !is_dir {
-                staged.keep();
-            }
-            return Ok(());
-        }
-        if hide {
-            // `.wh.NAME` first: the upper object still wins over it until
-            // it is gone.
-            upper.write_whiteout(pfd, name)?;
-        }
-        if is_dir {
-            // Only whiteouts can be left inside (the merged view is empty);
-            // the directory leaves the tree in one rename, then is emptied.
-            let staged = Staged::new(upper);
-            sys::renameat2(pfd, name.as_cstr(), upper.staging(), staged.cstr(), 0)?;
-        } else {
-            sys::unlinkat(pfd, name.as_cstr(), false)?;
-        }
-        Ok(())
+        self.with_scratch(|s| upper.format.remove(pfd, name, is_dir, hide, s))
     }
 
     /// rename(2) with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`. A directory
@@ -692,13 +646,15 @@ impl Union {
         // merge with it.
         if src_dir && self.lower_has(&np, &newname)? {
             let fd = self.dir_fd(&src_inode, 0)?;
-            upper.mark_opaque(pfd, name.as_cstr(), fd.as_fd())?;
+            let t = XTarget::At(pfd, name.as_cstr());
+            upper.format.mark_opaque(t, fd.as_fd())?;
         }
         if exchange {
             let d = dst_inode.as_ref().ok_or(Error::NOENT)?;
             if d.is_dir() && self.lower_has(&p, &name)? {
                 let fd = self.dir_fd(d, 0)?;
-                upper.mark_opaque(npfd, newname.as_cstr(), fd.as_fd())?;
+                let t = XTarget::At(npfd, newname.as_cstr());
+                upper.format.mark_opaque(t, fd.as_fd())?;
             }
             sys::renameat2(
                 pfd,
@@ -725,7 +681,11 @@ impl Union {
             );
         } else {
             let hide = self.lower_has(&p, &name)?;
-            self.rename_into(pfd, &name, npfd, &newname, src_dir, hide)?;
+            self.with_scratch(|s| {
+                upper
+                    .format
+                    .rename(pfd, &name, npfd, &newname, src_dir, hide, s)
+            })?;
             if let Some(d) = &dst_inode {
                 d.remove_location(&np, newname.as_bytes());
                 if dst_linked {
@@ -746,66 +706,6 @@ impl Union {
         let dirs_moved = src_dir || dst_dir == Some(true);
         p.changed(dirs_moved);
         np.changed(dirs_moved);
-        Ok(())
-    }
-
-    /// Moves upper `name` in `pfd` to `newname` in `npfd`, replacing
-    /// whatever the upper holds there (an object the merged view allows to
-    /// be replaced, or a whiteout).
-    fn rename_into(
-        &self,
-        pfd: BorrowedFd<'_>,
-        name: &Name,
-        npfd: BorrowedFd<'_>,
-        newname: &Name,
-        src_dir: bool,
-        hide: bool,
-    ) -> Result<()> {
-        let upper = self.upper()?;
-        let overlay = upper.format == WhiteoutFormat::Overlay;
-        let target = sys::fstatat(npfd, newname.as_cstr()).ok();
-        let target_dir = target.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        let target_wh = target.is_some_and(|st| crate::layer::whiteout::is_whiteout(&st));
-        if target_dir || (src_dir && target_wh) {
-            // rename(2) will neither put a directory over a device node nor
-            // replace a directory still holding whiteouts (the merged view
-            // of it is empty): swap the two, then drop what lands at the
-            // old name.
-            if hide && !overlay {
-                upper.write_whiteout(pfd, name)?;
-            }
-            sys::renameat2(
-                pfd,
-                name.as_cstr(),
-                npfd,
-                newname.as_cstr(),
-                libc::RENAME_EXCHANGE,
-            )?;
-            if !(target_wh && hide && overlay) {
-                self.drop_upper(pfd, name, target_dir, hide && overlay)?;
-            }
-        } else if hide && overlay {
-            // The whiteout appears at the old name in the same step.
-            match sys::renameat2(
-                pfd,
-                name.as_cstr(),
-                npfd,
-                newname.as_cstr(),
-                libc::RENAME_WHITEOUT,
-            ) {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
-                    sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
-                    upper.write_whiteout(pfd, name)?;
-                }
-                r => r?,
-            }
-        } else {
-            if hide {
-                upper.write_whiteout(pfd, name)?;
-            }
-            sys::renameat2(pfd, name.as_cstr(), npfd, newname.as_cstr(), 0)?;
-        }
-        upper.remove_oci_whiteout(npfd, newname)?;
         Ok(())
     }
 
