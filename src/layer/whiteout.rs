@@ -187,23 +187,22 @@ impl UpperFormat {
         Ok(false)
     }
 
-    /// Moves upper `name` in `dir` to `newname` in `newdir`, replacing
-    /// whatever the upper holds there (an object the merged view allows to
-    /// be replaced, or a whiteout), and leaving a whiteout at the old name
-    /// when `hide` (a lower layer holds it). `src_dir`: the object moved is
-    /// a directory. What the move pushes out may leave through `scratch`;
-    /// returns whether something is left there.
-    #[allow(clippy::too_many_arguments)]
+    /// Moves upper object `from` (`name` in directory `dir`) to `to`
+    /// (`newname` in `newdir`), replacing whatever the upper holds there (an
+    /// object the merged view allows to be replaced, or a whiteout), and
+    /// leaving a whiteout at the old name when `hide` (a lower layer holds
+    /// it). `src_dir`: the object moved is a directory. What the move pushes
+    /// out may leave through `scratch`; returns whether something is left
+    /// there.
     pub fn rename(
         self,
-        dir: BorrowedFd<'_>,
-        name: &Name,
-        newdir: BorrowedFd<'_>,
-        newname: &Name,
+        from: (BorrowedFd<'_>, &Name),
+        to: (BorrowedFd<'_>, &Name),
         src_dir: bool,
         hide: bool,
         scratch: Scratch<'_>,
     ) -> Result<bool> {
+        let ((dir, name), (newdir, newname)) = (from, to);
         let overlay = self.overlay();
         let target = sys::fstatat(newdir, newname.as_cstr()).ok();
         let target_dir = target.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
@@ -566,5 +565,21 @@ mod tests {
         assert_eq!(oci_whiteout_target(b"foo"), None);
         assert!(is_private_xattr(b"trusted.overlay.opaque"));
         assert!(!is_private_xattr(b"user.mime"));
+    }
+
+    #[test]
+    fn format_records_round_trip() {
+        for f in [WhiteoutFormat::Overlay, WhiteoutFormat::Oci] {
+            assert_eq!(WhiteoutFormat::parse(f.as_str().as_bytes()), Some(f));
+        }
+        assert_eq!(WhiteoutFormat::parse(b"aufs"), None);
+        assert_eq!(
+            UpperFormat::new(WhiteoutFormat::Overlay, false).opaque_xattr(),
+            c"user.overlay.opaque"
+        );
+        assert_eq!(
+            UpperFormat::new(WhiteoutFormat::Overlay, true).opaque_xattr(),
+            c"trusted.overlay.opaque"
+        );
     }
 }

@@ -127,9 +127,8 @@ impl Union {
         } else {
             let hide = self.lower_has(&p, &name)?;
             self.with_scratch(|s| {
-                upper
-                    .format
-                    .rename(pfd, &name, npfd, &newname, src_dir, hide, s)
+                let (from, to) = ((pfd, &name), (npfd, &newname));
+                upper.format.rename(from, to, src_dir, hide, s)
             })?;
             if let Some(d) = &dst_inode {
                 d.remove_location(&np, newname.as_bytes());
