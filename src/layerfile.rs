@@ -309,9 +309,12 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     };
     let root = sys::open_dir_path(dir).map_err(|e| err(dir.display(), e))?;
     // Markers, and whether owners must be kept exactly, follow the one
-    // privilege probe.
-    let fmt = UpperFormat::new(format, whiteout::may_write_trusted(root.as_fd()));
-    let privileged = fmt.trusted();
+    // privilege probe, made when an entry first needs it: a layer refused
+    // before then leaves the directory untouched.
+    let probed = std::cell::OnceCell::new();
+    let fmt = || {
+        *probed.get_or_init(|| UpperFormat::new(format, whiteout::may_write_trusted(root.as_fd())))
+    };
     let mut archive = tar::Archive::new(reader);
     // Directory times are set last: creating their entries moves them.
     let mut dir_times: Vec<(Vec<Name>, [libc::timespec; 2])> = Vec::new();
@@ -338,11 +341,11 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         let h = entry.header().clone();
         let n = name.as_bytes();
         if whiteout::is_oci_opaque(n) {
-            if fmt.import_oci_opaque(p).map_err(|e| err(&shown, e))? {
+            if fmt().import_oci_opaque(p).map_err(|e| err(&shown, e))? {
                 continue;
             }
         } else if let Some(hidden) = n.strip_prefix(WH_PREFIX)
-            && fmt
+            && fmt()
                 .import_oci_whiteout(p, hidden)
                 .map_err(|e| err(&shown, e))?
         {
@@ -408,7 +411,7 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         let uid = h.uid().unwrap_or(0) as u32;
         let gid = h.gid().unwrap_or(0) as u32;
         if let Err(e) = sys::fchownat(p, c, uid, gid)
-            && privileged
+            && fmt().trusted()
         {
             return Err(err(&shown, e));
         }
