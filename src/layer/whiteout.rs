@@ -69,11 +69,12 @@ pub fn may_write_trusted(dir: BorrowedFd<'_>) -> bool {
     }
 }
 
-/// A free name in a directory outside the tree, on the upper's filesystem,
-/// where an object on its way out may be parked. The caller removes what
-/// is left there (the methods below say when something is).
+/// A name in the staging directory (outside the tree, on the upper's
+/// filesystem): where an object is built before it enters the tree, or
+/// parked on its way out. The caller owns the name and removes what is left
+/// there (the methods below say when something is).
 #[derive(Debug, Clone, Copy)]
-pub struct Scratch<'a> {
+pub struct StagingSlot<'a> {
     pub dir: BorrowedFd<'a>,
     pub name: &'a CStr,
 }
@@ -97,18 +98,18 @@ impl UpperFormat {
 
     /// Settles an upper's format: `chosen` (asked for, or recorded), else
     /// the one the upper's markers already use, else what its filesystem
-    /// accepts (probed in `scratch`, a directory on the same filesystem).
+    /// accepts (probed in `staging`, a directory on the same filesystem).
     pub fn settle(
         chosen: Option<WhiteoutFormat>,
         upper: BorrowedFd<'_>,
-        scratch: BorrowedFd<'_>,
+        staging: BorrowedFd<'_>,
         trusted: bool,
     ) -> UpperFormat {
         let kind = match chosen {
             Some(f) => f,
             None => match scan_format(upper) {
                 Some(f) => f,
-                None => probe_format(scratch),
+                None => probe_format(staging),
             },
         };
         UpperFormat::new(kind, trusted)
@@ -155,22 +156,22 @@ impl UpperFormat {
     /// Removes the upper object `name` in `dir`, leaving a whiteout in its
     /// place when `hide`, in one atomic step where the format allows. A
     /// directory (`is_dir`; only whiteouts can be left inside it, the
-    /// merged view of it being empty) leaves through `scratch`. Returns
-    /// whether something is left at `scratch`.
+    /// merged view of it being empty) leaves through `slot`. Returns
+    /// whether something is left at `slot`.
     pub fn remove(
         self,
         dir: BorrowedFd<'_>,
         name: &Name,
         is_dir: bool,
         hide: bool,
-        scratch: Scratch<'_>,
+        slot: StagingSlot<'_>,
     ) -> Result<bool> {
         if hide && self.overlay() {
-            sys::mknodat(scratch.dir, scratch.name, libc::S_IFCHR, 0)?;
+            sys::mknodat(slot.dir, slot.name, libc::S_IFCHR, 0)?;
             // rename(2) will not put a device node over a directory: swap
-            // them, and the directory leaves with the scratch name.
+            // them, and the directory leaves with the slot's name.
             let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
-            sys::renameat2(scratch.dir, scratch.name, dir, name.as_cstr(), flags)?;
+            sys::renameat2(slot.dir, slot.name, dir, name.as_cstr(), flags)?;
             return Ok(is_dir);
         }
         if hide {
@@ -180,7 +181,7 @@ impl UpperFormat {
         }
         if is_dir {
             // The directory leaves the tree in one rename, then is emptied.
-            sys::renameat2(dir, name.as_cstr(), scratch.dir, scratch.name, 0)?;
+            sys::renameat2(dir, name.as_cstr(), slot.dir, slot.name, 0)?;
             return Ok(true);
         }
         sys::unlinkat(dir, name.as_cstr(), false)?;
@@ -192,7 +193,7 @@ impl UpperFormat {
     /// object the merged view allows to be replaced, or a whiteout), and
     /// leaving a whiteout at the old name when `hide` (a lower layer holds
     /// it). `src_dir`: the object moved is a directory. What the move pushes
-    /// out may leave through `scratch`; returns whether something is left
+    /// out may leave through `slot`; returns whether something is left
     /// there.
     pub fn rename(
         self,
@@ -200,7 +201,7 @@ impl UpperFormat {
         to: (BorrowedFd<'_>, &Name),
         src_dir: bool,
         hide: bool,
-        scratch: Scratch<'_>,
+        slot: StagingSlot<'_>,
     ) -> Result<bool> {
         let ((dir, name), (newdir, newname)) = (from, to);
         let overlay = self.overlay();
@@ -224,7 +225,7 @@ impl UpperFormat {
                 libc::RENAME_EXCHANGE,
             )?;
             if !(target_wh && hide && overlay) {
-                parked = self.remove(dir, name, target_dir, hide && overlay, scratch)?;
+                parked = self.remove(dir, name, target_dir, hide && overlay, slot)?;
             }
         } else if hide && overlay {
             // The whiteout appears at the old name in the same step.
@@ -256,7 +257,7 @@ impl UpperFormat {
     /// nothing below may show through the new one.
     pub fn place_over_whiteout(
         self,
-        from: Scratch<'_>,
+        from: StagingSlot<'_>,
         dir: BorrowedFd<'_>,
         name: &Name,
         is_dir: bool,
@@ -410,11 +411,11 @@ fn scan_format(upper: BorrowedFd<'_>) -> Option<WhiteoutFormat> {
 }
 
 /// `overlay` where the filesystem lets this process create a 0:0 char device.
-fn probe_format(scratch: BorrowedFd<'_>) -> WhiteoutFormat {
+fn probe_format(dir: BorrowedFd<'_>) -> WhiteoutFormat {
     let probe = CString::new(format!("probe.{}", std::process::id())).unwrap_or_default();
-    match sys::mknodat(scratch, &probe, libc::S_IFCHR, 0) {
+    match sys::mknodat(dir, &probe, libc::S_IFCHR, 0) {
         Ok(()) => {
-            let _ = sys::unlinkat(scratch, &probe, false);
+            let _ = sys::unlinkat(dir, &probe, false);
             WhiteoutFormat::Overlay
         }
         Err(_) => WhiteoutFormat::Oci,

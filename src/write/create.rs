@@ -12,7 +12,7 @@ use crate::copyup::Staged;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::inode::Inode;
-use crate::layer::whiteout::{self, Scratch};
+use crate::layer::whiteout::{self, StagingSlot};
 use crate::name::Name;
 use crate::override_stat::Override;
 use crate::sys::{self, XTarget};
@@ -167,7 +167,7 @@ impl Union {
                 self.own(&own, XTarget::At(sdir, sname), None)?;
             }
             if over_whiteout {
-                let from = Scratch {
+                let from = StagingSlot {
                     dir: sdir,
                     name: sname,
                 };

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::copyup::Staged;
 use crate::error::{Error, Result};
 use crate::inode::{Inode, Location};
-use crate::layer::whiteout::Scratch;
+use crate::layer::whiteout::StagingSlot;
 use crate::name::Name;
 use crate::resolve::{self, DirFds, Found};
 use crate::union::Union;
@@ -128,14 +128,14 @@ impl Union {
 
     /// Runs a change that may park an object in a fresh staging name,
     /// removing it afterwards when `change` says something is left there.
-    fn with_scratch(&self, change: impl FnOnce(Scratch<'_>) -> Result<bool>) -> Result<()> {
+    fn with_slot(&self, change: impl FnOnce(StagingSlot<'_>) -> Result<bool>) -> Result<()> {
         let upper = self.upper()?;
         let staged = Staged::new(upper);
-        let scratch = Scratch {
+        let slot = StagingSlot {
             dir: upper.staging(),
             name: staged.cstr(),
         };
-        if !change(scratch)? {
+        if !change(slot)? {
             staged.keep();
         }
         Ok(())

@@ -78,6 +78,6 @@ impl Union {
         if !in_upper {
             return upper.format.write_whiteout(pfd, name);
         }
-        self.with_scratch(|s| upper.format.remove(pfd, name, is_dir, hide, s))
+        self.with_slot(|s| upper.format.remove(pfd, name, is_dir, hide, s))
     }
 }

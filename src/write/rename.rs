@@ -126,7 +126,7 @@ impl Union {
             );
         } else {
             let hide = self.lower_has(&p, &name)?;
-            self.with_scratch(|s| {
+            self.with_slot(|s| {
                 let (from, to) = ((pfd, &name), (npfd, &newname));
                 upper.format.rename(from, to, src_dir, hide, s)
             })?;
