@@ -358,7 +358,7 @@ fn create_marker(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 
 /// Removes an OCI whiteout of `name` in `dir`, if any: what a new object at
 /// `name` must not leave beside it, in either format.
-pub fn remove_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+fn remove_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
     if let Some(wh) = name.oci_whiteout() {
         match sys::unlinkat(dir, wh.as_cstr(), false) {
             Ok(()) => {}
