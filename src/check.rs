@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::layer::upper::{WhiteoutFormat, remove_tree};
-use crate::layer::whiteout::{self, OCI_OPAQUE, OPAQUE_XATTRS, dir_marks, oci_whiteout_target};
+use crate::layer::whiteout::{
+    self, OCI_OPAQUE, OPAQUE_XATTRS, REDIRECT_XATTRS, UpperFormat, dir_marks, oci_whiteout_target,
+};
 use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
 use crate::override_stat::{self, Override};
@@ -35,7 +37,6 @@ pub struct Finding {
     pub repaired: bool,
 }
 
-const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 // Hard-link index entries are not judged: one whose only link is its own
 // still carries the data of lower names not copied up yet (the other
 // names of a lower hard link), so "no upper name uses it" does not make
@@ -89,7 +90,7 @@ fn recorded_format(upper: BorrowedFd<'_>) -> WhiteoutFormat {
     for x in FORMAT_XATTRS {
         let mut v = [0u8; 16];
         if let Ok(n) = sys::getxattr(XTarget::Fd(upper), x, &mut v)
-            && &v[..n] == b"oci"
+            && WhiteoutFormat::parse(&v[..n]) == Some(WhiteoutFormat::Oci)
         {
             return WhiteoutFormat::Oci;
         }
@@ -150,7 +151,7 @@ fn visit(
             repaired,
         });
     };
-    if raw == OCI_OPAQUE.to_bytes() {
+    if whiteout::is_oci_opaque(raw) {
         // Judged with its directory.
         return Ok(Step::Next);
     }
@@ -244,20 +245,12 @@ fn visit(
     let sub = Arc::new(sys::open_child_dir(e.dir, e.name.as_cstr())?);
     let marks = dir_marks(e.dir, e.name, sub.as_fd());
     let opaque_file = sys::fstatat(sub.as_fd(), OCI_OPAQUE).is_ok();
-    let opaque_xattr: Vec<&CStr> = OPAQUE_XATTRS
-        .iter()
-        .copied()
-        .filter(|x| {
-            let mut v = [0u8; 2];
-            matches!(sys::getxattr(t, x, &mut v), Ok(1) if v[0] == b'y')
-        })
-        .collect();
+    let opaque_xattr = whiteout::opaque_xattrs(t);
     if opaque_file && !opaque_xattr.is_empty() {
-        let repaired = repair
-            && match format {
-                WhiteoutFormat::Oci => opaque_xattr.iter().all(|x| sys::removexattr(t, x).is_ok()),
-                WhiteoutFormat::Overlay => sys::unlinkat(sub.as_fd(), OCI_OPAQUE, false).is_ok(),
-            };
+        // The namespace only matters for markers written, which this
+        // repair does not do.
+        let fmt = UpperFormat::new(format, false);
+        let repaired = repair && fmt.drop_foreign_opaque(t, sub.as_fd(), &opaque_xattr);
         found(
             "double-opaque",
             "marked opaque both by xattr and by .wh..wh..opq".into(),
@@ -321,17 +314,11 @@ fn seal(
         .copied()
         .filter(|x| has_xattr(list, x))
         .collect();
-    let marked = match format {
-        WhiteoutFormat::Oci => sys::create_file(dir, OCI_OPAQUE, libc::O_WRONLY, 0o644).is_ok(),
-        WhiteoutFormat::Overlay => {
-            let opaque = if present.first() == Some(&REDIRECT_XATTRS[0]) {
-                OPAQUE_XATTRS[0]
-            } else {
-                OPAQUE_XATTRS[1]
-            };
-            sys::setxattr(t, opaque, b"y", 0).is_ok()
-        }
-    };
+    // The opaque xattr goes in the namespace the redirect was written in.
+    let trusted = present.first() == Some(&REDIRECT_XATTRS[0]);
+    let marked = UpperFormat::new(format, trusted)
+        .mark_opaque(t, dir)
+        .is_ok();
     marked && present.iter().all(|x| sys::removexattr(t, x).is_ok())
 }
 

@@ -398,7 +398,8 @@ impl Tree {
         let fd = self.upper_dir(dir)?;
         let pfd = self.upper_dir(&loc.parent)?;
         let st = sys::fstat(fd.as_fd())?;
-        upper.mark_opaque(pfd.as_fd(), loc.name.as_cstr(), fd.as_fd())?;
+        let t = XTarget::At(pfd.as_fd(), loc.name.as_cstr());
+        upper.format.mark_opaque(t, fd.as_fd())?;
         keep_times(fd.as_fd(), &st);
         dir.relocate(Place::Dir {
             upper: true,

@@ -14,14 +14,14 @@
 //! is refused.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::layer::upper::{WhiteoutFormat, remove_tree};
-use crate::layer::whiteout::{self, OCI_OPAQUE, OPAQUE_XATTRS, is_private_xattr};
+use crate::layer::whiteout::{self, OCI_OPAQUE, UpperFormat, is_private_xattr};
 use crate::name::{Name, WH_PREFIX};
 use crate::sys::{self, XTarget};
 
@@ -90,17 +90,6 @@ fn write_layer(root: BorrowedFd<'_>, out: impl Write) -> Result<(), String> {
     b.finish().map_err(|e| err("writing the layer", e))
 }
 
-/// Whether upper directory `dir` is opaque, in either format.
-fn is_opaque(dir: BorrowedFd<'_>) -> bool {
-    if sys::fstatat(dir, OCI_OPAQUE).is_ok() {
-        return true;
-    }
-    OPAQUE_XATTRS.iter().any(|a| {
-        let mut v = [0u8; 2];
-        matches!(sys::getxattr(XTarget::Fd(dir), a, &mut v), Ok(1) if v[0] == b'y')
-    })
-}
-
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = dir.to_vec();
     if !p.is_empty() {
@@ -167,7 +156,7 @@ fn export_entry<W: Write>(
     use crate::walk::Step;
     let (dir, name, path) = (e.dir, e.name, e.path);
     let n = name.as_bytes();
-    if n == OCI_OPAQUE.to_bytes() {
+    if whiteout::is_oci_opaque(n) {
         // Written right after its directory.
         return Ok(Step::Next);
     }
@@ -198,7 +187,7 @@ fn export_entry<W: Write>(
             b.append_data(&mut h, as_path(&p), std::io::empty())
                 .map_err(w)?;
             let sub = sys::open_child_dir(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
-            if is_opaque(sub.as_fd()) {
+            if whiteout::is_opaque_dir(sub.as_fd()) {
                 // Before any of its entries: it hides the lowers' entries,
                 // not this layer's.
                 let mut h = tar::Header::new_gnu();
@@ -319,11 +308,12 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         Box::new(r)
     };
     let root = sys::open_dir_path(dir).map_err(|e| err(dir.display(), e))?;
-    let privileged = sys::is_root();
-    let opaque_xattr: &CStr = if privileged {
-        c"trusted.overlay.opaque"
-    } else {
-        c"user.overlay.opaque"
+    // Markers, and whether owners must be kept exactly, follow the one
+    // privilege probe, made when an entry first needs it: a layer refused
+    // before then leaves the directory untouched.
+    let probed = std::cell::OnceCell::new();
+    let fmt = || {
+        *probed.get_or_init(|| UpperFormat::new(format, whiteout::may_write_trusted(root.as_fd())))
     };
     let mut archive = tar::Archive::new(reader);
     // Directory times are set last: creating their entries moves them.
@@ -350,17 +340,15 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         };
         let h = entry.header().clone();
         let n = name.as_bytes();
-        if n == OCI_OPAQUE.to_bytes() {
-            if format == WhiteoutFormat::Overlay {
-                sys::setxattr(XTarget::Fd(p), opaque_xattr, b"y", 0).map_err(|e| err(&shown, e))?;
+        if whiteout::is_oci_opaque(n) {
+            if fmt().import_oci_opaque(p).map_err(|e| err(&shown, e))? {
                 continue;
             }
         } else if let Some(hidden) = n.strip_prefix(WH_PREFIX)
-            && format == WhiteoutFormat::Overlay
+            && fmt()
+                .import_oci_whiteout(p, hidden)
+                .map_err(|e| err(&shown, e))?
         {
-            let hidden = Name::from_bytes(hidden).map_err(|e| err(&shown, e))?;
-            remove_tree(p, hidden.as_cstr()).map_err(|e| err(&shown, e))?;
-            sys::mknodat(p, hidden.as_cstr(), libc::S_IFCHR, 0).map_err(|e| err(&shown, e))?;
             continue;
         }
         let kind = h.entry_type();
@@ -423,7 +411,7 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         let uid = h.uid().unwrap_or(0) as u32;
         let gid = h.gid().unwrap_or(0) as u32;
         if let Err(e) = sys::fchownat(p, c, uid, gid)
-            && privileged
+            && fmt().trusted()
         {
             return Err(err(&shown, e));
         }

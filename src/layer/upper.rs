@@ -2,36 +2,18 @@
 //! new objects are built out of sight, whiteouts and opaque markers in the
 //! format the upper uses, and unionfuse's private per-object xattrs.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{info, warn};
 
-use super::whiteout::{self, OCI_OPAQUE};
-use crate::error::{Error, Result};
+pub use super::whiteout::WhiteoutFormat;
+use super::whiteout::{UpperFormat, may_write_trusted};
 use crate::name::Name;
 use crate::sys::{self, XTarget};
 use crate::walk::Step;
-
-/// How deletions and opaque directories are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutFormat {
-    /// Kernel overlayfs: char device 0:0, `*.overlay.opaque=y`.
-    Overlay,
-    /// OCI image layers: `.wh.NAME`, `.wh..wh..opq`.
-    Oci,
-}
-
-impl WhiteoutFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WhiteoutFormat::Overlay => "overlay",
-            WhiteoutFormat::Oci => "oci",
-        }
-    }
-}
 
 /// Saved copies of the upper (`unionfuse checkpoint`), in the work
 /// directory.
@@ -54,9 +36,6 @@ const STAGING: &CStr = c"unionfuse-staging";
 /// by its inode number, so that the other names find the copy.
 const INDEX: &CStr = c"unionfuse-index";
 
-/// How many entries of an existing upper are looked at to learn its format.
-const FORMAT_SCAN_LIMIT: usize = 4096;
-
 /// The writable layer's conventions, fixed at mount time.
 #[derive(Debug)]
 pub struct Upper {
@@ -71,10 +50,8 @@ pub struct Upper {
     pub privileged: bool,
     /// What opening changed on disk, for [`Upper::undo`].
     made: Made,
-    pub format: WhiteoutFormat,
-    /// `trusted.overlay.opaque` where trusted xattrs may be written (root),
-    /// else `user.overlay.opaque` (what overlayfs reads with `userxattr`).
-    opaque_xattr: &'static CStr,
+    /// How whiteouts and opaque markers are written.
+    pub format: UpperFormat,
     /// The xattr keeping an object's inode number across copy-up.
     ino_xattr: &'static CStr,
     /// The xattr recording the upper's whiteout format, on its root.
@@ -113,41 +90,33 @@ impl Upper {
         }
         let index = Arc::new(sys::open_child_dir(work, INDEX)?);
         let trusted = may_write_trusted(staging.as_fd());
-        let (opaque_xattr, ino_xattr, format_xattr, nlink_xattr) = if trusted {
+        let (ino_xattr, format_xattr, nlink_xattr) = if trusted {
             (
-                c"trusted.overlay.opaque",
                 c"trusted.unionfuse.ino",
                 c"trusted.unionfuse.whiteout",
                 c"trusted.unionfuse.nlink",
             )
         } else {
             (
-                c"user.overlay.opaque",
                 c"user.unionfuse.ino",
                 c"user.unionfuse.whiteout",
                 c"user.unionfuse.nlink",
             )
         };
         let recorded = read_format(upper, format_xattr);
-        let format = match wanted.or(recorded) {
-            Some(f) => f,
-            None => match scan_format(upper) {
-                Some(f) => f,
-                None => probe_format(staging.as_fd()),
-            },
-        };
-        if recorded != Some(format) {
+        let format = UpperFormat::settle(wanted.or(recorded), upper, staging.as_fd(), trusted);
+        if recorded != Some(format.kind()) {
             match sys::setxattr(
                 XTarget::Fd(upper),
                 format_xattr,
-                format.as_str().as_bytes(),
+                format.kind().as_str().as_bytes(),
                 0,
             ) {
                 Ok(()) => made.format = true,
                 Err(e) => warn!("cannot record the whiteout format on the upper: {e}"),
             }
         }
-        info!("whiteout format {}", format.as_str());
+        info!("whiteout format {}", format.kind().as_str());
         Ok(Upper {
             privileged: trusted,
             work: sys::open_child_dir(work, c".")?,
@@ -155,7 +124,6 @@ impl Upper {
             staging,
             index,
             format,
-            opaque_xattr,
             ino_xattr,
             format_xattr,
             nlink_xattr,
@@ -279,66 +247,6 @@ impl Upper {
         let _ = sys::setxattr(t, self.nlink_xattr, v.as_bytes(), 0);
     }
 
-    /// Whether `name` in upper directory `dir` is a whiteout (either format).
-    pub fn has_whiteout(&self, dir: BorrowedFd<'_>, name: &Name) -> bool {
-        match sys::fstatat(dir, name.as_cstr()) {
-            Ok(st) => whiteout::is_whiteout(&st),
-            Err(_) => whiteout::has_oci_whiteout(dir, name),
-        }
-    }
-
-    /// Hides the lower `name` in upper directory `dir`, where nothing of that
-    /// name exists yet.
-    pub fn write_whiteout(&self, dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
-        match self.format {
-            WhiteoutFormat::Overlay => {
-                sys::mknodat(dir, name.as_cstr(), libc::S_IFCHR, 0)?;
-            }
-            WhiteoutFormat::Oci => {
-                let wh = name.oci_whiteout().ok_or(Error::NAMETOOLONG)?;
-                match sys::create_file(dir, wh.as_cstr(), libc::O_WRONLY, 0o644) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes an OCI whiteout of `name` in `dir`, if any.
-    pub fn remove_oci_whiteout(&self, dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
-        if let Some(wh) = name.oci_whiteout() {
-            match sys::unlinkat(dir, wh.as_cstr(), false) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks a directory (`name` in `parent`, open as `dir`) opaque with the
-    /// format's one marker.
-    pub fn mark_opaque(
-        &self,
-        parent: BorrowedFd<'_>,
-        name: &CStr,
-        dir: BorrowedFd<'_>,
-    ) -> Result<()> {
-        match self.format {
-            WhiteoutFormat::Overlay => {
-                sys::setxattr(XTarget::At(parent, name), self.opaque_xattr, b"y", 0)?;
-            }
-            WhiteoutFormat::Oci => match sys::create_file(dir, OCI_OPAQUE, libc::O_WRONLY, 0o644) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e.into()),
-            },
-        }
-        Ok(())
-    }
-
     /// Whether an xattr is one this module writes and so must never be
     /// copied from a lower object.
     pub fn is_own_xattr(&self, name: &[u8]) -> bool {
@@ -348,80 +256,10 @@ impl Upper {
     }
 }
 
-/// Whether trusted.* xattrs can be written here: a probe, since euid 0
-/// in a user namespace cannot.
-fn may_write_trusted(dir: BorrowedFd<'_>) -> bool {
-    let probe = c"trusted.unionfuse.probe";
-    match sys::setxattr(XTarget::Fd(dir), probe, b"1", 0) {
-        Ok(()) => {
-            let _ = sys::removexattr(XTarget::Fd(dir), probe);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
 fn read_format(upper: BorrowedFd<'_>, attr: &CStr) -> Option<WhiteoutFormat> {
     let mut buf = [0u8; 16];
     let n = sys::getxattr(XTarget::Fd(upper), attr, &mut buf).ok()?;
-    match &buf[..n] {
-        b"overlay" => Some(WhiteoutFormat::Overlay),
-        b"oci" => Some(WhiteoutFormat::Oci),
-        _ => None,
-    }
-}
-
-/// The format of the first whiteout or opaque marker found in a bounded
-/// breadth-first walk of an existing upper.
-fn scan_format(upper: BorrowedFd<'_>) -> Option<WhiteoutFormat> {
-    let mut queue: std::collections::VecDeque<OwnedFd> = std::collections::VecDeque::new();
-    let mut seen = 0;
-    let first = sys::open_child_dir(upper, c".").ok()?;
-    queue.push_back(first);
-    while let Some(dir) = queue.pop_front() {
-        let Ok(entries) = sys::read_dir(dir.as_fd()) else {
-            continue;
-        };
-        for e in entries.iter() {
-            if e.name == b"." || e.name == b".." {
-                continue;
-            }
-            seen += 1;
-            if seen > FORMAT_SCAN_LIMIT {
-                return None;
-            }
-            if whiteout::oci_whiteout_target(e.name).is_some() {
-                return Some(WhiteoutFormat::Oci);
-            }
-            let Ok(n) = Name::from_bytes(e.name) else {
-                continue;
-            };
-            if (e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN)
-                && let Ok(st) = sys::fstatat(dir.as_fd(), n.as_cstr())
-                && whiteout::is_whiteout(&st)
-            {
-                return Some(WhiteoutFormat::Overlay);
-            }
-            if (e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN)
-                && let Ok(fd) = sys::open_child_dir(dir.as_fd(), n.as_cstr())
-            {
-                queue.push_back(fd);
-            }
-        }
-    }
-    None
-}
-
-/// `overlay` where the filesystem lets this process create a 0:0 char device.
-fn probe_format(staging: BorrowedFd<'_>) -> WhiteoutFormat {
-    let probe = CString::new(format!("probe.{}", std::process::id())).unwrap_or_default();
-    match sys::mknodat(staging, &probe, libc::S_IFCHR, 0) {
-        Ok(()) => {
-            let _ = sys::unlinkat(staging, &probe, false);
-            WhiteoutFormat::Overlay
-        }
-        Err(_) => WhiteoutFormat::Oci,
-    }
+    WhiteoutFormat::parse(&buf[..n])
 }
 
 /// Removes everything inside `dir`, never following a symlink.

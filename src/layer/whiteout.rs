@@ -1,4 +1,5 @@
-//! Whiteout and opaque markers, read in every format at once.
+//! Whiteouts and opaque markers: read in every format at once, written in
+//! the upper's one format by [`UpperFormat`].
 //!
 //! - kernel overlayfs: a character device 0:0 named NAME; a directory with
 //!   xattr `trusted.overlay.opaque=y` (or `user.overlay.opaque=y` under
@@ -6,15 +7,420 @@
 //! - OCI / AUFS layers: an empty file `.wh.NAME`; a file `.wh..wh..opq` in an
 //!   opaque directory. Every `.wh..wh.*` name is AUFS metadata.
 //! - fuse-overlayfs: also `user.fuseoverlayfs.opaque=y`.
+//!
+//! Reading needs no format: both are always honoured, so the readers are
+//! plain functions. Every marker written goes through an [`UpperFormat`],
+//! whose xattr namespace comes from the one privilege probe,
+//! [`may_write_trusted`].
 
-use std::ffi::CStr;
-use std::os::fd::BorrowedFd;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use super::upper::remove_tree;
+use crate::error::{Error, Result};
 use crate::name::{Name, WH_PREFIX};
 use crate::sys::{self, XTarget};
 
 /// The OCI opaque marker file.
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
+
+/// How many entries of an existing upper are looked at to learn its format.
+const FORMAT_SCAN_LIMIT: usize = 4096;
+
+/// How deletions and opaque directories are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutFormat {
+    /// Kernel overlayfs: char device 0:0, `*.overlay.opaque=y`.
+    Overlay,
+    /// OCI image layers: `.wh.NAME`, `.wh..wh..opq`.
+    Oci,
+}
+
+impl WhiteoutFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhiteoutFormat::Overlay => "overlay",
+            WhiteoutFormat::Oci => "oci",
+        }
+    }
+
+    /// The format a record written by [`WhiteoutFormat::as_str`] names.
+    pub fn parse(v: &[u8]) -> Option<WhiteoutFormat> {
+        match v {
+            b"overlay" => Some(WhiteoutFormat::Overlay),
+            b"oci" => Some(WhiteoutFormat::Oci),
+            _ => None,
+        }
+    }
+}
+
+/// Whether trusted.* xattrs can be written in `dir`: the one privilege
+/// probe deciding which namespace markers (and unionfuse's own xattrs) are
+/// written in. A probe rather than a look at the euid, since euid 0 in a
+/// user namespace cannot.
+pub fn may_write_trusted(dir: BorrowedFd<'_>) -> bool {
+    let probe = c"trusted.unionfuse.probe";
+    match sys::setxattr(XTarget::Fd(dir), probe, b"1", 0) {
+        Ok(()) => {
+            let _ = sys::removexattr(XTarget::Fd(dir), probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A name in the staging directory (outside the tree, on the upper's
+/// filesystem): where an object is built before it enters the tree, or
+/// parked on its way out. The caller owns the name and removes what is left
+/// there (the methods below say when something is).
+#[derive(Debug, Clone, Copy)]
+pub struct StagingSlot<'a> {
+    pub dir: BorrowedFd<'a>,
+    pub name: &'a CStr,
+}
+
+/// The upper's on-disk convention: every whiteout and opaque marker a
+/// mount, a repair or an unpack writes is written here, in one format, with
+/// the opaque xattr in the namespace the privilege probe allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpperFormat {
+    kind: WhiteoutFormat,
+    /// trusted.* xattrs may be written ([`may_write_trusted`]).
+    trusted: bool,
+}
+
+impl UpperFormat {
+    /// The convention writing `kind`, with `trusted.*` xattrs when `trusted`
+    /// (else `user.*`, what overlayfs reads with `userxattr`).
+    pub fn new(kind: WhiteoutFormat, trusted: bool) -> UpperFormat {
+        UpperFormat { kind, trusted }
+    }
+
+    /// Settles an upper's format: `chosen` (asked for, or recorded), else
+    /// the one the upper's markers already use, else what its filesystem
+    /// accepts (probed in `staging`, a directory on the same filesystem).
+    pub fn settle(
+        chosen: Option<WhiteoutFormat>,
+        upper: BorrowedFd<'_>,
+        staging: BorrowedFd<'_>,
+        trusted: bool,
+    ) -> UpperFormat {
+        let kind = match chosen {
+            Some(f) => f,
+            None => match scan_format(upper) {
+                Some(f) => f,
+                None => probe_format(staging),
+            },
+        };
+        UpperFormat::new(kind, trusted)
+    }
+
+    /// The format written.
+    pub fn kind(self) -> WhiteoutFormat {
+        self.kind
+    }
+
+    /// Whether trusted.* xattrs may be written (the probe's answer).
+    pub fn trusted(self) -> bool {
+        self.trusted
+    }
+
+    fn overlay(self) -> bool {
+        self.kind == WhiteoutFormat::Overlay
+    }
+
+    /// The opaque xattr this convention writes.
+    fn opaque_xattr(self) -> &'static CStr {
+        if self.trusted {
+            OPAQUE_XATTRS[0]
+        } else {
+            OPAQUE_XATTRS[1]
+        }
+    }
+
+    /// Hides the lower `name` in upper directory `dir`, where nothing of that
+    /// name exists yet.
+    pub fn write_whiteout(self, dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+        match self.kind {
+            WhiteoutFormat::Overlay => {
+                sys::mknodat(dir, name.as_cstr(), libc::S_IFCHR, 0)?;
+            }
+            WhiteoutFormat::Oci => {
+                let wh = name.oci_whiteout().ok_or(Error::NAMETOOLONG)?;
+                create_marker(dir, wh.as_cstr())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the upper object `name` in `dir`, leaving a whiteout in its
+    /// place when `hide`, in one atomic step where the format allows. A
+    /// directory (`is_dir`; only whiteouts can be left inside it, the
+    /// merged view of it being empty) leaves through `slot`. Returns
+    /// whether something is left at `slot`.
+    pub fn remove(
+        self,
+        dir: BorrowedFd<'_>,
+        name: &Name,
+        is_dir: bool,
+        hide: bool,
+        slot: StagingSlot<'_>,
+    ) -> Result<bool> {
+        if hide && self.overlay() {
+            sys::mknodat(slot.dir, slot.name, libc::S_IFCHR, 0)?;
+            // rename(2) will not put a device node over a directory: swap
+            // them, and the directory leaves with the slot's name.
+            let flags = if is_dir { libc::RENAME_EXCHANGE } else { 0 };
+            sys::renameat2(slot.dir, slot.name, dir, name.as_cstr(), flags)?;
+            return Ok(is_dir);
+        }
+        if hide {
+            // `.wh.NAME` first: the upper object still wins over it until
+            // it is gone.
+            self.write_whiteout(dir, name)?;
+        }
+        if is_dir {
+            // The directory leaves the tree in one rename, then is emptied.
+            sys::renameat2(dir, name.as_cstr(), slot.dir, slot.name, 0)?;
+            return Ok(true);
+        }
+        sys::unlinkat(dir, name.as_cstr(), false)?;
+        Ok(false)
+    }
+
+    /// Moves upper object `from` (`name` in directory `dir`) to `to`
+    /// (`newname` in `newdir`), replacing whatever the upper holds there (an
+    /// object the merged view allows to be replaced, or a whiteout), and
+    /// leaving a whiteout at the old name when `hide` (a lower layer holds
+    /// it). `src_dir`: the object moved is a directory. What the move pushes
+    /// out may leave through `slot`; returns whether something is left
+    /// there.
+    pub fn rename(
+        self,
+        from: (BorrowedFd<'_>, &Name),
+        to: (BorrowedFd<'_>, &Name),
+        src_dir: bool,
+        hide: bool,
+        slot: StagingSlot<'_>,
+    ) -> Result<bool> {
+        let ((dir, name), (newdir, newname)) = (from, to);
+        let overlay = self.overlay();
+        let target = sys::fstatat(newdir, newname.as_cstr()).ok();
+        let target_dir = target.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let target_wh = target.is_some_and(|st| is_whiteout(&st));
+        let mut parked = false;
+        if target_dir || (src_dir && target_wh) {
+            // rename(2) will neither put a directory over a device node nor
+            // replace a directory still holding whiteouts (the merged view
+            // of it is empty): swap the two, then drop what lands at the
+            // old name.
+            if hide && !overlay {
+                self.write_whiteout(dir, name)?;
+            }
+            sys::renameat2(
+                dir,
+                name.as_cstr(),
+                newdir,
+                newname.as_cstr(),
+                libc::RENAME_EXCHANGE,
+            )?;
+            if !(target_wh && hide && overlay) {
+                parked = self.remove(dir, name, target_dir, hide && overlay, slot)?;
+            }
+        } else if hide && overlay {
+            // The whiteout appears at the old name in the same step.
+            match sys::renameat2(
+                dir,
+                name.as_cstr(),
+                newdir,
+                newname.as_cstr(),
+                libc::RENAME_WHITEOUT,
+            ) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
+                    sys::renameat2(dir, name.as_cstr(), newdir, newname.as_cstr(), 0)?;
+                    self.write_whiteout(dir, name)?;
+                }
+                r => r?,
+            }
+        } else {
+            if hide {
+                self.write_whiteout(dir, name)?;
+            }
+            sys::renameat2(dir, name.as_cstr(), newdir, newname.as_cstr(), 0)?;
+        }
+        remove_oci_whiteout(newdir, newname)?;
+        Ok(parked)
+    }
+
+    /// Puts a staged object (`from`) at `name` in upper directory `dir`,
+    /// where a whiteout holds the name. A directory is marked opaque first:
+    /// nothing below may show through the new one.
+    pub fn place_over_whiteout(
+        self,
+        from: StagingSlot<'_>,
+        dir: BorrowedFd<'_>,
+        name: &Name,
+        is_dir: bool,
+    ) -> Result<()> {
+        if is_dir {
+            let d = sys::open_child_dir(from.dir, from.name)?;
+            self.mark_opaque(XTarget::At(from.dir, from.name), d.as_fd())?;
+        }
+        match self.kind {
+            WhiteoutFormat::Overlay if is_dir => {
+                // rename(2) will not put a directory over a device node:
+                // swap them, then drop the whiteout.
+                sys::renameat2(
+                    from.dir,
+                    from.name,
+                    dir,
+                    name.as_cstr(),
+                    libc::RENAME_EXCHANGE,
+                )?;
+                sys::unlinkat(from.dir, from.name, false)?;
+            }
+            WhiteoutFormat::Overlay => sys::renameat2(from.dir, from.name, dir, name.as_cstr(), 0)?,
+            WhiteoutFormat::Oci => {
+                // The new object wins over `.wh.NAME` in its own layer, so
+                // the order cannot expose the lower object.
+                sys::renameat2(
+                    from.dir,
+                    from.name,
+                    dir,
+                    name.as_cstr(),
+                    libc::RENAME_NOREPLACE,
+                )?;
+                remove_oci_whiteout(dir, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a directory opaque with the format's one marker: the xattr on
+    /// `t`, or `.wh..wh..opq` in `dir` (the same directory, open).
+    pub fn mark_opaque(self, t: XTarget<'_>, dir: BorrowedFd<'_>) -> Result<()> {
+        match self.kind {
+            WhiteoutFormat::Overlay => sys::setxattr(t, self.opaque_xattr(), b"y", 0)?,
+            WhiteoutFormat::Oci => create_marker(dir, OCI_OPAQUE)?,
+        }
+        Ok(())
+    }
+
+    /// For a directory marked opaque both ways (`t`, open as `dir`, holding
+    /// `.wh..wh..opq` and the opaque `xattrs`): drops the marker of the
+    /// other format. Whether that worked.
+    pub fn drop_foreign_opaque(
+        self,
+        t: XTarget<'_>,
+        dir: BorrowedFd<'_>,
+        xattrs: &[&CStr],
+    ) -> bool {
+        match self.kind {
+            WhiteoutFormat::Oci => xattrs.iter().all(|x| sys::removexattr(t, x).is_ok()),
+            WhiteoutFormat::Overlay => sys::unlinkat(dir, OCI_OPAQUE, false).is_ok(),
+        }
+    }
+
+    /// For an unpacked layer: turns its `.wh..wh..opq` in `dir` into this
+    /// format's marker. `false` when the OCI file is the marker, to be
+    /// written as the layer holds it.
+    pub fn import_oci_opaque(self, dir: BorrowedFd<'_>) -> Result<bool> {
+        if !self.overlay() {
+            return Ok(false);
+        }
+        self.mark_opaque(XTarget::Fd(dir), dir)?;
+        Ok(true)
+    }
+
+    /// For an unpacked layer: turns its `.wh.HIDDEN` in `dir` into this
+    /// format's whiteout, replacing what an earlier entry put at `hidden`.
+    /// `false` when the OCI file is the whiteout, to be written as the
+    /// layer holds it.
+    pub fn import_oci_whiteout(self, dir: BorrowedFd<'_>, hidden: &[u8]) -> Result<bool> {
+        if !self.overlay() {
+            return Ok(false);
+        }
+        let hidden = Name::from_bytes(hidden)?;
+        remove_tree(dir, hidden.as_cstr())?;
+        self.write_whiteout(dir, &hidden)?;
+        Ok(true)
+    }
+}
+
+/// Creates an empty OCI marker file; one already there is as good.
+fn create_marker(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    match sys::create_file(dir, name, libc::O_WRONLY, 0o644) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes an OCI whiteout of `name` in `dir`, if any: what a new object at
+/// `name` must not leave beside it, in either format.
+fn remove_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+    if let Some(wh) = name.oci_whiteout() {
+        match sys::unlinkat(dir, wh.as_cstr(), false) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The format of the first whiteout or opaque marker found in a bounded
+/// breadth-first walk of an existing upper.
+fn scan_format(upper: BorrowedFd<'_>) -> Option<WhiteoutFormat> {
+    let mut queue: std::collections::VecDeque<OwnedFd> = std::collections::VecDeque::new();
+    let mut seen = 0;
+    let first = sys::open_child_dir(upper, c".").ok()?;
+    queue.push_back(first);
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = sys::read_dir(dir.as_fd()) else {
+            continue;
+        };
+        for e in entries.iter() {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            seen += 1;
+            if seen > FORMAT_SCAN_LIMIT {
+                return None;
+            }
+            if oci_whiteout_target(e.name).is_some() {
+                return Some(WhiteoutFormat::Oci);
+            }
+            let Ok(n) = Name::from_bytes(e.name) else {
+                continue;
+            };
+            if (e.d_type == libc::DT_CHR || e.d_type == libc::DT_UNKNOWN)
+                && let Ok(st) = sys::fstatat(dir.as_fd(), n.as_cstr())
+                && is_whiteout(&st)
+            {
+                return Some(WhiteoutFormat::Overlay);
+            }
+            if (e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN)
+                && let Ok(fd) = sys::open_child_dir(dir.as_fd(), n.as_cstr())
+            {
+                queue.push_back(fd);
+            }
+        }
+    }
+    None
+}
+
+/// `overlay` where the filesystem lets this process create a 0:0 char device.
+fn probe_format(dir: BorrowedFd<'_>) -> WhiteoutFormat {
+    let probe = CString::new(format!("probe.{}", std::process::id())).unwrap_or_default();
+    match sys::mknodat(dir, &probe, libc::S_IFCHR, 0) {
+        Ok(()) => {
+            let _ = sys::unlinkat(dir, &probe, false);
+            WhiteoutFormat::Overlay
+        }
+        Err(_) => WhiteoutFormat::Oci,
+    }
+}
 
 /// xattrs that mark a directory opaque when set to `y`. (`x` on
 /// `trusted.overlay.opaque` means "may hold xwhiteouts", not opaque.)
@@ -66,9 +472,46 @@ pub fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> bool {
     }
 }
 
+/// Whether `name` in layer directory `dir` is a whiteout (either format).
+pub fn has_whiteout(dir: BorrowedFd<'_>, name: &Name) -> bool {
+    match sys::fstatat(dir, name.as_cstr()) {
+        Ok(st) => is_whiteout(&st),
+        Err(_) => has_oci_whiteout(dir, name),
+    }
+}
+
+/// Whether `name` is the OCI opaque marker, which belongs to its directory
+/// rather than standing for an entry.
+pub fn is_oci_opaque(name: &[u8]) -> bool {
+    name == OCI_OPAQUE.to_bytes()
+}
+
+/// Whether opaque xattr `x` on `t` says `y`.
+fn opaque_set(t: XTarget<'_>, x: &CStr) -> bool {
+    let mut v = [0u8; 2];
+    matches!(sys::getxattr(t, x, &mut v), Ok(1) if v[0] == b'y')
+}
+
+/// The opaque xattrs set (to `y`) on `t`.
+pub fn opaque_xattrs(t: XTarget<'_>) -> Vec<&'static CStr> {
+    OPAQUE_XATTRS
+        .iter()
+        .copied()
+        .filter(|x| opaque_set(t, x))
+        .collect()
+}
+
+/// Whether layer directory `dir` is opaque, in either format.
+pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> bool {
+    sys::fstatat(dir, OCI_OPAQUE).is_ok()
+        || OPAQUE_XATTRS
+            .iter()
+            .any(|x| opaque_set(XTarget::Fd(dir), x))
+}
+
 /// xattrs holding a kernel overlayfs redirect: where a renamed directory's
 /// lower parts live.
-const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
+pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
 /// What a layer directory says about the layers below it.
 #[derive(Debug, Default)]
@@ -96,13 +539,8 @@ pub fn dir_marks(parent: BorrowedFd<'_>, name: &Name, fd: BorrowedFd<'_>) -> Dir
     };
     let has = |want: &CStr| list.split(|b| *b == 0).any(|n| n == want.to_bytes());
     for want in OPAQUE_XATTRS {
-        if !marks.opaque && has(want) {
-            let mut v = [0u8; 2];
-            if let Ok(1) = sys::getxattr(target, want, &mut v)
-                && v[0] == b'y'
-            {
-                marks.opaque = true;
-            }
+        if !marks.opaque && has(want) && opaque_set(target, want) {
+            marks.opaque = true;
         }
     }
     for want in REDIRECT_XATTRS {
@@ -128,5 +566,21 @@ mod tests {
         assert_eq!(oci_whiteout_target(b"foo"), None);
         assert!(is_private_xattr(b"trusted.overlay.opaque"));
         assert!(!is_private_xattr(b"user.mime"));
+    }
+
+    #[test]
+    fn format_records_round_trip() {
+        for f in [WhiteoutFormat::Overlay, WhiteoutFormat::Oci] {
+            assert_eq!(WhiteoutFormat::parse(f.as_str().as_bytes()), Some(f));
+        }
+        assert_eq!(WhiteoutFormat::parse(b"aufs"), None);
+        assert_eq!(
+            UpperFormat::new(WhiteoutFormat::Overlay, false).opaque_xattr(),
+            c"user.overlay.opaque"
+        );
+        assert_eq!(
+            UpperFormat::new(WhiteoutFormat::Overlay, true).opaque_xattr(),
+            c"trusted.overlay.opaque"
+        );
     }
 }

@@ -1,0 +1,81 @@
+//! Writes through open files: opening for write (with its copy-up),
+//! write, fsync, fallocate, and whether a handle may bypass the daemon.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::handle::Handle;
+use crate::inode::Inode;
+use crate::sys;
+use crate::union::Union;
+
+impl Union {
+    /// Opens a file for writing, copying it up first; O_TRUNC skips the
+    /// copy of its data.
+    pub(crate) fn open_for_write(&self, inode: Arc<Inode>, flags: i32) -> Result<u64> {
+        let _changing = self.barrier.read();
+        if self.read_only() {
+            return Err(Error::ROFS);
+        }
+        self.copy_up(&inode, flags & libc::O_TRUNC == 0)?;
+        let obj = self.object(&inode)?;
+        let (dir, name) = obj.dir_and_name();
+        // The kernel hands every write its offset (appends included), and
+        // reads and writes go through the page cache or passthrough.
+        let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
+        let fd = sys::open_child_flags(dir, name, flags & keep)?;
+        Ok(self.handles.insert(Handle::File {
+            fd,
+            inode,
+            copied: None,
+        }))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        match &*self.handles.get(fh)? {
+            Handle::File { fd, .. } => Ok(sys::pwrite(fd.as_fd(), data, offset)?),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
+        match &*self.handles.get(fh)? {
+            Handle::File { fd, .. } => Ok(sys::fsync(fd.as_fd(), datasync)?),
+        }
+    }
+
+    /// fsync of a directory: directories have no handles (see
+    /// [`crate::listing`]).
+    pub fn fsyncdir(&self, nodeid: u64, datasync: bool) -> Result<()> {
+        let inode = self.inodes.get(nodeid)?;
+        if self.volatile || !inode.in_upper() {
+            // Nothing of it is in the upper; there is nothing to flush.
+            return Ok(());
+        }
+        let fd = self.dir_fd(&inode, 0)?;
+        let d = sys::open_child_flags(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(sys::fsync(d.as_fd(), datasync)?)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        match &*self.handles.get(fh)? {
+            Handle::File { fd, .. } => Ok(sys::fallocate(fd.as_fd(), mode, offset, len)?),
+        }
+    }
+
+    /// Whether an open file's data lives in the upper layer (or the mount
+    /// is read-only), so the kernel may read and write its backing file
+    /// directly for the handle's whole life.
+    pub fn stable_backing(&self, fh: u64) -> bool {
+        if self.read_only() {
+            return true;
+        }
+        match self.handles.get(fh).as_deref() {
+            Ok(Handle::File { inode, .. }) => inode.in_upper(),
+            _ => false,
+        }
+    }
+}
