@@ -765,7 +765,7 @@ impl UnionFs {
         op: &str,
         parent: INodeNo,
         name: &OsStr,
-        r: crate::Result<libc::stat>,
+        r: crate::error::Result<libc::stat>,
         reply: ReplyEntry,
     ) {
         match r {
@@ -877,7 +877,7 @@ fn reply_empty(
     op: &str,
     ino: INodeNo,
     name: Option<&OsStr>,
-    r: crate::Result<()>,
+    r: crate::error::Result<()>,
     reply: ReplyEmpty,
 ) {
     match r {

@@ -7,8 +7,8 @@ mod common;
 use std::fs;
 
 use common::*;
-use unionfuse::Mount;
-use unionfuse::layerfile::Compression;
+use unionfuse::Compression;
+use unionfuse::{Failure, Mount};
 
 #[test]
 fn builder_mounts_and_the_guard_unmounts() {
@@ -59,7 +59,8 @@ fn builder_mounts_and_the_guard_unmounts() {
     let mut m = m;
     let f = fs::File::open(m.path().join("etc/issue")).expect("open");
     let e = m.unmount().expect_err("unmounted with a file open");
-    assert!(e.contains("busy"), "{e}");
+    assert!(matches!(e, Failure::Mount(_)), "{e:?}");
+    assert!(e.to_string().contains("busy"), "{e}");
     assert!(is_mountpoint(&mnt), "a busy mount went away");
     drop(f);
     m.unmount().expect("unmount once the file is closed");
@@ -91,9 +92,10 @@ fn bad_input_is_refused_before_mounting() {
         .lower(s.path("missing"))
         .mount(&mnt)
         .expect_err("a missing lower");
-    assert!(e.contains("does not exist"), "{e}");
+    assert!(matches!(e, Failure::Invalid(_)), "{e:?}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
     let e = Mount::builder().mount(&mnt).expect_err("no lower");
-    assert!(!e.is_empty());
+    assert!(!e.to_string().is_empty());
     assert!(!is_mountpoint(&mnt));
 }
 
