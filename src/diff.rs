@@ -10,12 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::handle::DirSnapshot;
 use crate::json::{JsonPath, array_line};
 use crate::layer::whiteout::{self, dir_marks, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
 use crate::resolve::{self, DirFds};
+use crate::snapshot::DirSnapshot;
 use crate::sys;
 use crate::walk::{Entry, Step, walk};
 

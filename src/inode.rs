@@ -25,10 +25,10 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::handle::DirSnapshot;
 use crate::layer::LayerIdx;
 use crate::name::Name;
 use crate::resolve::Found;
+use crate::snapshot::DirSnapshot;
 
 /// The FUSE root nodeid.
 pub const ROOT: u64 = 1;

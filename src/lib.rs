@@ -32,8 +32,9 @@
 //! ```text
 //! sys                       every unsafe block and raw syscall
 //!  -> name, layer           one path component; layer roots, whiteouts
-//!  -> handle, inode,        open files and directory snapshots; the
-//!     resolve               inode table; which layer wins, merged listings
+//!  -> snapshot              merged directory listings frozen at one moment
+//!  -> resolve, inode,       which layer wins, merged listings; the inode
+//!     handle                table; open files and directories
 //!  -> copyup, reset         entries made to exist in the upper; emptying it
 //!  -> union, write          the filesystem operations as plain Rust
 //!  -> fuse, mount, control  the fuser adapter, the daemon's life, its
@@ -82,6 +83,7 @@ mod reset;
 mod resolve;
 mod run;
 mod runtime;
+mod snapshot;
 mod stats;
 #[allow(dead_code, unused_imports)]
 mod sys;

@@ -6,11 +6,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::handle::DirSnapshot;
 use crate::layer::upper::Upper;
 use crate::layer::whiteout::{self, DirMarks, dir_marks, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
+use crate::snapshot::DirSnapshot;
 use crate::sys;
 
 /// The layer directories of one merged directory, top-most first.

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::handle::{DirSnapshot, Handle, Handles};
+use crate::handle::{Handle, Handles};
 use crate::idmap::IdMap;
 use crate::inode::{FdCache, Inode, InodeTable, Location, ROOT};
 use crate::layer::upper::Upper;
@@ -15,6 +15,7 @@ use crate::layer::{INDEX, LayerIdx, Layers};
 use crate::name::Name;
 use crate::override_stat::Override;
 use crate::resolve::{self, DirFds};
+use crate::snapshot::DirSnapshot;
 use crate::sys::{self, XTarget};
 
 /// Receives directory entries; returns `true` once its buffer is full (the
