@@ -1,16 +1,16 @@
 //! The verbs for Rust programs: mount a container root in-process and get a
 //! guard that unmounts it on drop, list what its writable layer changed,
-//! write that out as an OCI layer.
+//! write that out as an OCI layer, unpack layers. Every verb fails with a
+//! [`Failure`].
 //!
 //! ```no_run
-//! # fn main() -> Result<(), String> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let root = unionfuse::Mount::builder()
 //!     .lower("/images/debian/layer1")
 //!     .lower("/images/debian/layer0")
 //!     .upper("/containers/c1/upper")
 //!     .mount("/containers/c1/root")?;
-//! std::fs::write(root.path().join("tmp/new-file.txt"), "hello")
-//!     .map_err(|e| e.to_string())?;
+//! std::fs::write(root.path().join("tmp/new-file.txt"), "hello")?;
 //! for change in root.diff()? {
 //!     println!("{} {}", change.kind.letter(), String::from_utf8_lossy(&change.path));
 //! }
@@ -19,12 +19,12 @@
 //! # }
 //! ```
 
-use std::ffi::OsString;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::cli::{MountArgs, WhiteoutArg};
+use crate::config::{MountConfig, MountConfigBuilder};
 use crate::diff::Change;
+use crate::failure::Failure;
 use crate::layer::upper::WhiteoutFormat;
 use crate::layerfile::Compression;
 use crate::mount::{self, Started};
@@ -40,78 +40,42 @@ impl Mount {
     }
 }
 
-/// Describes a mount; [`MountBuilder::mount`] makes it.
+/// Describes a mount; [`MountBuilder::mount`] makes it. For every option
+/// of `unionfuse mount`, fill in a [`MountConfig`] and use [`Mount::start`].
 #[derive(Debug, Default, Clone)]
 pub struct MountBuilder {
-    lowers: Vec<PathBuf>,
-    upper: Option<PathBuf>,
-    work: Option<PathBuf>,
-    whiteout: Option<WhiteoutFormat>,
-    read_only: bool,
+    config: MountConfigBuilder,
 }
 
 impl MountBuilder {
     /// Adds a read-only layer below those added before.
     pub fn lower(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.lowers.push(dir.into());
+        self.config = self.config.lower(dir);
         self
     }
 
     /// The writable layer; without one the mount is read-only.
     pub fn upper(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.upper = Some(dir.into());
+        self.config = self.config.upper(dir);
         self
     }
 
     /// The work directory (default: beside the upper, as `unionfuse mount`).
     pub fn work(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.work = Some(dir.into());
+        self.config = self.config.work(dir);
         self
     }
 
     /// How deletions are written (default: as `--whiteout=auto`).
     pub fn whiteout(mut self, format: WhiteoutFormat) -> Self {
-        self.whiteout = Some(format);
+        self.config = self.config.whiteout(Some(format));
         self
     }
 
     /// Refuse every change even with an upper.
     pub fn read_only(mut self, on: bool) -> Self {
-        self.read_only = on;
+        self.config = self.config.read_only(on);
         self
-    }
-
-    fn args(&self, mountpoint: &Path) -> MountArgs {
-        MountArgs {
-            lower: self
-                .lowers
-                .iter()
-                .map(|l| escape_lower(l.as_os_str()))
-                .collect(),
-            upper: self.upper.clone(),
-            work: self.work.clone(),
-            whiteout: match self.whiteout {
-                None => WhiteoutArg::Auto,
-                Some(WhiteoutFormat::Overlay) => WhiteoutArg::Overlay,
-                Some(WhiteoutFormat::Oci) => WhiteoutArg::Oci,
-            },
-            foreground: true,
-            threads: None,
-            cache_timeout: crate::cli::DEFAULT_CACHE_TIMEOUT,
-            debug: false,
-            ready_fd: None,
-            volatile: false,
-            read_only: self.read_only,
-            nodev: false,
-            nosuid: false,
-            allow_other: false,
-            uidmap: None,
-            gidmap: None,
-            squash_uid: None,
-            squash_gid: None,
-            xattr_permissions: None,
-            mountpoint: mountpoint.to_path_buf(),
-        }
     }
 
     /// Mounts at `mountpoint` (an existing empty directory), served by
@@ -141,10 +105,18 @@ impl MountBuilder {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn mount(self, mountpoint: impl AsRef<Path>) -> Result<MountGuard, String> {
-        let args = self.args(mountpoint.as_ref());
-        let cfg = crate::cli::validate(&args)?;
-        let created = crate::cli::prepare_work(&cfg)?;
+    pub fn mount(self, mountpoint: impl AsRef<Path>) -> Result<MountGuard, Failure> {
+        let cfg = self.config.mountpoint(mountpoint.as_ref()).validate()?;
+        Mount::start(cfg)
+    }
+}
+
+impl Mount {
+    /// Mounts a validated configuration, served by threads of this process
+    /// (its `threads`, `debug` and the like apply as to a daemon). The
+    /// mount answers requests when this returns.
+    pub fn start(cfg: MountConfig) -> Result<MountGuard, Failure> {
+        let created = mount::prepare_work(&cfg)?;
         let Started {
             session,
             union,
@@ -157,7 +129,7 @@ impl MountBuilder {
                 if let Some(w) = created {
                     let _ = std::fs::remove_dir(w);
                 }
-                return Err(e.to_string());
+                return Err(Failure::Mount(e.to_string()));
             }
         };
         let record = mount::publish(&cfg, &mounted);
@@ -168,7 +140,7 @@ impl MountBuilder {
                 if let Err(e) = mounted.detach() {
                     log::warn!("cannot unmount {}: {e}", mounted.path.display());
                 }
-                return Err(format!("cannot start serving: {e}"));
+                return Err(Failure::Mount(format!("cannot start serving: {e}")));
             }
         };
         Ok(MountGuard {
@@ -186,19 +158,6 @@ impl MountBuilder {
             }),
         })
     }
-}
-
-/// `\:` and `\\` for a lower path, as `--lower` lists read them.
-fn escape_lower(p: &std::ffi::OsStr) -> OsString {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let mut out = Vec::with_capacity(p.len());
-    for b in p.as_bytes() {
-        if matches!(b, b':' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(*b);
-    }
-    OsString::from_vec(out)
 }
 
 /// A live mount; dropping it unmounts (lazily, when files are still open).
@@ -253,7 +212,7 @@ impl MountGuard {
 
     /// What the writable layer changes so far (`docker diff`); empty for a
     /// read-only mount.
-    pub fn diff(&self) -> Result<Vec<Change>, String> {
+    pub fn diff(&self) -> Result<Vec<Change>, Failure> {
         match &self.upper {
             Some(u) => diff(u, &self.lowers),
             None => Ok(Vec::new()),
@@ -261,39 +220,40 @@ impl MountGuard {
     }
 
     /// Writes the writable layer as an OCI layer tar.
-    pub fn export(&self, out: impl Write, compression: Compression) -> Result<(), String> {
+    pub fn export(&self, out: impl Write, compression: Compression) -> Result<(), Failure> {
         let upper = self
             .upper
             .as_ref()
-            .ok_or("a read-only mount has no layer to export")?;
-        crate::layerfile::export(upper, out, compression)
+            .ok_or_else(|| Failure::Invalid("a read-only mount has no layer to export".into()))?;
+        export(upper, out, compression)
     }
 
     /// Empties the writable layer: every process sees the pristine image
     /// at once (see `unionfuse reset`).
-    pub fn reset(&self) -> Result<(), String> {
-        let inval = self.union()?.reset().map_err(|e| format!("reset: {e}"))?;
+    pub fn reset(&self) -> Result<(), Failure> {
+        let inval = self
+            .union()?
+            .reset()
+            .map_err(|e| Failure::Layer(format!("reset: {e}")))?;
         self.forget(&inval);
         Ok(())
     }
 
     /// Saves the writable layer as checkpoint `name`.
-    pub fn checkpoint(&self, name: &str) -> Result<(), String> {
-        let n = crate::name::Name::from_bytes(name.as_bytes())
-            .map_err(|e| format!("checkpoint name {name:?}: {e}"))?;
+    pub fn checkpoint(&self, name: &str) -> Result<(), Failure> {
+        let n = checkpoint_name(name)?;
         self.union()?
             .checkpoint(&n)
-            .map_err(|e| format!("checkpoint: {e}"))
+            .map_err(|e| Failure::Layer(format!("checkpoint: {e}")))
     }
 
     /// Brings checkpoint `name` back as the writable layer.
-    pub fn restore(&self, name: &str) -> Result<(), String> {
-        let n = crate::name::Name::from_bytes(name.as_bytes())
-            .map_err(|e| format!("checkpoint name {name:?}: {e}"))?;
+    pub fn restore(&self, name: &str) -> Result<(), Failure> {
+        let n = checkpoint_name(name)?;
         let inval = self
             .union()?
             .restore(&n)
-            .map_err(|e| format!("restore {name}: {e}"))?;
+            .map_err(|e| Failure::Layer(format!("restore {name}: {e}")))?;
         self.forget(&inval);
         Ok(())
     }
@@ -308,19 +268,20 @@ impl MountGuard {
         crate::control::apply(&self.notifier, inval);
     }
 
-    fn union(&self) -> Result<&crate::union::Union, String> {
+    fn union(&self) -> Result<&crate::union::Union, Failure> {
         self.serving
             .as_ref()
             .map(|s| &*s.union)
-            .ok_or_else(|| format!("{} is unmounted", self.mountpoint.display()))
+            .ok_or_else(|| Failure::Unmounted(self.mountpoint.clone()))
     }
 
     /// Unmounts now, reporting failure (EBUSY while files are open) instead
     /// of detaching; the mount then stays, to be unmounted again later (or
     /// detached by dropping the guard).
-    pub fn unmount(&mut self) -> Result<(), String> {
-        self.try_unmount()
-            .map_err(|e| format!("cannot unmount {}: {e}", self.mountpoint.display()))
+    pub fn unmount(&mut self) -> Result<(), Failure> {
+        self.try_unmount().map_err(|e| {
+            Failure::Mount(format!("cannot unmount {}: {e}", self.mountpoint.display()))
+        })
     }
 
     /// Unmounts and waits for the serving threads, which end with the
@@ -379,9 +340,35 @@ impl Drop for MountGuard {
     }
 }
 
-/// What the upper `upper` changes over `lowers` (top-most first).
-pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>, String> {
-    let layers =
-        crate::diff::open_layers(upper, lowers).map_err(|e| format!("cannot open layers: {e}"))?;
-    crate::diff::diff(&layers).map_err(|e| format!("cannot walk the upper: {e}"))
+/// A checkpoint name: one plain path component.
+fn checkpoint_name(name: &str) -> Result<crate::name::Name, Failure> {
+    crate::name::Name::from_bytes(name.as_bytes())
+        .map_err(|e| Failure::Invalid(format!("checkpoint name {name:?}: {e}")))
+}
+
+/// What the upper `upper` changes over `lowers` (top-most first), as
+/// `unionfuse diff` prints it; the layers need not be mounted.
+pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>, Failure> {
+    let layers = crate::diff::open_layers(upper, lowers)
+        .map_err(|e| Failure::Layer(format!("cannot open layers: {e}")))?;
+    crate::diff::diff(&layers).map_err(|e| Failure::Layer(format!("cannot walk the upper: {e}")))
+}
+
+/// Writes the upper directory `upper` as an OCI image layer tar to `out`
+/// (reproducible: the same upper gives the same bytes).
+pub fn export(upper: &Path, out: impl Write, compression: Compression) -> Result<(), Failure> {
+    crate::layerfile::export(upper, out, compression).map_err(Failure::Layer)
+}
+
+/// Unpacks an OCI image layer tar (plain, gzip or zstd) into the existing
+/// directory `dir`, writing deletions in `format`. An entry that would land
+/// outside `dir` is refused.
+pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<(), Failure> {
+    crate::layerfile::unpack(input, dir, format).map_err(Failure::Layer)
+}
+
+/// Writes the changes of the upper `upper` as a new layer directory `dest`
+/// (an existing empty directory), to stack as a lower.
+pub fn commit(upper: &Path, dest: &Path, format: WhiteoutFormat) -> Result<(), Failure> {
+    crate::layerfile::commit(upper, dest, format).map_err(Failure::Layer)
 }

@@ -14,6 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::failure::Failure;
+use crate::json::{JsonPath, array_line};
 use crate::layer::upper::{WhiteoutFormat, remove_tree};
 use crate::layer::whiteout::{
     self, OCI_OPAQUE, OPAQUE_XATTRS, REDIRECT_XATTRS, UpperFormat, dir_marks, oci_whiteout_target,
@@ -339,21 +341,27 @@ pub fn format_text(found: &[Finding]) -> Vec<u8> {
     s
 }
 
-/// Findings as JSON (paths escaped as [`crate::diff::json_string`] does).
-pub fn format_json(found: &[Finding]) -> String {
-    let items: Vec<String> = found
+/// Findings as JSON: `[{"kind":..,"path":..,"detail":..,"repaired":..},...]`,
+/// a path that is not UTF-8 written as `crate::json` says.
+pub fn format_json(found: &[Finding]) -> serde_json::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        kind: &'a str,
+        #[serde(flatten)]
+        path: JsonPath<'a>,
+        detail: &'a str,
+        repaired: bool,
+    }
+    let items: Vec<Item<'_>> = found
         .iter()
-        .map(|f| {
-            format!(
-                "{{\"kind\":\"{}\",\"path\":{},\"detail\":{},\"repaired\":{}}}",
-                f.kind,
-                crate::diff::json_string(&f.path),
-                crate::diff::json_string(f.detail.as_bytes()),
-                f.repaired
-            )
+        .map(|f| Item {
+            kind: f.kind,
+            path: JsonPath::new(&f.path),
+            detail: &f.detail,
+            repaired: f.repaired,
         })
         .collect();
-    format!("[{}]\n", items.join(","))
+    array_line(&items)
 }
 
 /// Opens `upper` and `lowers` and checks them (see [`check`]); `work`, when
@@ -363,17 +371,22 @@ pub fn check_paths(
     lowers: &[std::path::PathBuf],
     work: Option<&Path>,
     repair: bool,
-) -> std::result::Result<Vec<Finding>, String> {
-    let layers =
-        Layers::open(Some(upper), lowers).map_err(|e| format!("cannot open layers: {e}"))?;
+) -> std::result::Result<Vec<Finding>, Failure> {
+    let layers = Layers::open(Some(upper), lowers)
+        .map_err(|e| Failure::Layer(format!("cannot open layers: {e}")))?;
     let work_fd = match work {
         Some(w) => match sys::open_dir_path(w) {
             Ok(fd) => Some(fd),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-            Err(e) => return Err(format!("work directory {}: {e}", w.display())),
+            Err(e) => {
+                return Err(Failure::Layer(format!(
+                    "work directory {}: {e}",
+                    w.display()
+                )));
+            }
         },
         None => None,
     };
     check(&layers, work_fd.as_ref().map(|f| f.as_fd()), repair)
-        .map_err(|e| format!("cannot check {}: {e}", upper.display()))
+        .map_err(|e| Failure::Layer(format!("cannot check {}: {e}", upper.display())))
 }

@@ -6,33 +6,19 @@
 //! unionfuse [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT
 //! ```
 //!
-//! It is translated into the same [`MountArgs`] as `unionfuse mount`.
+//! It is translated into the same [`MountConfigBuilder`] as `unionfuse
+//! mount` and the Rust API fill in; which form a command line is, is the
+//! command line's business (`crate::cli`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use log::warn;
 
-use crate::cli::{MountArgs, WhiteoutArg};
-
-/// Whether `argv` (without the program name) is the fuse-overlayfs form
-/// rather than a `unionfuse` subcommand.
-pub fn is_compat(argv: &[OsString]) -> bool {
-    use clap::CommandFactory;
-    let Some(first) = argv.first() else {
-        return false;
-    };
-    if matches!(
-        first.as_bytes(),
-        b"help" | b"-h" | b"--help" | b"-V" | b"--version"
-    ) {
-        return false;
-    }
-    !crate::cli::Cli::command()
-        .get_subcommands()
-        .any(|c| first.as_bytes() == c.get_name().as_bytes())
-}
+use crate::config::{MountConfig, MountConfigBuilder, split_lowers};
+use crate::failure::Failure;
 
 /// Splits one `-o` value on commas, except inside double quotes or after a
 /// backslash (an SELinux `context="...:c1,c2"` holds commas). Quotes are
@@ -139,31 +125,26 @@ const ACCEPTED_KEYS: &[&[u8]] = &[
     b"x-systemd.requires",
 ];
 
-/// Parses the fuse-overlayfs form into mount arguments. Unknown options are
+/// A fuse-overlayfs command line, parsed: the mount it asks for, and how.
+#[derive(Debug)]
+pub struct CompatMount {
+    /// The mount, to be validated.
+    pub config: MountConfigBuilder,
+    /// `-f` or `-d`: serve in the foreground.
+    pub foreground: bool,
+}
+
+/// Parses the fuse-overlayfs form into a mount request. Unknown options are
 /// warned about and ignored; only a missing mountpoint or lowerdir, or a
 /// malformed value of an option unionfuse uses, is an error.
-pub fn parse(argv: &[OsString]) -> Result<MountArgs, String> {
-    let mut args = MountArgs {
-        lower: Vec::new(),
-        upper: None,
-        work: None,
-        whiteout: WhiteoutArg::Auto,
+pub fn parse(argv: &[OsString]) -> Result<CompatMount, Failure> {
+    parse_args(argv).map_err(Failure::Invalid)
+}
+
+fn parse_args(argv: &[OsString]) -> Result<CompatMount, String> {
+    let mut m = CompatMount {
+        config: MountConfig::builder(),
         foreground: false,
-        threads: None,
-        cache_timeout: crate::cli::DEFAULT_CACHE_TIMEOUT,
-        debug: false,
-        ready_fd: None,
-        volatile: false,
-        read_only: false,
-        nodev: false,
-        nosuid: false,
-        allow_other: false,
-        uidmap: None,
-        gidmap: None,
-        squash_uid: None,
-        squash_gid: None,
-        xattr_permissions: None,
-        mountpoint: PathBuf::new(),
     };
     let mut positional: Vec<&OsString> = Vec::new();
     let mut opts: Vec<Vec<u8>> = Vec::new();
@@ -171,14 +152,14 @@ pub fn parse(argv: &[OsString]) -> Result<MountArgs, String> {
     while let Some(a) = it.next() {
         let b = a.as_bytes();
         match b {
-            b"-f" => args.foreground = true,
+            b"-f" => m.foreground = true,
             // libfuse's -d is debug output in the foreground.
             b"-d" | b"--debug" => {
-                args.debug = true;
-                args.foreground = true;
+                set(&mut m.config, |c| c.debug(true));
+                m.foreground = true;
             }
             // fuse-overlayfs's own single-thread switch.
-            b"-s" => args.threads = Some(1),
+            b"-s" => set(&mut m.config, |c| c.threads(1)),
             b"-o" => {
                 let v = it.next().ok_or("-o needs a value")?;
                 opts.extend(split_options(v.as_bytes()));
@@ -191,20 +172,26 @@ pub fn parse(argv: &[OsString]) -> Result<MountArgs, String> {
             _ => positional.push(a),
         }
     }
-    match positional.as_slice() {
-        [mnt] => args.mountpoint = PathBuf::from(mnt),
+    let mnt = match positional.as_slice() {
+        [mnt] => PathBuf::from(mnt),
         // mount.fuse3 passes the fstab source first.
-        [_source, mnt] => args.mountpoint = PathBuf::from(mnt),
+        [_source, mnt] => PathBuf::from(mnt),
         [] => return Err("no mountpoint given".into()),
         _ => return Err("too many arguments: expected [SOURCE] MOUNTPOINT".into()),
-    }
+    };
+    set(&mut m.config, |c| c.mountpoint(mnt));
     for o in &opts {
-        apply(&mut args, o)?;
+        apply(&mut m.config, o)?;
     }
-    if args.lower.is_empty() {
+    if !m.config.has_lowers() {
         return Err("no lowerdir= option given".into());
     }
-    Ok(args)
+    Ok(m)
+}
+
+/// Applies one builder step to a builder held in place.
+fn set(b: &mut MountConfigBuilder, step: impl FnOnce(MountConfigBuilder) -> MountConfigBuilder) {
+    *b = step(std::mem::take(b));
 }
 
 fn number<T: std::str::FromStr>(key: &[u8], v: &[u8]) -> Result<T, String> {
@@ -225,49 +212,62 @@ fn text(key: &[u8], v: &[u8]) -> Result<String, String> {
         .map_err(|_| format!("option {} is not UTF-8", String::from_utf8_lossy(key)))
 }
 
-fn apply(args: &mut MountArgs, o: &[u8]) -> Result<(), String> {
+fn apply(c: &mut MountConfigBuilder, o: &[u8]) -> Result<(), String> {
     let (key, val) = match o.iter().position(|b| *b == b'=') {
         Some(i) => (&o[..i], Some(&o[i + 1..])),
         None => (o, None),
     };
     match (key, val) {
         // Colons separate layers; `split_lowers` reads the escapes.
-        (b"lowerdir", Some(v)) => args.lower.push(OsString::from_vec(v.to_vec())),
-        (b"upperdir", Some(v)) => args.upper = Some(unescape(v)),
-        (b"workdir", Some(v)) => args.work = Some(unescape(v)),
+        (b"lowerdir", Some(v)) => {
+            for l in split_lowers(OsStr::from_bytes(v)) {
+                set(c, |c| c.lower(l));
+            }
+        }
+        (b"upperdir", Some(v)) => set(c, |c| c.upper(unescape(v))),
+        (b"workdir", Some(v)) => set(c, |c| c.work(unescape(v))),
         (b"timeout", Some(v)) => {
             let secs: f64 = number(key, v)?;
-            args.cache_timeout = secs.max(0.0).ceil() as u64;
+            let t = Duration::from_secs(secs.max(0.0).ceil() as u64);
+            set(c, |c| c.cache_timeout(t));
         }
         (b"threaded", Some(v)) => {
             if number::<u32>(key, v)? == 0 {
-                args.threads = Some(1);
+                set(c, |c| c.threads(1));
             }
         }
         (b"fsync", Some(v)) => {
             if number::<u32>(key, v)? == 0 {
-                args.volatile = true;
+                set(c, |c| c.volatile(true));
             }
         }
-        (b"uidmapping", Some(v)) => args.uidmap = Some(text(key, v)?),
-        (b"gidmapping", Some(v)) => args.gidmap = Some(text(key, v)?),
-        (b"squash_to_root", None) => {
-            args.squash_uid = Some(0);
-            args.squash_gid = Some(0);
+        (b"uidmapping", Some(v)) => {
+            let map = text(key, v)?;
+            set(c, |c| c.uidmap(map));
         }
-        (b"squash_to_uid", Some(v)) => args.squash_uid = Some(number(key, v)?),
-        (b"squash_to_gid", Some(v)) => args.squash_gid = Some(number(key, v)?),
+        (b"gidmapping", Some(v)) => {
+            let map = text(key, v)?;
+            set(c, |c| c.gidmap(map));
+        }
+        (b"squash_to_root", None) => set(c, |c| c.squash_uid(0).squash_gid(0)),
+        (b"squash_to_uid", Some(v)) => {
+            let id = number(key, v)?;
+            set(c, |c| c.squash_uid(id));
+        }
+        (b"squash_to_gid", Some(v)) => {
+            let id = number(key, v)?;
+            set(c, |c| c.squash_gid(id));
+        }
         (b"xattr_permissions", Some(v)) => match number::<u8>(key, v)? {
-            0 => args.xattr_permissions = None,
-            n @ (1 | 2) => args.xattr_permissions = Some(n),
+            n @ (0..=2) => set(c, |c| c.xattr_permissions(n)),
             _ => return Err("xattr_permissions must be 0, 1 or 2".into()),
         },
-        (b"volatile", None) => args.volatile = true,
-        (b"ro", None) => args.read_only = true,
-        (b"nodev", None) => args.nodev = true,
-        (b"nosuid", None) => args.nosuid = true,
-        (b"allow_other", None) => args.allow_other = true,
-        (b"debug", None) => args.debug = true,
+        (b"volatile", None) => set(c, |c| c.volatile(true)),
+        (b"ro", None) => set(c, |c| c.read_only(true)),
+        (b"nodev", None) => set(c, |c| c.nodev(true)),
+        (b"nosuid", None) => set(c, |c| c.nosuid(true)),
+        (b"allow_other", None) => set(c, |c| c.allow_other(true)),
+        (b"debug", None) => set(c, |c| c.debug(true)),
         _ if val.is_none() && ACCEPTED.contains(&key) => {}
         _ if val.is_some() && ACCEPTED_KEYS.contains(&key) => {}
         _ => warn!(
@@ -313,29 +313,21 @@ mod tests {
             "/merged",
         ]))
         .unwrap();
-        assert_eq!(a.lower, [OsString::from("/l1:/l2")]);
-        assert_eq!(a.upper, Some(PathBuf::from("/u")));
-        assert_eq!(a.work, Some(PathBuf::from("/w")));
-        assert!(a.nodev && a.volatile && !a.foreground);
-        assert_eq!(a.uidmap.as_deref(), Some("0:1000:1:1:100000:65536"));
-        assert_eq!(a.mountpoint, PathBuf::from("/merged"));
+        let c = &a.config;
+        assert_eq!(c.lowers, [PathBuf::from("/l1"), PathBuf::from("/l2")]);
+        assert_eq!(c.upper, Some(PathBuf::from("/u")));
+        assert_eq!(c.work, Some(PathBuf::from("/w")));
+        assert!(c.nodev && c.volatile && !a.foreground);
+        assert_eq!(c.uidmap.as_deref(), Some("0:1000:1:1:100000:65536"));
+        assert_eq!(c.mountpoint, Some(PathBuf::from("/merged")));
     }
 
     #[test]
     fn takes_a_source_argument_and_refuses_a_missing_lower() {
         let a = parse(&os(&["overlay", "/m", "-f", "-olowerdir=/l"])).unwrap();
-        assert_eq!(a.mountpoint, PathBuf::from("/m"));
+        assert_eq!(a.config.mountpoint, Some(PathBuf::from("/m")));
         assert!(a.foreground);
         assert!(parse(&os(&["-o", "upperdir=/u", "/m"])).is_err());
         assert!(parse(&os(&["-o", "lowerdir=/l"])).is_err());
-    }
-
-    #[test]
-    fn recognises_subcommands() {
-        assert!(!is_compat(&os(&["mount", "--lower", "/l", "/m"])));
-        assert!(!is_compat(&os(&["--help"])));
-        assert!(!is_compat(&os(&["diff", "/m"])));
-        assert!(is_compat(&os(&["-o", "lowerdir=/l", "/m"])));
-        assert!(is_compat(&os(&["/src", "/m"])));
     }
 }

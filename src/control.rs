@@ -12,6 +12,7 @@ use std::sync::Arc;
 use fuser::{INodeNo, Notifier};
 use log::warn;
 
+use crate::failure::Failure;
 use crate::name::Name;
 use crate::reset::Inval;
 use crate::stats::Stats;
@@ -119,7 +120,11 @@ pub fn listen(
 
 /// Sends one request to the daemon listening on `sock`; returns what it
 /// answered after `ok` (empty for an action).
-pub fn request(sock: &Path, line: &str) -> Result<String, String> {
+pub fn request(sock: &Path, line: &str) -> Result<String, Failure> {
+    exchange(sock, line).map_err(Failure::Daemon)
+}
+
+fn exchange(sock: &Path, line: &str) -> Result<String, String> {
     let unreachable =
         |e: std::io::Error| format!("cannot reach the mount's daemon at {}: {e}", sock.display());
     let (_dir, short) = short_path(sock).map_err(unreachable)?;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::json::{JsonPath, array_line};
 use crate::layer::whiteout::{self, dir_marks, oci_whiteout_target};
 use crate::layer::{LayerIdx, Layers};
 use crate::listing::DirSnapshot;
@@ -23,17 +24,23 @@ use crate::walk::{Entry, Step, walk};
 pub struct Change {
     /// Absolute path in the merged tree, as bytes (`/etc/hostname`).
     pub path: Vec<u8>,
+    /// What happened to it.
     pub kind: ChangeKind,
 }
 
+/// What a change did to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ChangeKind {
+    /// The path is new: no lower holds it.
     Added,
+    /// Content or metadata changed, or (a directory) something below it.
     Changed,
+    /// A lower's path is gone: a whiteout, or hidden by an opaque directory.
     Deleted,
 }
 
 impl ChangeKind {
+    /// `A`, `C` or `D`, as `docker diff` prints it.
     pub fn letter(self) -> char {
         match self {
             ChangeKind::Added => 'A',
@@ -175,49 +182,21 @@ pub fn format_text(changes: &[Change]) -> Vec<u8> {
     s
 }
 
-/// The diff as JSON: `[{"kind":"A","path":"/x"},...]` (see [`json_string`]
-/// for paths that are not UTF-8).
-pub fn format_json(changes: &[Change]) -> String {
-    let items: Vec<String> = changes
+/// The diff as JSON: `[{"kind":"A","path":"/x"},...]`, a path that is
+/// not UTF-8 written as `crate::json` says.
+pub fn format_json(changes: &[Change]) -> serde_json::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        kind: String,
+        #[serde(flatten)]
+        path: JsonPath<'a>,
+    }
+    let items: Vec<Item<'_>> = changes
         .iter()
-        .map(|c| {
-            format!(
-                "{{\"kind\":\"{}\",\"path\":{}}}",
-                c.kind.letter(),
-                json_string(&c.path)
-            )
+        .map(|c| Item {
+            kind: c.kind.letter().to_string(),
+            path: JsonPath::new(&c.path),
         })
         .collect();
-    format!("[{}]\n", items.join(","))
-}
-
-/// `bytes` as a quoted JSON string; a path that is not UTF-8 has each byte
-/// outside printable ASCII escaped as `\u00XX`.
-pub(crate) fn json_string(bytes: &[u8]) -> String {
-    let mut s = String::from("\"");
-    match std::str::from_utf8(bytes) {
-        Ok(p) => escape_json(p, &mut s),
-        Err(_) => {
-            for b in bytes {
-                if b.is_ascii_graphic() && *b != b'"' && *b != b'\\' || *b == b' ' {
-                    s.push(*b as char);
-                } else {
-                    s.push_str(&format!("\\u{:04x}", b));
-                }
-            }
-        }
-    }
-    s.push('"');
-    s
-}
-
-fn escape_json(v: &str, out: &mut String) {
-    for ch in v.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
+    array_line(&items)
 }

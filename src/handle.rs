@@ -1,4 +1,4 @@
-//! Open files and directory snapshots, by FUSE file handle.
+//! Open files and directories, by FUSE file handle.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,23 +1,20 @@
-//! The `unionfuse` command: parse, set up logging, run, print one line on error.
+//! The `unionfuse` command: parse, set up logging, run, print one line on
+//! error, leave with the exit status.
 
 use std::ffi::OsString;
 
 use clap::Parser;
+use unionfuse::cli;
 
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if unionfuse::compat::is_compat(&argv) {
+    if cli::is_compat(&argv) {
         // The fuse-overlayfs form, as container tools run a mount program.
         let debug = argv.iter().any(|a| a == "-d" || a == "--debug");
         init_logging(debug);
-        let res = unionfuse::compat::parse(&argv).and_then(unionfuse::cli::mount_cmd);
-        if let Err(msg) = res {
-            eprintln!("unionfuse: {msg}");
-            std::process::exit(1);
-        }
-        return;
+        exit_with(cli::run_compat(&argv));
     }
-    let cli = match unionfuse::cli::Cli::try_parse() {
+    let parsed = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -37,10 +34,19 @@ fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(matches!(&cli.command, unionfuse::cli::Cmd::Mount(m) if m.debug));
-    if let Err(msg) = unionfuse::cli::run(cli) {
-        eprintln!("unionfuse: {msg}");
-        std::process::exit(1);
+    init_logging(parsed.debug());
+    exit_with(cli::run(parsed));
+}
+
+/// Leaves with the status of a command: silently with `Ok`'s, or with 1
+/// after the one-line reason.
+fn exit_with(res: Result<i32, unionfuse::Failure>) -> ! {
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("unionfuse: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

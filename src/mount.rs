@@ -9,6 +9,7 @@ use fuser::{Config, Session, SessionACL};
 use log::{debug, info, warn};
 
 use crate::config::MountConfig;
+use crate::failure::Failure;
 use crate::fuse::UnionFs;
 use crate::layer::Layers;
 use crate::layer::upper::Upper;
@@ -24,8 +25,8 @@ pub const READY_BYTE: u8 = b'R';
 /// Why [`start`] did not give a mount to serve.
 #[derive(Debug)]
 pub enum StartError {
-    /// A one-line message for the user.
-    Failed(String),
+    /// What went wrong, in one line.
+    Failed(Failure),
     /// The mount was made, then unmounted from outside before it was
     /// served: nothing is left to do, and nothing went wrong.
     Unmounted,
@@ -33,14 +34,20 @@ pub enum StartError {
 
 impl From<String> for StartError {
     fn from(s: String) -> Self {
-        StartError::Failed(s)
+        StartError::Failed(Failure::Mount(s))
+    }
+}
+
+impl From<Failure> for StartError {
+    fn from(f: Failure) -> Self {
+        StartError::Failed(f)
     }
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::Failed(s) => f.write_str(s),
+            StartError::Failed(e) => e.fmt(f),
             StartError::Unmounted => f.write_str("unmounted before it was served"),
         }
     }
@@ -346,7 +353,22 @@ pub fn finish(union: &Union, work_lock: Option<WorkLock>, record: Option<Publish
 /// /dev/null at that moment (a daemon outliving its terminal).
 ///
 /// Errors are one-line messages for the user.
-pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> Result<(), String> {
+pub fn serve(
+    cfg: &MountConfig,
+    ready: Option<OwnedFd>,
+    detach_stderr: bool,
+) -> Result<(), Failure> {
+    serve_inner(cfg, ready, detach_stderr).map_err(|e| match e {
+        StartError::Failed(f) => f,
+        StartError::Unmounted => Failure::Unmounted(cfg.mountpoint.clone()),
+    })
+}
+
+fn serve_inner(
+    cfg: &MountConfig,
+    ready: Option<OwnedFd>,
+    detach_stderr: bool,
+) -> Result<(), StartError> {
     // Block the termination signals before any thread exists so that every
     // thread inherits the mask and only the signal thread takes them.
     sys::block_term_signals().map_err(|e| format!("cannot block signals: {e}"))?;
@@ -365,7 +387,7 @@ pub fn serve(cfg: &MountConfig, ready: Option<OwnedFd>, detach_stderr: bool) -> 
             );
             return Ok(());
         }
-        Err(StartError::Failed(e)) => return Err(e),
+        Err(e) => return Err(e),
     };
     let record = publish(cfg, &mounted);
     // Beside the record, so that any mount, read-only ones included, can
@@ -533,14 +555,21 @@ pub fn fusermount_unmount(mnt: &Path, lazy: bool) -> std::io::Result<()> {
     Err(std::io::Error::from_raw_os_error(errno))
 }
 
-/// Where the daemon stages files when `--work` is not given: a hidden
-/// sibling of the upper, `<parent>/.<name>.unionfuse-work`, which is on the
-/// upper's mount unless the upper is itself a mount root.
-pub fn default_work_dir(upper: &Path) -> Option<PathBuf> {
-    let parent = upper.parent()?;
-    let name = upper.file_name()?;
-    let mut n = std::ffi::OsString::from(".");
-    n.push(name);
-    n.push(".unionfuse-work");
-    Some(parent.join(n))
+/// Creates the default work directory when it is missing; returns it when
+/// this call created it, so a failed mount can remove it again.
+pub fn prepare_work(cfg: &MountConfig) -> Result<Option<PathBuf>, Failure> {
+    let Some(w) = &cfg.work else {
+        return Ok(None);
+    };
+    if sys::stat_path(w).is_ok() {
+        return Ok(None);
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(w)
+        .map_err(|e| {
+            Failure::Mount(format!("cannot create work directory {}: {e}", w.display()))
+        })?;
+    Ok(Some(w.clone()))
 }

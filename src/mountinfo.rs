@@ -10,6 +10,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use crate::failure::Failure;
+
 /// A device number as mountinfo prints it (`major:minor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Dev {
@@ -99,16 +101,16 @@ pub fn top_at(path: &Path) -> std::io::Result<Option<Entry>> {
 
 /// The unionfuse mount on top at `path`, or a one-line reason why there
 /// is none.
-pub fn unionfuse_at(path: &Path) -> Result<Entry, String> {
+pub fn unionfuse_at(path: &Path) -> Result<Entry, Failure> {
     let entry = top_at(path)
-        .map_err(|e| format!("cannot read the mount table: {e}"))?
-        .ok_or_else(|| format!("{} is not a mount point", path.display()))?;
+        .map_err(|e| Failure::Mount(format!("cannot read the mount table: {e}")))?
+        .ok_or_else(|| Failure::Invalid(format!("{} is not a mount point", path.display())))?;
     if !entry.is_unionfuse() {
-        return Err(format!(
+        return Err(Failure::Invalid(format!(
             "{} is not a unionfuse mount (it is {})",
             path.display(),
             entry.fstype
-        ));
+        )));
     }
     Ok(entry)
 }

@@ -4,7 +4,7 @@
 //! and PID namespaces (and a user namespace without root) with a /proc of
 //! its own, the host's /dev and /sys and any volumes bound in, then
 //! unmounts and removes the temporary upper. The command's exit status is
-//! returned.
+//! returned. (The command line's `unionfuse run` is `crate::cli`.)
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -12,30 +12,23 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use clap::Args;
-
 use crate::api::Mount;
+use crate::failure::Failure;
 use crate::name::Name;
 use crate::sys::{self, RootSetup};
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// A read-only layer, top-most first (repeatable, or a colon list).
-    #[arg(long = "lower", value_name = "DIR", required = true)]
-    pub lower: Vec<OsString>,
-    /// Keep the changes in this upper; default: a temporary one, removed
-    /// afterwards.
-    #[arg(long, value_name = "DIR")]
+/// A `run` request: the layers, the volumes and the command.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// Read-only layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    /// Keep the changes in this upper; `None`: a temporary one.
     pub upper: Option<PathBuf>,
-    /// Bind HOST (a directory or file) at PATH inside the root: what is
-    /// written there outlives the container, as a container's volume.
-    #[arg(long = "volume", short = 'v', value_name = "HOST:PATH")]
-    pub volume: Vec<String>,
-    /// Print what the command changed (as `unionfuse diff`) before cleanup.
-    #[arg(long)]
+    /// `HOST:/PATH` binds.
+    pub volumes: Vec<String>,
+    /// Print what the command changed before cleanup.
     pub diff: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (at least the command).
     pub command: Vec<OsString>,
 }
 
@@ -66,7 +59,6 @@ fn temp_base() -> Result<PathBuf, String> {
     Err(format!("cannot create a directory in {}", tmp.display()))
 }
 
-/// Runs the command; returns its exit status (128 + signal when killed).
 /// Makes `inside` (an absolute path in the container) exist in the root,
 /// as a directory or an empty file, and returns it relative to the root.
 /// Every component is resolved inside the root as the container would
@@ -140,9 +132,14 @@ fn make_target(
     CString::new(rel).map_err(|_| format!("{shown}: NUL byte"))
 }
 
-pub fn run(args: &RunArgs) -> Result<i32, String> {
+/// Runs the command; returns its exit status (128 + signal when killed).
+pub fn run(args: &RunOptions) -> Result<i32, Failure> {
+    run_checked(args).map_err(Failure::Mount)
+}
+
+fn run_checked(args: &RunOptions) -> Result<i32, String> {
     let mut volumes = Vec::new();
-    for v in &args.volume {
+    for v in &args.volumes {
         let (host, path) = v
             .split_once(':')
             .filter(|(h, p)| !h.is_empty() && p.starts_with('/'))
@@ -159,7 +156,7 @@ pub fn run(args: &RunArgs) -> Result<i32, String> {
     res
 }
 
-fn run_in(args: &RunArgs, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result<i32, String> {
+fn run_in(args: &RunOptions, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result<i32, String> {
     let root = base.join("root");
     let upper = match &args.upper {
         Some(u) => u.clone(),
@@ -176,12 +173,10 @@ fn run_in(args: &RunArgs, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result
         std::fs::create_dir(base.join("work"))
             .map_err(|e| format!("cannot create work dir: {e}"))?;
     }
-    for v in &args.lower {
-        for l in crate::cli::split_lowers(v) {
-            builder = builder.lower(l);
-        }
+    for l in &args.lowers {
+        builder = builder.lower(l);
     }
-    let mut mount = builder.mount(&root)?;
+    let mut mount = builder.mount(&root).map_err(|e| e.to_string())?;
     let root_fd = sys::open_dir_path(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     let mut binds = Vec::new();
     let mut made = Vec::new();
@@ -232,7 +227,7 @@ fn run_in(args: &RunArgs, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result
         }
     }
     if args.diff {
-        let changes = mount.diff()?;
+        let changes = mount.diff().map_err(|e| e.to_string())?;
         use std::io::Write;
         let _ = std::io::stdout().write_all(&crate::diff::format_text(&changes));
     }

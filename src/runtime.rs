@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use crate::failure::Failure;
 use crate::mountinfo::{self, Dev, Entry};
 
 /// Overrides where records live (tests, and hosts with unusual layouts).
@@ -303,13 +304,13 @@ impl Watch {
 
     /// The record of the live mount at `path`, for the verbs that act on a
     /// mount's layers.
-    pub fn at(path: &Path) -> Result<Watch, String> {
+    pub fn at(path: &Path) -> Result<Watch, Failure> {
         let entry = mountinfo::unionfuse_at(path)?;
         Watch::find(&entry).ok_or_else(|| {
-            format!(
+            Failure::Daemon(format!(
                 "no live unionfuse daemon has published the mount at {}",
                 path.display()
-            )
+            ))
         })
     }
 
@@ -404,7 +405,11 @@ pub struct WorkLock {
 /// Takes the work directory `work`: at once when it is free, after waiting
 /// (up to `wait`) for an exiting daemon to let go of it, and never while a
 /// live mount uses it.
-pub fn lock_work(work: &Path, wait: Duration) -> Result<WorkLock, String> {
+pub fn lock_work(work: &Path, wait: Duration) -> Result<WorkLock, Failure> {
+    lock_work_dir(work, wait).map_err(Failure::Mount)
+}
+
+fn lock_work_dir(work: &Path, wait: Duration) -> Result<WorkLock, String> {
     let dir = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)

@@ -113,10 +113,13 @@ impl Drop for Timer<'_> {
 }
 
 /// One kind's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Row {
+    /// The request kind (`lookup`, `getattr`, `readdirplus`, ...).
     pub op: String,
+    /// How many were answered.
     pub count: u64,
+    /// Time spent answering them, in nanoseconds.
     pub nanos: u64,
 }
 
@@ -196,17 +199,8 @@ pub fn format_table(rows: &[Row]) -> String {
 }
 
 /// Rows as JSON: `[{"op":"lookup","count":N,"nanos":N},...]`.
-pub fn format_json(rows: &[Row]) -> String {
-    let items: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{{\"op\":\"{}\",\"count\":{},\"nanos\":{}}}",
-                r.op, r.count, r.nanos
-            )
-        })
-        .collect();
-    format!("[{}]\n", items.join(","))
+pub fn format_json(rows: &[Row]) -> serde_json::Result<String> {
+    crate::json::array_line(rows)
 }
 
 #[cfg(test)]

@@ -316,3 +316,83 @@ fn diff_json_and_refusals() {
         );
     }
 }
+
+/// A file name is any bytes: `diff --json` writes a path that is not UTF-8
+/// as its lossy string plus `path_bytes`, its exact bytes, which decode back
+/// to the very name made through the mount.
+#[test]
+fn diff_json_keeps_names_that_are_not_utf8() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let s = Scratch::new();
+    let l1 = s.mkdir("l1");
+    mkdir(&l1, "d");
+    fs::write(l1.join("d").join(OsStr::from_bytes(b"old\xff")), "x").expect("lower file");
+    let up = s.mkdir("u");
+    let mnt = s.mkdir("m");
+    let m = Mounted::new(&[&l1], Some(&up), &mnt, &[]);
+    let new_name = OsStr::from_bytes(b"caf\xe9 \"q\"\n");
+    fs::write(m.path("d").join(new_name), "new").expect("create through the mount");
+    fs::remove_file(m.path("d").join(OsStr::from_bytes(b"old\xff"))).expect("rm");
+    fs::write(m.path("d/caf\u{e9}"), "utf-8").expect("create");
+    assert!(
+        fs::read_dir(m.path("d"))
+            .expect("readdir")
+            .any(|e| e.expect("entry").file_name() == new_name),
+        "the name reads back through the mount"
+    );
+    // Once through the live mount, once from the layers after unmounting.
+    let live = run(&["diff".as_ref(), "--json".as_ref(), mnt.as_os_str()]);
+    drop(m);
+    let offline = run(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        "--upper".as_ref(),
+        up.as_os_str(),
+        "--lower".as_ref(),
+        l1.as_os_str(),
+    ]);
+    for out in [live, offline] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        let got: Vec<(String, Vec<u8>, bool)> = v
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|c| {
+                let path = c["path"].as_str().expect("path is a string");
+                let exact = match c.get("path_bytes") {
+                    Some(b) => b
+                        .as_array()
+                        .expect("path_bytes is an array")
+                        .iter()
+                        .map(|n| u8::try_from(n.as_u64().expect("a number")).expect("a byte"))
+                        .collect(),
+                    None => path.as_bytes().to_vec(),
+                };
+                assert_eq!(
+                    path,
+                    String::from_utf8_lossy(&exact),
+                    "path is the lossy form"
+                );
+                let kind = c["kind"].as_str().expect("kind").to_string();
+                (kind, exact, c.get("path_bytes").is_some())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                // Sorted by bytes: UTF-8's 0xc3 0xa9 before the raw 0xe9.
+                ("C".to_string(), b"/d".to_vec(), false),
+                ("A".to_string(), "/d/caf\u{e9}".as_bytes().to_vec(), false),
+                ("A".to_string(), b"/d/caf\xe9 \"q\"\n".to_vec(), true),
+                ("D".to_string(), b"/d/old\xff".to_vec(), true),
+            ]
+        );
+    }
+}

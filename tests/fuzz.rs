@@ -15,9 +15,8 @@ use std::os::unix::ffi::OsStringExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use common::Scratch;
-use unionfuse::idmap::Map;
-use unionfuse::layer::upper::WhiteoutFormat;
-use unionfuse::override_stat::Override;
+use unionfuse::WhiteoutFormat;
+use unionfuse::fuzzing::{Map, Override};
 
 struct Rng(u64);
 
@@ -134,8 +133,8 @@ fn the_fuse_overlayfs_command_line_never_panics() {
             }
         }
         let res = catch_unwind(AssertUnwindSafe(|| {
-            let _ = unionfuse::compat::is_compat(&argv);
-            unionfuse::compat::parse(&argv)
+            let _ = unionfuse::fuzzing::is_compat(&argv);
+            unionfuse::fuzzing::parse_compat(&argv).map_err(|e| e.to_string())
         }));
         match res {
             Err(_) => panic!("the -o parser panicked on {argv:?}"),
@@ -268,7 +267,7 @@ fn unpacking_random_layers_never_panics_nor_escapes() {
         let layer = mutated_layer(&mut rng);
         let dir = s.mkdir(&format!("out{i}"));
         let res = catch_unwind(AssertUnwindSafe(|| {
-            unionfuse::layerfile::unpack(&layer[..], &dir, WhiteoutFormat::Oci)
+            unionfuse::unpack(&layer[..], &dir, WhiteoutFormat::Oci).map_err(|e| e.to_string())
         }));
         match res {
             Err(_) => panic!("unpack panicked on layer #{i} ({} bytes)", layer.len()),

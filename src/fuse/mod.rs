@@ -1,5 +1,6 @@
 //! Links fuser's calls to [`crate::union::Union`]: convert arguments, reply,
-//! log failures. No union logic lives here.
+//! log failures. No union logic lives here; the conversions themselves are
+//! in `convert`.
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -7,22 +8,28 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use log::{debug, info, trace, warn};
+use log::{debug, info, trace};
+
+mod convert;
+
+use convert::{
+    DirOut, DirPlusOut, caller, errno, file_attr, log_failure, reply_empty, set_time, zero_stat,
+};
 
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::stats::{Op, Stats};
-use crate::union::{DirPlusReplier, DirReplier, Union};
-use crate::write::{Caller, SetAttr, SetTime};
+use crate::union::Union;
+use crate::write::SetAttr;
 
 /// Largest read the kernel asks for with FUSE_MAX_PAGES (256 pages).
 const MAX_READ: usize = 1 << 20;
@@ -77,110 +84,6 @@ impl UnionFs {
             open_files: DashMap::new(),
             stats,
         }
-    }
-}
-
-fn errno(e: Error) -> Errno {
-    Errno::from_i32(e.errno)
-}
-
-/// One line per failed request: expected misses at debug, the rest at warn.
-fn log_failure(op: &str, ino: INodeNo, name: Option<&OsStr>, e: Error) {
-    match e.errno {
-        libc::ENOENT
-        | libc::EEXIST
-        | libc::ENOTEMPTY
-        | libc::ENODATA
-        | libc::EROFS
-        | libc::ENAMETOOLONG
-        | libc::ERANGE
-        | libc::ENOTDIR
-        | libc::EISDIR => {
-            debug!("{op} ino={} name={name:?}: {e}", ino.0)
-        }
-        _ => warn!("{op} ino={} name={name:?}: {e}", ino.0),
-    }
-}
-
-fn system_time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::new(0, nsec as u32)
-    }
-}
-
-fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn dtype_file_type(d_type: u8) -> FileType {
-    file_type((d_type as u32) << 12)
-}
-
-/// `struct stat` to fuser's attributes; `st_ino` is already the mount's.
-pub fn file_attr(st: &libc::stat) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(st.st_ino),
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
-        atime: system_time(st.st_atime, st.st_atime_nsec),
-        mtime: system_time(st.st_mtime, st.st_mtime_nsec),
-        ctime: system_time(st.st_ctime, st.st_ctime_nsec),
-        crtime: UNIX_EPOCH,
-        kind: file_type(st.st_mode),
-        perm: (st.st_mode & 0o7777) as u16,
-        nlink: st.st_nlink as u32,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        rdev: st.st_rdev as u32,
-        blksize: st.st_blksize as u32,
-        flags: 0,
-    }
-}
-
-struct DirOut<'a> {
-    reply: &'a mut ReplyDirectory,
-}
-
-impl DirReplier for DirOut<'_> {
-    fn add(&mut self, ino: u64, offset: u64, d_type: u8, name: &[u8]) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        self.reply.add(
-            INodeNo(ino),
-            offset,
-            dtype_file_type(d_type),
-            OsStr::from_bytes(name),
-        )
-    }
-}
-
-struct DirPlusOut<'a> {
-    reply: &'a mut ReplyDirectoryPlus,
-    ttl: Duration,
-    union: &'a Union,
-}
-
-impl DirPlusReplier for DirPlusOut<'_> {
-    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        let attr = file_attr(st);
-        self.reply.add(
-            attr.ino,
-            offset,
-            OsStr::from_bytes(name),
-            &self.ttl,
-            &attr,
-            Generation(self.union.generation_of(st.st_ino)),
-        )
     }
 }
 
@@ -788,7 +691,7 @@ impl UnionFs {
         op: &str,
         parent: INodeNo,
         name: &OsStr,
-        r: crate::Result<libc::stat>,
+        r: crate::error::Result<libc::stat>,
         reply: ReplyEntry,
     ) {
         match r {
@@ -869,52 +772,4 @@ impl UnionFs {
             st.cached == 0 && st.backing.strong_count() == 0
         });
     }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
-                if ns < 0 {
-                    s -= 1;
-                    ns += 1_000_000_000;
-                }
-                SetTime::At(s, ns)
-            }
-        },
-    }
-}
-
-fn reply_empty(
-    op: &str,
-    ino: INodeNo,
-    name: Option<&OsStr>,
-    r: crate::Result<()>,
-    reply: ReplyEmpty,
-) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => {
-            log_failure(op, ino, name, e);
-            reply.error(errno(e));
-        }
-    }
-}
-
-/// The attributes sent with a negative entry; only the timeout matters.
-fn zero_stat() -> libc::stat {
-    let mut st = crate::sys::zeroed_stat();
-    st.st_mode = libc::S_IFREG;
-    st
 }
