@@ -13,11 +13,19 @@ use crate::error::{Error, Result};
 use crate::inode::Inode;
 use crate::layer::Place;
 use crate::layer::upper::{Upper, remove_tree};
-use crate::layer::whiteout::is_private_xattr;
+use crate::layer::whiteout::{METACOPY_XATTRS, REDIRECT_XATTRS, is_private_xattr};
 use crate::name::Name;
 use crate::resolve;
 use crate::sys::{self, XTarget};
 use crate::tree::{Object, Tree};
+
+/// What a copy is made from: the object whose attributes it takes, and the
+/// one whose data it takes (the same, but for a metadata-only copy).
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    meta: &'a Object,
+    data: &'a Object,
+}
 
 /// Largest chunk handed to one `copy_file_range` call.
 const COPY_CHUNK: usize = 1 << 30;
@@ -152,6 +160,9 @@ impl Tree {
         match inode.place() {
             Place::Upper => return Ok(()),
             Place::Index if sys::fstatat(pfd.as_fd(), name.as_cstr()).is_ok() => return Ok(()),
+            Place::MetaCopy { meta: 0, .. } if self.layers.has_upper() => {
+                return self.complete_metacopy(inode, pfd.as_fd(), name, data);
+            }
             _ => {}
         }
         let pst = sys::fstat(pfd.as_fd())?;
@@ -190,6 +201,7 @@ impl Tree {
             return link_up();
         }
         let src = self.object(inode)?;
+        let data_src = self.data_object(inode)?;
         let st = src.stat()?;
         let linked = st.st_nlink > 1;
         if st.st_mode & libc::S_IFMT == libc::S_IFREG {
@@ -197,7 +209,7 @@ impl Tree {
             // disk, and gone without a trace if the daemon dies mid-copy.
             match sys::open_tmpfile(pfd, libc::O_WRONLY, st.st_mode & 0o7777) {
                 Ok(out) => {
-                    self.fill_copy(&src, &st, out.as_fd(), data, inode.st_ino)?;
+                    self.fill_copy(&src, &data_src, &st, out.as_fd(), data, inode.st_ino)?;
                     if linked {
                         upper.record_nlink(XTarget::Fd(out.as_fd()), st.st_nlink);
                         match sys::link_tmpfile(out.as_fd(), upper.index.as_fd(), index.as_cstr()) {
@@ -223,7 +235,10 @@ impl Tree {
         }
         let staged = Staged::new(upper);
         self.copy_object(
-            &src,
+            Source {
+                meta: &src,
+                data: &data_src,
+            },
             &st,
             upper.staging(),
             staged.cstr(),
@@ -260,18 +275,18 @@ impl Tree {
     /// Builds a copy of non-directory `src` as `name` in `dir`.
     fn copy_object(
         &self,
-        src: &Object,
+        from: Source<'_>,
         st: &libc::stat,
         dir: BorrowedFd<'_>,
         name: &CStr,
         data: bool,
         ino: u64,
     ) -> Result<()> {
-        let (sdir, sname) = src.dir_and_name();
+        let (sdir, sname) = from.meta.dir_and_name();
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
                 let out = sys::create_file(dir, name, libc::O_WRONLY, st.st_mode & 0o7777)?;
-                self.fill_copy(src, st, out.as_fd(), data, ino)?;
+                self.fill_copy(from.meta, from.data, st, out.as_fd(), data, ino)?;
                 return Ok(());
             }
             libc::S_IFLNK => {
@@ -281,7 +296,7 @@ impl Tree {
             }
             _ => sys::mknodat(dir, name, st.st_mode, st.st_rdev)?,
         }
-        self.copy_meta(src, st, XTarget::At(dir, name), ino)
+        self.copy_meta(from.meta, st, XTarget::At(dir, name), ino)
     }
 
     /// Data (unless `data` is false) and metadata of regular file `src`
@@ -289,13 +304,14 @@ impl Tree {
     fn fill_copy(
         &self,
         src: &Object,
+        data_src: &Object,
         st: &libc::stat,
         out: BorrowedFd<'_>,
         data: bool,
         ino: u64,
     ) -> Result<()> {
         if data && st.st_size > 0 {
-            let (sdir, sname) = src.dir_and_name();
+            let (sdir, sname) = data_src.dir_and_name();
             let input = open_for_copy(sdir, sname)?;
             copy_file_data(input.as_fd(), out, st.st_size as u64)?;
         }
@@ -305,6 +321,43 @@ impl Tree {
         if !self.volatile {
             sys::fsync(out, false)?;
         }
+        Ok(())
+    }
+
+    /// Gives a metadata-only copy in the upper (kernel overlayfs's
+    /// metacopy) its data, in place: the data is written and synced before
+    /// the metacopy marker goes, so a crash leaves either the marked copy
+    /// (its data still read from below) or the complete file. Without
+    /// `data` (O_TRUNC) the file is emptied instead.
+    fn complete_metacopy(
+        &self,
+        inode: &Arc<Inode>,
+        pfd: BorrowedFd<'_>,
+        name: &Name,
+        data: bool,
+    ) -> Result<()> {
+        let st = sys::fstatat(pfd, name.as_cstr())?;
+        let out = sys::open_child_flags(pfd, name.as_cstr(), libc::O_WRONLY)?;
+        if data {
+            let src = self.data_object(inode)?;
+            let (sdir, sname) = src.dir_and_name();
+            let input = open_for_copy(sdir, sname)?;
+            copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+        } else {
+            sys::ftruncate(out.as_fd(), 0)?;
+        }
+        // Writing the data is no change the merged view may show.
+        sys::set_times(XTarget::Fd(out.as_fd()), &sys::stat_times(&st))?;
+        if !self.volatile {
+            sys::fsync(out.as_fd(), false)?;
+        }
+        for x in METACOPY_XATTRS.iter().chain(REDIRECT_XATTRS.iter()) {
+            match sys::removexattr(XTarget::Fd(out.as_fd()), x) {
+                Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        inode.copied_up(false);
         Ok(())
     }
 

@@ -31,6 +31,24 @@ pub struct Found {
     /// directory renamed by kernel overlayfs with `redirect_dir=on`): they
     /// cannot be found again from the parent by name.
     pub redirected: bool,
+    /// For a metadata-only copy (kernel overlayfs's metacopy): the layer
+    /// holding its data, and the path there when the copy was renamed.
+    pub data: Option<(LayerIdx, Option<Arc<[u8]>>)>,
+    /// A metadata-only copy was found; its data is still to be found below.
+    meta_pending: Option<Option<Arc<[u8]>>>,
+}
+
+impl Found {
+    fn new(stat: libc::stat) -> Found {
+        Found {
+            stat,
+            layers: Vec::new(),
+            dir_fds: Vec::new(),
+            redirected: false,
+            data: None,
+            meta_pending: None,
+        }
+    }
 }
 
 /// Where a redirect points, for the layers below the one that holds it.
@@ -109,10 +127,11 @@ pub fn lookup_with(
         // An absolute redirect reaches layers the parent does not merge.
         let deeper = more_below || usize::from(*layer) + 1 < layers.len();
         let check = may_have_oci(oci, *layer);
+        let upper = *layer == 0 && layers.has_upper();
         match step(
             dirfd.as_fd(),
             look,
-            *layer,
+            (*layer, upper),
             more_below,
             deeper,
             check,
@@ -136,7 +155,7 @@ pub fn lookup_with(
 fn step(
     dir: BorrowedFd<'_>,
     name: &Name,
-    layer: LayerIdx,
+    (layer, upper): (LayerIdx, bool),
     more_below: bool,
     deeper: bool,
     check_oci: bool,
@@ -155,16 +174,50 @@ fn step(
     if whiteout::is_whiteout(&st) {
         return Ok(Step::Stop);
     }
+    if let Some(f) = found.as_mut()
+        && let Some(redirect) = f.meta_pending.take()
+    {
+        // Below a metadata-only copy: the first object is its data, if it
+        // is a regular file (anything else leaves the copy without data).
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            f.data = Some((layer, redirect));
+        }
+        return Ok(Step::Stop);
+    }
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         // A non-directory wins alone; below a directory it ends the merge
         // and stays hidden, as in overlayfs.
         if found.is_none() {
-            *found = Some(Found {
-                stat: st,
-                layers: vec![layer],
-                dir_fds: Vec::new(),
-                redirected: false,
-            });
+            let meta = if deeper && whiteout::may_be_metacopy(&st, upper) {
+                whiteout::metacopy_marks(dir, name)
+            } else {
+                None
+            };
+            let mut f = Found::new(st);
+            f.layers.push(layer);
+            let step = match meta {
+                None => Step::Stop,
+                // Renamed: the data is at another name in the same parent,
+                // or at a path from the layer roots.
+                Some(Some(raw)) => match Target::parse(&raw) {
+                    Some(t @ Target::Path(_)) => {
+                        f.meta_pending = Some(Some(raw.into()));
+                        Step::Redirect(t)
+                    }
+                    Some(t @ Target::Sibling(_)) if more_below => {
+                        f.meta_pending = Some(Some(raw.into()));
+                        Step::Redirect(t)
+                    }
+                    _ => Step::Stop,
+                },
+                Some(None) if more_below => {
+                    f.meta_pending = Some(None);
+                    Step::Continue
+                }
+                Some(None) => Step::Stop,
+            };
+            *found = Some(f);
+            return Ok(step);
         }
         return Ok(Step::Stop);
     }
@@ -185,12 +238,7 @@ fn step(
             marks.redirect = None;
         }
     }
-    let f = found.get_or_insert_with(|| Found {
-        stat: st,
-        layers: Vec::new(),
-        dir_fds: Vec::new(),
-        redirected: false,
-    });
+    let f = found.get_or_insert_with(|| Found::new(st));
     f.layers.push(layer);
     f.dir_fds.push(fd);
     if marks.opaque || (more_below && check_oci && whiteout::has_oci_whiteout(dir, name)) {
@@ -247,7 +295,7 @@ fn lookup_path(
         }
         let base = cur.as_ref().map_or(*root, |f| f.as_fd());
         let more = more_below && !stop_after;
-        match step(base, last, *layer, more, more, true, found)? {
+        match step(base, last, (*layer, false), more, more, true, found)? {
             Step::Continue => {}
             Step::Stop => return Ok(()),
             Step::Redirect(Target::Sibling(n)) => {

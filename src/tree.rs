@@ -188,8 +188,54 @@ impl Tree {
         }
     }
 
+    /// The object holding `inode`'s data: its winning object, except for a
+    /// metadata-only copy, whose data is in a layer below.
+    pub(crate) fn data_object(&self, inode: &Arc<Inode>) -> Result<Object> {
+        let Place::MetaCopy { data, redirect, .. } = inode.place() else {
+            return self.object(inode);
+        };
+        let loc = inode.location()?.ok_or(Error::STALE)?;
+        let Some(raw) = redirect else {
+            return Ok(Object {
+                dir: self.dir_fd(&loc.parent, data)?,
+                name: Some(loc.name),
+            });
+        };
+        let Some(path) = raw.strip_prefix(b"/") else {
+            return Ok(Object {
+                dir: self.dir_fd(&loc.parent, data)?,
+                name: Some(Name::from_bytes(&raw)?),
+            });
+        };
+        // A path from the layer root, walked one component at a time
+        // without following symlinks.
+        let comps: Vec<&[u8]> = path
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let Some((last, parents)) = comps.split_last() else {
+            return Err(Error::new(libc::EIO));
+        };
+        let mut dir = Arc::clone(&self.layers.get(data).root);
+        for c in parents {
+            let n = Name::from_bytes(c)?;
+            dir = Arc::new(sys::open_child_dir(dir.as_fd(), n.as_cstr())?);
+        }
+        Ok(Object {
+            dir,
+            name: Some(Name::from_bytes(last)?),
+        })
+    }
+
     /// Where a found object lives.
     pub(crate) fn place_of(&self, found: &resolve::Found) -> Place {
+        if let Some((data, redirect)) = &found.data {
+            return Place::MetaCopy {
+                meta: found.layers.first().copied().unwrap_or(0),
+                data: *data,
+                redirect: redirect.clone(),
+            };
+        }
         Place::found(
             &found.layers,
             found.stat.st_mode & libc::S_IFMT == libc::S_IFDIR,

@@ -170,6 +170,7 @@ impl Union {
             inode.note_location(&p, &name);
         }
         st.st_ino = inode.st_ino;
+        self.show_data_blocks(&inode, &mut st);
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st);
         }
@@ -220,8 +221,19 @@ impl Union {
             self.fix_nlink(&mut st, inode.st_ino, &inode.place());
         }
         st.st_ino = inode.st_ino;
+        self.show_data_blocks(&inode, &mut st);
         self.present(&inode, &mut st);
         Ok(st)
+    }
+
+    /// A metadata-only copy shows the blocks its data occupies, as kernel
+    /// overlayfs shows them.
+    fn show_data_blocks(&self, inode: &Arc<Inode>, st: &mut libc::stat) {
+        if matches!(inode.place(), Place::MetaCopy { .. })
+            && let Ok(d) = self.data_object(inode).and_then(|o| o.stat())
+        {
+            st.st_blocks = d.st_blocks;
+        }
     }
 
     /// `st_nlink` of a directory: its real count when one layer holds it;
@@ -291,7 +303,7 @@ impl Union {
         if acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return self.open_for_write(inode, flags);
         }
-        let obj = self.object(&inode)?;
+        let obj = self.data_object(&inode)?;
         let (dir, name) = obj.dir_and_name();
         // O_NOATIME: reading through the mount must not change the image
         // layers, not even their access times.

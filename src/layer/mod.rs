@@ -39,6 +39,16 @@ pub enum Place {
     /// top-most first, stopping at an opaque one. `upper` when the first
     /// is the upper layer.
     Dir { upper: bool, layers: Vec<LayerIdx> },
+    /// A metadata-only copy (kernel overlayfs's metacopy): attributes and
+    /// xattrs from the file in layer `meta`, data from the regular file in
+    /// layer `data`, at the same name, or where `redirect` (the copy's
+    /// redirect xattr: a name in the same parent, or a path from the layer
+    /// roots) says when the copy was renamed.
+    MetaCopy {
+        meta: LayerIdx,
+        data: LayerIdx,
+        redirect: Option<Arc<[u8]>>,
+    },
 }
 
 /// What [`Place::winner`] names: the object whose attributes the mount shows.
@@ -72,7 +82,7 @@ impl Place {
     pub fn in_upper(&self) -> bool {
         match self {
             Place::Upper | Place::Index => true,
-            Place::Lower(_) => false,
+            Place::Lower(_) | Place::MetaCopy { .. } => false,
             Place::Dir { upper, .. } => *upper,
         }
     }
@@ -81,7 +91,7 @@ impl Place {
     pub fn upper_only(&self) -> bool {
         match self {
             Place::Upper | Place::Index => true,
-            Place::Lower(_) => false,
+            Place::Lower(_) | Place::MetaCopy { .. } => false,
             Place::Dir { upper, layers } => *upper && layers.len() == 1,
         }
     }
@@ -104,7 +114,7 @@ impl Place {
     pub fn winner(&self) -> Winner {
         match self {
             Place::Upper => Winner::Layer(0),
-            Place::Lower(l) => Winner::Layer(*l),
+            Place::Lower(l) | Place::MetaCopy { meta: l, .. } => Winner::Layer(*l),
             Place::Index => Winner::Index,
             Place::Dir { layers, .. } => Winner::Layer(layers.first().copied().unwrap_or(0)),
         }

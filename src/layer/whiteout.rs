@@ -513,6 +513,44 @@ pub fn is_opaque_dir(dir: BorrowedFd<'_>) -> bool {
 /// lower parts live.
 pub const REDIRECT_XATTRS: [&CStr; 2] = [c"trusted.overlay.redirect", c"user.overlay.redirect"];
 
+/// xattrs marking a metadata-only copy (kernel overlayfs's `metacopy=on`):
+/// the file's attributes are here, its data in a layer below.
+pub const METACOPY_XATTRS: [&CStr; 2] = [c"trusted.overlay.metacopy", c"user.overlay.metacopy"];
+
+/// Whether regular file `st` could be a metadata-only copy. In the upper
+/// layer every non-empty one could (a small copy's xattrs may fill a block
+/// of their own, so its block count says nothing); in a lower layer (an
+/// old upper stacked as a lower) only one whose blocks do not hold its
+/// size, so that lookups in image layers cost no extra syscall.
+pub fn may_be_metacopy(st: &libc::stat, in_upper: bool) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_size > 0
+        && (in_upper || st.st_blocks.saturating_mul(512) < st.st_size)
+}
+
+/// `None` unless regular file `name` in `parent` is a metadata-only copy;
+/// then its redirect, if it has one (it was renamed: the data is at that
+/// path from the layer roots instead of at its own name).
+pub fn metacopy_marks(parent: BorrowedFd<'_>, name: &Name) -> Option<Option<Vec<u8>>> {
+    let target = XTarget::At(parent, name.as_cstr());
+    let list = sys::listxattr_vec(target).ok()?;
+    let has = |want: &CStr| list.split(|b| *b == 0).any(|n| n == want.to_bytes());
+    if !METACOPY_XATTRS.iter().any(|x| has(x)) {
+        return None;
+    }
+    let mut redirect = None;
+    for want in REDIRECT_XATTRS {
+        if redirect.is_none() && has(want) {
+            let mut v = vec![0u8; libc::PATH_MAX as usize];
+            if let Ok(n) = sys::getxattr(target, want, &mut v) {
+                v.truncate(n);
+                redirect = Some(v);
+            }
+        }
+    }
+    Some(redirect)
+}
+
 /// What a layer directory says about the layers below it.
 #[derive(Debug, Default)]
 pub struct DirMarks {
