@@ -3,6 +3,11 @@
 //! Nothing above this module writes `unsafe`. Paths never appear here except as
 //! a single validated component (`&CStr`) relative to a directory descriptor,
 //! or in the few CLI-side helpers that open layer roots and mountpoints.
+//!
+//! The calls go through rustix, whose `Errno` becomes an `io::Error` with
+//! the same `raw_os_error()`. Raw libc remains only where rustix has no safe
+//! wrapper for a program on glibc: fork and `_exit`, signal masks and
+//! `sigwait`, `malloc_trim`, and the `*xattrat` syscalls (Linux 6.13).
 #![allow(unsafe_code)]
 
 mod dirent;
@@ -456,14 +461,15 @@ pub fn wait_child(pid: libc::pid_t) -> SysResult<i32> {
 // Signal masks and sigwait stay on libc: rustix offers them only in its
 // `runtime` API, which bypasses glibc's reserved signals and is unsafe.
 
+/// The signals [`wait_signal`] takes.
+const TERM_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread
 /// it spawns later), so that one thread can take the first two with
 /// [`wait_signal`]. SIGHUP stays blocked for good: a daemon outlives the
 /// terminal that started it, and a hangup must not kill the mount.
 pub fn block_term_signals() -> SysResult<()> {
-    let mut set = term_sigset();
-    // SAFETY: set is initialised; SIGHUP is a valid signal.
-    unsafe { libc::sigaddset(&mut set, libc::SIGHUP) };
+    let set = sigset(&[TERM_SIGNALS[0], TERM_SIGNALS[1], libc::SIGHUP]);
     // SAFETY: set is an initialised sigset; the old set is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -472,20 +478,21 @@ pub fn block_term_signals() -> SysResult<()> {
     Ok(())
 }
 
-fn term_sigset() -> libc::sigset_t {
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset adds valid signals.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        for &sig in signals {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
         set.assume_init()
     }
 }
 
 /// Waits for one of the signals blocked by [`block_term_signals`].
 pub fn wait_signal() -> i32 {
-    let set = term_sigset();
+    let set = sigset(&TERM_SIGNALS);
     let mut sig: libc::c_int = 0;
     // SAFETY: set is initialised and sig is writable.
     let rc = unsafe { libc::sigwait(&set, &mut sig) };
