@@ -67,12 +67,6 @@ mod handle;
 mod idmap;
 mod inode;
 mod json;
-// `layer` and `sys` were public modules until the API was narrowed to what
-// this page shows; a few of their items (`Layer::path`, `Layer::writable`,
-// `sys::open_child`, the `RawDirent` and `listxattr` re-exports) have no
-// user left inside the crate. They are left to the work going on in those
-// modules to use or prune.
-#[allow(dead_code, unused_imports)]
 mod layer;
 mod layerfile;
 mod listing;
@@ -85,7 +79,6 @@ mod resolve;
 mod run;
 mod runtime;
 mod stats;
-#[allow(dead_code, unused_imports)]
 mod sys;
 mod tree;
 mod union;

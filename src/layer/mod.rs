@@ -14,9 +14,7 @@ use crate::sys;
 #[derive(Debug)]
 pub struct Layer {
     pub root: Arc<OwnedFd>,
-    pub path: PathBuf,
     pub dev: u64,
-    pub writable: bool,
 }
 
 /// Index of a layer in [`Layers`]: 0 is the top-most (the upper, when there
@@ -160,22 +158,20 @@ impl Layers {
     /// Opens the layer roots. `lowers` are top-most first.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> std::io::Result<Layers> {
         let mut layers = Vec::with_capacity(lowers.len() + 1);
-        let mut open = |path: &Path, writable: bool| -> std::io::Result<()> {
+        let mut open = |path: &Path| -> std::io::Result<()> {
             let root = Arc::new(sys::open_dir_path(path)?);
             let st = sys::fstat(root.as_fd())?;
             layers.push(Layer {
                 root,
-                path: path.to_path_buf(),
                 dev: st.st_dev,
-                writable,
             });
             Ok(())
         };
         if let Some(u) = upper {
-            open(u, true)?;
+            open(u)?;
         }
         for l in lowers {
-            open(l, false)?;
+            open(l)?;
         }
         let mut devs = Vec::new();
         for l in &layers {

@@ -1,7 +1,11 @@
-//! `getdents64` and the records it returns.
+//! `getdents64` (through rustix's [`RawDir`]) and the entries it returns.
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
+
+use rustix::fs::{FileType, RawDir};
+use rustix::io::Errno;
 
 use super::SysResult;
 
@@ -9,7 +13,15 @@ use super::SysResult;
 /// directory takes a few dozen calls, small enough to live on the heap once.
 const GETDENTS_BUF: usize = 64 * 1024;
 
-/// Every entry of one directory, as raw `linux_dirent64` records.
+thread_local! {
+    /// The buffer `getdents64` fills, one per thread and kept: reading a
+    /// directory allocates only the entries it keeps.
+    static SCRATCH: RefCell<Vec<MaybeUninit<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Every entry of one directory, packed one after another as
+/// `ino: u64 | d_type: u8 | name_len: u16 | name` (native endian, no
+/// padding): the `linux_dirent64` records less their offsets and padding.
 #[derive(Debug, Default)]
 pub struct DirEntries {
     buf: Vec<u8>,
@@ -23,63 +35,69 @@ pub struct RawDirent<'a> {
     pub name: &'a [u8],
 }
 
+/// Bytes before the name in a packed entry.
+const HDR: usize = 8 + 1 + 2;
+
+/// The `DT_*` value of a file type, as `linux_dirent64` carries it.
+fn d_type(t: FileType) -> u8 {
+    match t {
+        FileType::RegularFile => libc::DT_REG,
+        FileType::Directory => libc::DT_DIR,
+        FileType::Symlink => libc::DT_LNK,
+        FileType::Fifo => libc::DT_FIFO,
+        FileType::Socket => libc::DT_SOCK,
+        FileType::CharacterDevice => libc::DT_CHR,
+        FileType::BlockDevice => libc::DT_BLK,
+        FileType::Unknown => libc::DT_UNKNOWN,
+    }
+}
+
 impl DirEntries {
     /// Reads the directory to its end.
     pub fn read_all(fd: BorrowedFd<'_>) -> SysResult<Self> {
-        let mut buf: Vec<u8> = Vec::with_capacity(GETDENTS_BUF);
-        loop {
-            if buf.capacity() - buf.len() < GETDENTS_BUF {
-                buf.reserve(GETDENTS_BUF);
-            }
-            let spare = buf.capacity() - buf.len();
-            // SAFETY: the pointer is to `spare` writable bytes at the end of buf.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_getdents64,
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr().add(buf.len()),
-                    spare,
-                )
-            };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buf) => {
+                if buf.len() < GETDENTS_BUF {
+                    buf.resize(GETDENTS_BUF, MaybeUninit::uninit());
                 }
-                return Err(e);
+                Self::read_with(fd, &mut buf)
             }
-            if rc == 0 {
-                return Ok(DirEntries { buf });
-            }
-            // SAFETY: the kernel initialised rc more bytes.
-            unsafe { buf.set_len(buf.len() + rc as usize) };
+            // Not reached (nothing here calls back into it); a buffer of
+            // its own keeps it correct if that ever changes.
+            Err(_) => Self::read_with(fd, &mut vec![MaybeUninit::uninit(); GETDENTS_BUF]),
+        })
+    }
+
+    fn read_with(fd: BorrowedFd<'_>, scratch: &mut [MaybeUninit<u8>]) -> SysResult<Self> {
+        let mut buf: Vec<u8> = Vec::with_capacity(GETDENTS_BUF);
+        let mut dir = RawDir::new(fd, scratch);
+        loop {
+            let e = match dir.next() {
+                None => return Ok(DirEntries { buf }),
+                Some(Ok(e)) => e,
+                Some(Err(Errno::INTR)) => continue,
+                Some(Err(e)) => return Err(e.into()),
+            };
+            let name = e.file_name().to_bytes();
+            // NAME_MAX is 255; a longer name would be a kernel bug.
+            let len = u16::try_from(name.len()).map_err(|_| Errno::NAMETOOLONG)?;
+            buf.extend_from_slice(&e.ino().to_ne_bytes());
+            buf.push(d_type(e.file_type()));
+            buf.extend_from_slice(&len.to_ne_bytes());
+            buf.extend_from_slice(name);
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = RawDirent<'_>> {
-        let buf = &self.buf;
-        let mut pos = 0usize;
+        let mut rest = &self.buf[..];
         std::iter::from_fn(move || {
-            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name...
-            const HDR: usize = 19;
-            if pos + HDR > buf.len() {
-                return None;
-            }
-            let rec = &buf[pos..];
-            let ino = u64::from_ne_bytes(rec[0..8].try_into().ok()?);
-            let reclen = u16::from_ne_bytes(rec[16..18].try_into().ok()?) as usize;
-            let d_type = rec[18];
-            if reclen < HDR || pos + reclen > buf.len() {
-                return None;
-            }
-            let name_area = &rec[HDR..reclen];
-            let len = name_area.iter().position(|b| *b == 0)?;
-            pos += reclen;
-            Some(RawDirent {
-                ino,
-                d_type,
-                name: &name_area[..len],
-            })
+            let (hdr, tail) = rest.split_at_checked(HDR)?;
+            let ino = u64::from_ne_bytes(hdr[0..8].try_into().ok()?);
+            let d_type = hdr[8];
+            let len = u16::from_ne_bytes(hdr[9..11].try_into().ok()?) as usize;
+            let (name, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            Some(RawDirent { ino, d_type, name })
         })
     }
 }

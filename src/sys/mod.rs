@@ -3,20 +3,29 @@
 //! Nothing above this module writes `unsafe`. Paths never appear here except as
 //! a single validated component (`&CStr`) relative to a directory descriptor,
 //! or in the few CLI-side helpers that open layer roots and mountpoints.
+//!
+//! The calls go through rustix, whose `Errno` becomes an `io::Error` with
+//! the same `raw_os_error()`. Raw libc remains only where rustix has no safe
+//! wrapper for a program on glibc: fork and `_exit`, signal masks and
+//! `sigwait`, `malloc_trim`, and the `*xattrat` syscalls (Linux 6.13).
 #![allow(unsafe_code)]
 
 mod dirent;
 mod write;
 mod xattr;
 
-pub use dirent::{DirEntries, RawDirent};
+pub use dirent::DirEntries;
 pub use write::*;
-pub use xattr::{XTarget, getxattr, listxattr, listxattr_vec};
+pub use xattr::{XTarget, getxattr, listxattr_vec};
 
 use std::ffi::CStr;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 /// `Result` of a syscall: the errno on failure.
 pub type SysResult<T> = Result<T, io::Error>;
@@ -37,56 +46,30 @@ fn cvt_long(rc: libc::c_long) -> SysResult<libc::c_long> {
     }
 }
 
-fn cvt_size(rc: libc::ssize_t) -> SysResult<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
-}
-
-fn path_cstring(path: &Path) -> SysResult<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+/// Raw `open(2)`-style flags as rustix's type; every bit is passed on
+/// unchanged, known to rustix or not.
+fn oflags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32)
 }
 
 /// Opens a directory given by an absolute path as an `O_PATH` descriptor.
 /// Only the CLI uses this, for layer roots; everything later is fd-relative.
 pub fn open_dir_path(path: &Path) -> SysResult<OwnedFd> {
-    let c = path_cstring(path)?;
-    // SAFETY: c is a valid NUL-terminated string; the returned fd is owned.
-    let fd = cvt(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fd was just returned by open and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
-/// `struct open_how` of openat2(2); libc's is non-exhaustive.
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+const RESOLVE_FLAGS: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
 
-const RESOLVE_FLAGS: u64 = libc::RESOLVE_BENEATH
-    | libc::RESOLVE_NO_SYMLINKS
-    | libc::RESOLVE_NO_MAGICLINKS
-    | libc::RESOLVE_NO_XDEV;
-
-/// Opens one child of `dir` as an `O_PATH` descriptor without following a
-/// symlink or crossing into another mount. A symlink yields a descriptor to
-/// the link itself.
-pub fn open_child(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
-    open_child_flags(dir, name, libc::O_PATH)
-}
-
-/// Like [`open_child`] for a directory: fails with ENOTDIR on anything else.
+/// Opens directory `name` in `dir` as an `O_PATH` descriptor without
+/// following a symlink or crossing into another mount: fails with ENOTDIR
+/// on anything else.
 pub fn open_child_dir(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
     open_child_flags(dir, name, libc::O_PATH | libc::O_DIRECTORY)
 }
@@ -95,34 +78,14 @@ pub fn open_child_dir(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
 /// leaving `dir`. The caller guarantees the child is a regular file or a
 /// directory: opening a device or FIFO could block or have side effects.
 pub fn open_child_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
-    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let how = OpenHow {
-        flags: flags as u64,
-        mode: 0,
-        resolve: RESOLVE_FLAGS,
-    };
-    // SAFETY: name is NUL-terminated, how is a valid open_how of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    let fd = match cvt_long(rc) {
-        Ok(fd) => fd as RawFd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-            // Kernels before 5.6: a single validated component with O_NOFOLLOW
-            // cannot escape `dir` either.
-            // SAFETY: as above.
-            cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })?
-        }
-        Err(e) => return Err(e),
-    };
-    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = oflags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat2(dir, name, flags, Mode::empty(), RESOLVE_FLAGS) {
+        Ok(fd) => Ok(fd),
+        // Kernels before 5.6: a single validated component with O_NOFOLLOW
+        // cannot escape `dir` either.
+        Err(Errno::NOSYS) => Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens `rel` (a relative path) inside the tree rooted at `root`, as
@@ -130,59 +93,56 @@ pub fn open_child_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResu
 /// never leave `root` (`RESOLVE_IN_ROOT`), and `/proc` magic links are
 /// refused.
 pub fn open_in_root(root: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: rel is NUL-terminated, how is a valid open_how of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            rel.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    let fd = cvt_long(rc)? as RawFd;
-    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::openat2(
+        root,
+        rel,
+        oflags(flags) | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
+/// rustix's `struct stat` as libc's, the type the rest of the crate uses.
+/// Field types differ by architecture, hence the `as _` casts; on 64-bit
+/// targets every one is lossless.
+fn libc_stat(s: &rustix::fs::Stat) -> libc::stat {
+    let mut st = zeroed_stat();
+    st.st_dev = s.st_dev as _;
+    st.st_ino = s.st_ino as _;
+    st.st_nlink = s.st_nlink as _;
+    st.st_mode = s.st_mode as _;
+    st.st_uid = s.st_uid as _;
+    st.st_gid = s.st_gid as _;
+    st.st_rdev = s.st_rdev as _;
+    st.st_size = s.st_size as _;
+    st.st_blksize = s.st_blksize as _;
+    st.st_blocks = s.st_blocks as _;
+    st.st_atime = s.st_atime as _;
+    st.st_atime_nsec = s.st_atime_nsec as _;
+    st.st_mtime = s.st_mtime as _;
+    st.st_mtime_nsec = s.st_mtime_nsec as _;
+    st.st_ctime = s.st_ctime as _;
+    st.st_ctime_nsec = s.st_ctime_nsec as _;
+    st
 }
 
 /// `fstat` on any descriptor, `O_PATH` ones included.
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: st points to writable memory of the right size.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so st is initialised.
-    Ok(unsafe { st.assume_init() })
+    Ok(libc_stat(&rustix::fs::fstat(fd)?))
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: name is NUL-terminated; st points to writable memory.
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat succeeded, so st is initialised.
-    Ok(unsafe { st.assume_init() })
+    Ok(libc_stat(&rustix::fs::statat(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?))
 }
 
 /// `stat` of a path, following symlinks (CLI only).
 pub fn stat_path(path: &Path) -> SysResult<libc::stat> {
-    let c = path_cstring(path)?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: c is NUL-terminated; st points to writable memory.
-    cvt(unsafe { libc::stat(c.as_ptr(), st.as_mut_ptr()) })?;
-    // SAFETY: stat succeeded, so st is initialised.
-    Ok(unsafe { st.assume_init() })
+    Ok(libc_stat(&rustix::fs::stat(path)?))
 }
 
 /// Mount facts of a path (CLI only): its mount id and whether it is the root
@@ -196,135 +156,118 @@ pub struct MountFacts {
 /// `statx` for the mount id and `STATX_ATTR_MOUNT_ROOT` of `path`, not
 /// following a final symlink.
 pub fn mount_facts(path: &Path) -> SysResult<MountFacts> {
-    let c = path_cstring(path)?;
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    // SAFETY: c is NUL-terminated; stx points to writable memory of the right size.
-    cvt(unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
-            libc::STATX_MNT_ID | libc::STATX_BASIC_STATS,
-            stx.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: statx succeeded and the buffer was zeroed before.
-    let stx = unsafe { stx.assume_init() };
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    let stx = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::MNT_ID | StatxFlags::BASIC_STATS,
+    )?;
     Ok(MountFacts {
         mnt_id: stx.stx_mnt_id,
-        is_mount_root: stx.stx_attributes_mask & (libc::STATX_ATTR_MOUNT_ROOT as u64) != 0
-            && stx.stx_attributes & (libc::STATX_ATTR_MOUNT_ROOT as u64) != 0,
+        is_mount_root: stx
+            .stx_attributes_mask
+            .contains(StatxAttributes::MOUNT_ROOT)
+            && stx.stx_attributes.contains(StatxAttributes::MOUNT_ROOT),
     })
 }
 
 /// `readlinkat(dir, name)`: the target of a symlink, never followed.
 pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: name is NUL-terminated; buf is writable for its length.
-    let n = cvt_size(unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
+    let n = rustix::fs::readlinkat_raw(dir, name, &mut buf[..])?;
     buf.truncate(n);
     Ok(buf)
 }
 
 /// `pread` into `buf`, returning the bytes read.
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
-    // SAFETY: buf is writable for its length.
-    cvt_size(unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            offset as libc::off_t,
-        )
-    })
+    Ok(rustix::io::pread(fd, buf, offset)?)
 }
 
-/// `lseek`, for SEEK_DATA / SEEK_HOLE.
+/// `lseek(fd, offset, whence)`, for SEEK_DATA / SEEK_HOLE as well as the
+/// usual three. The offset reaches the kernel as given (rustix casts the
+/// absolute ones back to `off_t`), so a negative one gets the kernel's
+/// answer; an unknown `whence` is EINVAL, as the kernel would say.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> SysResult<i64> {
-    // SAFETY: lseek has no memory-safety preconditions.
-    let rc = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+    use rustix::fs::SeekFrom;
+    let pos = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(Errno::INVAL.into()),
+    };
+    Ok(rustix::fs::seek(fd, pos)? as i64)
 }
 
-/// `fstatfs` of the filesystem holding `fd`.
+/// `fstatfs` of the filesystem holding `fd`. `f_fsid` stays zero: libc's
+/// `fsid_t` has private fields, and nothing reads it (FUSE's statfs reply
+/// has no such field).
 pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statfs> {
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: st points to writable memory of the right size.
-    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatfs succeeded.
-    Ok(unsafe { st.assume_init() })
+    let s = rustix::fs::fstatfs(fd)?;
+    // SAFETY: struct statfs is plain old data; all-zero is a valid value.
+    let mut st = unsafe { MaybeUninit::<libc::statfs>::zeroed().assume_init() };
+    st.f_type = s.f_type as _;
+    st.f_bsize = s.f_bsize as _;
+    st.f_blocks = s.f_blocks as _;
+    st.f_bfree = s.f_bfree as _;
+    st.f_bavail = s.f_bavail as _;
+    st.f_files = s.f_files as _;
+    st.f_ffree = s.f_ffree as _;
+    st.f_namelen = s.f_namelen as _;
+    st.f_frsize = s.f_frsize as _;
+    Ok(st)
 }
 
 /// Raises the open-file limit as far as allowed: more descriptors mean more
 /// cached directories and open files.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: lim is a valid rlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // rustix says `None` for RLIM_INFINITY.
+    let raw = |v: Option<u64>| v.unwrap_or(libc::RLIM_INFINITY);
+    let lim = getrlimit(Resource::Nofile);
+    let (cur, max) = (raw(lim.current), raw(lim.maximum));
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(lim.rlim_max);
+        .unwrap_or(max);
+    let limit = |v: u64| (v != libc::RLIM_INFINITY).then_some(v);
     // Root may raise the hard limit too; try that first, then the soft one.
-    let want = libc::rlimit {
-        rlim_cur: nr_open.max(lim.rlim_max),
-        rlim_max: nr_open.max(lim.rlim_max),
+    let want = nr_open.max(max);
+    let both = |v| Rlimit {
+        current: limit(v),
+        maximum: limit(v),
     };
-    // SAFETY: want is a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-        return want.rlim_cur;
+    if setrlimit(Resource::Nofile, both(want)).is_ok() {
+        return want;
     }
-    let soft = libc::rlimit {
-        rlim_cur: lim.rlim_max,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: soft is a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
-        return soft.rlim_cur;
+    if setrlimit(Resource::Nofile, both(max)).is_ok() {
+        return max;
     }
-    lim.rlim_cur
+    cur
 }
 
 /// Whether the process runs with euid 0.
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// The effective gid.
 pub fn egid() -> u32 {
-    // SAFETY: getegid has no preconditions.
-    unsafe { libc::getegid() }
+    rustix::process::getegid().as_raw()
 }
 
 /// `umount2(path, flags)` (CLI only).
 pub fn umount(path: &Path, flags: i32) -> SysResult<()> {
-    let c = path_cstring(path)?;
-    // SAFETY: c is NUL-terminated.
-    cvt(unsafe { libc::umount2(c.as_ptr(), flags) })?;
-    Ok(())
+    let flags = rustix::mount::UnmountFlags::from_bits_retain(flags as u32);
+    Ok(rustix::mount::unmount(path, flags)?)
 }
 
 /// `mount(2)` of a FUSE connection (the daemon as root): `data` carries
@@ -336,58 +279,41 @@ pub fn mount_fuse(
     flags: libc::c_ulong,
     data: &CStr,
 ) -> SysResult<()> {
-    let t = path_cstring(target)?;
-    // SAFETY: every string is NUL-terminated and outlives the call.
-    cvt(unsafe {
-        libc::mount(
-            source.as_ptr(),
-            t.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    })?;
-    Ok(())
+    // MS_* flags all fit in the low 32 bits (the kernel takes an unsigned
+    // long only for the legacy MS_MGC_VAL magic in the high half).
+    let flags = rustix::mount::MountFlags::from_bits_retain(flags as u32);
+    Ok(rustix::mount::mount(source, target, fstype, flags, data)?)
 }
 
 /// `syncfs(2)`: writes back the whole filesystem `fd` is on.
 pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
-    // SAFETY: fd is a valid descriptor for the duration of the call.
-    cvt(unsafe { libc::syncfs(fd.as_raw_fd()) })?;
-    Ok(())
+    Ok(rustix::fs::syncfs(fd)?)
 }
 
 /// A pipe whose read end is close-on-exec and whose write end is inherited by
 /// a child, for the readiness handshake with a daemonized mount.
 pub fn ready_pipe() -> SysResult<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a writable array of two ints.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     set_cloexec(w.as_fd(), false)?;
     Ok((r, w))
 }
 
 /// Sets or clears `FD_CLOEXEC`.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> SysResult<()> {
-    // SAFETY: F_GETFD/F_SETFD take no pointers.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
-    let new = if on {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, new) })?;
-    Ok(())
+    use rustix::io::FdFlags;
+    let mut flags = rustix::io::fcntl_getfd(fd)?;
+    flags.set(FdFlags::CLOEXEC, on);
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
 /// Takes ownership of an inherited descriptor number, checking it is open.
 pub fn adopt_fd(fd: RawFd) -> SysResult<OwnedFd> {
-    // SAFETY: F_GETFD takes no pointers; it only checks the fd is open.
-    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    // SAFETY: the caller was handed this fd number to own (e.g. --ready-fd).
+    // F_GETFD only checks the number is open; EBADF otherwise.
+    // SAFETY: fcntl accepts any number: the borrow is used for that one call,
+    // which fails cleanly if nothing is open there.
+    rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) })?;
+    // SAFETY: the caller was handed this fd number to own (e.g. --ready-fd),
+    // and it is open.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     set_cloexec(owned.as_fd(), true)?;
     Ok(owned)
@@ -396,12 +322,10 @@ pub fn adopt_fd(fd: RawFd) -> SysResult<OwnedFd> {
 /// Writes all of `data` to `fd`.
 pub fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> SysResult<()> {
     while !data.is_empty() {
-        // SAFETY: data is readable for its length.
-        let n = cvt_size(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) });
-        match n {
+        match rustix::io::write(fd, data) {
             Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -409,9 +333,7 @@ pub fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> SysResult<()> {
 
 /// Whether `fd` was opened for writing (`O_WRONLY` or `O_RDWR`).
 pub fn is_open_for_write(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
-    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    fl >= 0 && fl & libc::O_ACCMODE != libc::O_RDONLY
+    rustix::fs::fcntl_getfl(fd).is_ok_and(|fl| fl.intersects(OFlags::WRONLY | OFlags::RDWR))
 }
 
 /// Returns the allocator's free memory to the system (glibc keeps what
@@ -424,48 +346,44 @@ pub fn trim_heap() {
 
 /// `pidfd_open(2)`: a descriptor that becomes readable when `pid` exits.
 pub fn pidfd_open(pid: u32) -> SysResult<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: pidfd_open takes plain integers; the fd it returns is owned.
-    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
-    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = i32::try_from(pid).map_err(|_| Errno::SRCH)?;
+    // The kernel refuses pid 0 with EINVAL; rustix has no Pid for it.
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(Errno::INVAL)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
-/// Waits up to `timeout_ms` for `fd` to become readable; false on timeout.
+/// Waits up to `timeout_ms` for `fd` to become readable (forever when
+/// negative); false on timeout.
 pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> SysResult<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let timeout = (timeout_ms >= 0).then(|| Timespec {
+        tv_sec: i64::from(timeout_ms / 1000),
+        tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+    });
+    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
     loop {
-        // SAFETY: p is one valid pollfd for the duration of the call.
-        match cvt(unsafe { libc::poll(&mut p, 1, timeout_ms) }) {
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
             Ok(n) => return Ok(n > 0),
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Reads up to `buf.len()` bytes, retrying on EINTR.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = cvt_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) });
-        match n {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
+    Ok(rustix::io::retry_on_intr(|| {
+        rustix::io::read(fd, &mut *buf)
+    })?)
 }
 
 /// Points stderr at `/dev/null`, for a daemon whose terminal went away.
 pub fn detach_stderr() -> SysResult<()> {
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    // SAFETY: dup2 onto fd 2 with a valid open fd.
-    cvt(unsafe { libc::dup2(null.as_raw_fd(), 2) })?;
-    Ok(())
+    Ok(rustix::stdio::dup2_stderr(&null)?)
 }
 
 /// Which side of [`fork_daemon`] this is.
@@ -492,51 +410,61 @@ pub fn fork_daemon() -> SysResult<Forked> {
         .read(true)
         .write(true)
         .open("/dev/null")?;
+    // rustix has no fork outside its `runtime` API (meant for libc
+    // implementations, not programs linking glibc), so this one stays raw.
     // SAFETY: the process has one thread, so the child is a full copy that
     // may run any code.
     let pid = cvt(unsafe { libc::fork() })?;
     if pid > 0 {
         return Ok(Forked::Parent(pid));
     }
-    // SAFETY: plain syscalls on descriptors this process owns.
-    unsafe {
-        libc::setpgid(0, 0);
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(null.as_raw_fd(), 1);
+    // Failures here leave the daemon attached to the terminal's group or
+    // descriptors, which is harmless; the mount itself goes on.
+    let detached = rustix::process::setpgid(None, None)
+        .and_then(|()| rustix::stdio::dup2_stdin(&null))
+        .and_then(|()| rustix::stdio::dup2_stdout(&null));
+    if let Err(e) = detached {
+        log::debug!("detaching the daemon: {e}");
     }
     Ok(Forked::Child)
+}
+
+/// The exit code a shell would report for a wait status: the code, or
+/// 128 + the signal that killed the process.
+fn exit_code(status: rustix::process::WaitStatus) -> i32 {
+    match status.exit_status() {
+        Some(code) => code,
+        None => 128 + status.terminating_signal().unwrap_or(0),
+    }
 }
 
 /// Waits for child `pid` and returns its exit code (128 + signal when
 /// killed).
 pub fn wait_child(pid: libc::pid_t) -> SysResult<i32> {
-    let mut status = 0;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(Errno::CHILD)?;
     loop {
-        // SAFETY: status is writable.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Ok(exit_code(status)),
+            // Without WNOHANG the kernel only returns for a state change.
+            Ok(None) => continue,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    })
 }
+
+// Signal masks and sigwait stay on libc: rustix offers them only in its
+// `runtime` API, which bypasses glibc's reserved signals and is unsafe.
+
+/// The signals [`wait_signal`] takes.
+const TERM_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread
 /// it spawns later), so that one thread can take the first two with
 /// [`wait_signal`]. SIGHUP stays blocked for good: a daemon outlives the
 /// terminal that started it, and a hangup must not kill the mount.
 pub fn block_term_signals() -> SysResult<()> {
-    let mut set = term_sigset();
-    // SAFETY: set is initialised; SIGHUP is a valid signal.
-    unsafe { libc::sigaddset(&mut set, libc::SIGHUP) };
+    let set = sigset(&[TERM_SIGNALS[0], TERM_SIGNALS[1], libc::SIGHUP]);
     // SAFETY: set is an initialised sigset; the old set is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -545,20 +473,21 @@ pub fn block_term_signals() -> SysResult<()> {
     Ok(())
 }
 
-fn term_sigset() -> libc::sigset_t {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset adds valid signals.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        for &sig in signals {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
         set.assume_init()
     }
 }
 
 /// Waits for one of the signals blocked by [`block_term_signals`].
 pub fn wait_signal() -> i32 {
-    let set = term_sigset();
+    let set = sigset(&TERM_SIGNALS);
     let mut sig: libc::c_int = 0;
     // SAFETY: set is initialised and sig is writable.
     let rc = unsafe { libc::sigwait(&set, &mut sig) };
@@ -579,7 +508,7 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> SysResult<DirEntries> {
 /// An all-zero `struct stat`, for replies that carry no real object.
 pub fn zeroed_stat() -> libc::stat {
     // SAFETY: struct stat is plain old data; all-zero is a valid value.
-    unsafe { std::mem::MaybeUninit::<libc::stat>::zeroed().assume_init() }
+    unsafe { MaybeUninit::<libc::stat>::zeroed().assume_init() }
 }
 
 /// Checks whether a `struct stat` describes an overlayfs whiteout: a
@@ -590,59 +519,40 @@ pub fn is_whiteout_stat(st: &libc::stat) -> bool {
 
 /// A connected pair of unix stream sockets, both close-on-exec.
 pub fn socketpair() -> SysResult<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a writable array of two ints.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Receives one descriptor sent with `SCM_RIGHTS` (how fusermount3 hands
-/// over the `/dev/fuse` descriptor it opened).
+/// over the `/dev/fuse` descriptor it opened). EPROTO when the message
+/// carries none.
 pub fn recv_fd(sock: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // Room for one cmsghdr carrying one int, aligned as the kernel wants.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: msghdr is plain data; zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    let n = loop {
-        // SAFETY: msg points to valid iov and control buffers for its lengths.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    loop {
+        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        match rustix::net::recvmsg(sock, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+            Ok(_) => break,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        break n;
-    };
-    cvt_size(n as libc::ssize_t)?;
-    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR reads within it.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if cmsg.is_null() {
-        return Err(io::Error::from_raw_os_error(libc::EPROTO));
     }
-    // SAFETY: cmsg is not null, so it points at a header inside cbuf.
-    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
-    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
-        return Err(io::Error::from_raw_os_error(libc::EPROTO));
+    // Any further descriptors (none are expected) are closed with the drain.
+    for msg in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = msg
+            && let Some(fd) = fds.next()
+        {
+            return Ok(fd);
+        }
     }
-    // SAFETY: an SCM_RIGHTS message carries at least one int after the header.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>()) };
-    // SAFETY: the kernel installed fd in this process for us to own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Err(Errno::PROTO.into())
 }
 
 /// What a child needs to enter a container root, prepared before fork:
@@ -660,96 +570,62 @@ pub struct RootSetup {
 }
 
 fn write_proc(path: &CStr, data: &[u8]) -> SysResult<()> {
-    // SAFETY: path is NUL-terminated; the fd is closed below.
-    let fd = cvt(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
-    // SAFETY: data is readable for its length.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let res = cvt_size(n as libc::ssize_t).map(|_| ());
-    // SAFETY: fd was opened above.
-    unsafe { libc::close(fd) };
-    res
+    let fd = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::io::write(&fd, data)?;
+    Ok(())
 }
 
 /// In a freshly forked child: private mount and PID namespaces (and a user
 /// namespace without privilege), the binds, chroot into the root, then a
 /// fork: the first process of the new PID namespace goes on to exec with a
 /// /proc of its own, while this one waits for it and exits with its status.
-/// Allocates nothing: it runs between fork and exec.
+/// Allocates nothing: it runs between fork and exec (rustix takes the
+/// `&CStr`s as they are, and its errors convert without allocating).
 pub fn enter_root(s: &RootSetup) -> SysResult<()> {
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    use rustix::thread::UnshareFlags;
+    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWPID;
     if s.userns.is_some() {
-        flags |= libc::CLONE_NEWUSER;
+        flags |= UnshareFlags::NEWUSER;
     }
-    // SAFETY: unshare takes flags only.
-    cvt(unsafe { libc::unshare(flags) })?;
+    // SAFETY: no CLONE_FILES: the descriptor table stays shared as it was
+    // (and this process has a single thread anyway).
+    unsafe { rustix::thread::unshare_unsafe(flags) }?;
     if let Some((uid_map, gid_map)) = &s.userns {
         write_proc(c"/proc/self/setgroups", b"deny")?;
         write_proc(c"/proc/self/uid_map", uid_map.as_bytes())?;
         write_proc(c"/proc/self/gid_map", gid_map.as_bytes())?;
     }
     // Nothing done here may reach the host's mount table.
-    // SAFETY: all strings are NUL-terminated; null data is allowed.
-    cvt(unsafe {
-        libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    })?;
+    rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?;
     // Targets are opened in this namespace (a mount made onto a descriptor
     // of another namespace's mount is refused) and mounted onto through
     // their descriptor, never through a path a symlink in the image could
     // redirect to the host.
-    // SAFETY: root is NUL-terminated; the fd is owned below.
-    let root = cvt(unsafe {
-        libc::open(
-            s.root.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: root was just opened and is owned by nobody else.
-    let root = unsafe { OwnedFd::from_raw_fd(root) };
+    let root = rustix::fs::open(
+        s.root.as_c_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     for (src, rel) in &s.binds {
         let target = open_in_root(root.as_fd(), rel, libc::O_PATH)?;
         let mut path = [0u8; 32];
         let via = fd_path(&mut path, target.as_raw_fd());
-        // SAFETY: as above; `via` is NUL-terminated.
-        cvt(unsafe {
-            libc::mount(
-                src.as_ptr(),
-                via.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        })?;
+        rustix::mount::mount_bind_recursive(src.as_c_str(), via)?;
     }
     drop(root);
-    // SAFETY: root is NUL-terminated.
-    cvt(unsafe { libc::chroot(s.root.as_ptr()) })?;
-    // SAFETY: "/" is NUL-terminated.
-    cvt(unsafe { libc::chdir(c"/".as_ptr()) })?;
+    rustix::process::chroot(s.root.as_c_str())?;
+    rustix::process::chdir(c"/")?;
+    // rustix has no fork for programs on glibc (see `fork_daemon`).
     // SAFETY: fork in a single-threaded child; both sides only make
     // syscalls until exec or _exit.
     let pid = cvt(unsafe { libc::fork() })?;
     if pid > 0 {
-        let mut status = 0;
-        loop {
-            // SAFETY: status is writable.
-            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-            if r == pid
-                || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
-            {
-                break;
-            }
-        }
-        let code = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            128 + libc::WTERMSIG(status)
-        };
+        // A failed wait (it cannot fail for our own child) reports 0.
+        let code = wait_child(pid).unwrap_or(0);
         // SAFETY: ends this intermediate process without running anything
         // of the parent's (no atexit handlers, no buffers).
         unsafe { libc::_exit(code) };
@@ -757,16 +633,13 @@ pub fn enter_root(s: &RootSetup) -> SysResult<()> {
     // PID 1 of the new namespace: its own /proc over the host's, where the
     // kernel allows (a user namespace may not, if the host's /proc has
     // parts covered); the host's bind stays otherwise.
-    // SAFETY: all strings are NUL-terminated; null data is allowed.
-    let _ = unsafe {
-        libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        )
-    };
+    let _ = rustix::mount::mount(
+        c"proc",
+        c"/proc",
+        c"proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    );
     Ok(())
 }
 

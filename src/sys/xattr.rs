@@ -5,12 +5,18 @@
 //! `getxattrat(2)`/`listxattrat(2)` (Linux 6.13) and fall back to a
 //! `/proc/self/fd/N[/NAME]` path: following the `N` magic link lands on the
 //! very object the descriptor holds, and the `l*` calls never follow `NAME`.
+//!
+//! rustix has no *xattrat wrappers yet, so those four stay raw syscalls; the
+//! fallbacks go through rustix.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{SysResult, cvt_long, cvt_size};
+use rustix::fs::XattrFlags;
+use rustix::io::Errno;
+
+use super::{SysResult, cvt_long};
 
 // Numbers shared by every architecture's syscall table (added together in 6.13).
 const SYS_GETXATTRAT: libc::c_long = 464;
@@ -40,8 +46,9 @@ struct XattrArgs {
 /// Longest fallback path: "/proc/self/fd/" + 10 digits + "/" + NAME_MAX + NUL.
 const PROC_PATH_MAX: usize = 14 + 10 + 1 + 255 + 1;
 
-fn proc_path(t: XTarget<'_>) -> [u8; PROC_PATH_MAX] {
-    let mut out = [0u8; PROC_PATH_MAX];
+/// The fallback path of a target, NUL-terminated (the buffer's last byte is
+/// never written), in `out`.
+fn proc_path<'b>(t: XTarget<'_>, out: &'b mut [u8; PROC_PATH_MAX]) -> SysResult<&'b CStr> {
     let mut pos = 0;
     let mut put = |b: &[u8]| {
         let n = b.len().min(PROC_PATH_MAX - 1 - pos);
@@ -69,7 +76,7 @@ fn proc_path(t: XTarget<'_>) -> [u8; PROC_PATH_MAX] {
         put(b"/");
         put(n.to_bytes());
     }
-    out
+    CStr::from_bytes_until_nul(&out[..]).map_err(|_| Errno::NAMETOOLONG.into())
 }
 
 /// The (dirfd, path, flags) for an *xattrat call, or `None` when the kernel
@@ -129,15 +136,14 @@ pub fn getxattr(t: XTarget<'_>, attr: &CStr, buf: &mut [u8]) -> SysResult<usize>
             Err(e) => return Err(e),
         }
     }
-    let path = proc_path(t);
-    let p = path.as_ptr().cast();
-    let (a, v, n) = (attr.as_ptr(), buf.as_mut_ptr().cast(), buf.len());
-    // SAFETY: path is NUL-terminated (zero-filled tail); buf is writable for n.
-    cvt_size(unsafe {
-        match t {
-            XTarget::Fd(_) => libc::getxattr(p, a, v, n),
-            XTarget::At(..) => libc::lgetxattr(p, a, v, n),
-        }
+    let mut path = [0u8; PROC_PATH_MAX];
+    let p = proc_path(t, &mut path)?;
+    // rustix answers 0 for an empty buffer; the size query is its own call.
+    Ok(match (t, buf.is_empty()) {
+        (XTarget::Fd(_), true) => rustix::fs::getxattr_query(p, attr)?,
+        (XTarget::Fd(_), false) => rustix::fs::getxattr(p, attr, buf)?,
+        (XTarget::At(..), true) => rustix::fs::lgetxattr_query(p, attr)?,
+        (XTarget::At(..), false) => rustix::fs::lgetxattr(p, attr, buf)?,
     })
 }
 
@@ -162,15 +168,14 @@ pub fn listxattr(t: XTarget<'_>, buf: &mut [u8]) -> SysResult<usize> {
             Err(e) => return Err(e),
         }
     }
-    let path = proc_path(t);
-    let p = path.as_ptr().cast();
-    let (v, n) = (buf.as_mut_ptr().cast(), buf.len());
-    // SAFETY: path is NUL-terminated; buf is writable for n.
-    cvt_size(unsafe {
-        match t {
-            XTarget::Fd(_) => libc::listxattr(p, v, n),
-            XTarget::At(..) => libc::llistxattr(p, v, n),
-        }
+    let mut path = [0u8; PROC_PATH_MAX];
+    let p = proc_path(t, &mut path)?;
+    // As in getxattr: the size query is its own call.
+    Ok(match (t, buf.is_empty()) {
+        (XTarget::Fd(_), true) => rustix::fs::listxattr_query(p)?,
+        (XTarget::Fd(_), false) => rustix::fs::listxattr(p, buf)?,
+        (XTarget::At(..), true) => rustix::fs::llistxattr_query(p)?,
+        (XTarget::At(..), false) => rustix::fs::llistxattr(p, buf)?,
     })
 }
 
@@ -223,17 +228,14 @@ pub fn setxattr(t: XTarget<'_>, attr: &CStr, value: &[u8], flags: i32) -> SysRes
             Err(e) => return Err(e),
         }
     }
-    let path = proc_path(t);
-    let p = path.as_ptr().cast();
-    let (a, v, n) = (attr.as_ptr(), value.as_ptr().cast(), value.len());
-    // SAFETY: path is NUL-terminated; value is readable for n.
-    cvt_long(unsafe {
-        match t {
-            XTarget::Fd(_) => libc::setxattr(p, a, v, n, flags),
-            XTarget::At(..) => libc::lsetxattr(p, a, v, n, flags),
-        }
-    } as libc::c_long)?;
-    Ok(())
+    let mut path = [0u8; PROC_PATH_MAX];
+    let p = proc_path(t, &mut path)?;
+    let flags = XattrFlags::from_bits_retain(flags as u32);
+    let res = match t {
+        XTarget::Fd(_) => rustix::fs::setxattr(p, attr, value, flags),
+        XTarget::At(..) => rustix::fs::lsetxattr(p, attr, value, flags),
+    };
+    Ok(res?)
 }
 
 /// Removes xattr `attr`.
@@ -247,14 +249,11 @@ pub fn removexattr(t: XTarget<'_>, attr: &CStr) -> SysResult<()> {
             Err(e) => return Err(e),
         }
     }
-    let path = proc_path(t);
-    let p = path.as_ptr().cast();
-    // SAFETY: path and attr are NUL-terminated.
-    cvt_long(unsafe {
-        match t {
-            XTarget::Fd(_) => libc::removexattr(p, attr.as_ptr()),
-            XTarget::At(..) => libc::lremovexattr(p, attr.as_ptr()),
-        }
-    } as libc::c_long)?;
-    Ok(())
+    let mut path = [0u8; PROC_PATH_MAX];
+    let p = proc_path(t, &mut path)?;
+    let res = match t {
+        XTarget::Fd(_) => rustix::fs::removexattr(p, attr),
+        XTarget::At(..) => rustix::fs::lremovexattr(p, attr),
+    };
+    Ok(res?)
 }
