@@ -46,7 +46,9 @@ do_umount() { # COL MNT
     case $1 in
     kernel) umount "$2" ;;
     fov) fusermount3 -u "$2" ;;
-    uf | ufu) "$UFBIN" umount "$2" ;;
+    # Its daemon writes the upper back (syncfs) before it exits, which can
+    # take long on a loaded disk.
+    uf | ufu) "$UFBIN" umount --timeout "${BENCH_UMOUNT_TIMEOUT:-300}" "$2" ;;
     esac
 }
 
