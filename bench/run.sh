@@ -96,7 +96,7 @@ note() {
 # ---------------------------------------------------------------------------
 # Tools: what is missing is installed, or its column/rows are skipped.
 # ---------------------------------------------------------------------------
-ensure_cargo
+[ -n "${UNIONFUSE:-}" ] || ensure_cargo
 ensure_fuse
 ensure_commands mkfs.ext4:e2fsprogs losetup:mount perl:perl tar:tar \
     unshare:util-linux nsenter:util-linux setpriv:util-linux
