@@ -1,72 +1,140 @@
 #!/usr/bin/env bash
-# Benchmarks unionfuse against kernel overlayfs, fuse-overlayfs (when it can
-# be installed) and the bare lower directories. Prints figures and ratios;
-# there is no pass/fail.
+# Benchmarks the shapes users have, side by side in one run: native ext4
+# (the limit), kernel overlayfs, fuse-overlayfs (when it can be installed),
+# unionfuse as root and unionfuse as an ordinary user (through fusermount3,
+# in a private mount namespace). Prints medians and ranges of interleaved
+# repetitions, ratios to kernel overlayfs and to native, and the FUSE
+# requests each unionfuse workload cost; writes the tables as Markdown and
+# an SVG chart of the ratios to kernel overlayfs. There is no pass/fail.
 #
-#   sudo bench/run.sh
+#   sudo bench/run.sh [--quick] [--reps N] [--out FILE.md] [--no-user]
 #
-# Environment (defaults in brackets):
-#   BENCH_FILES    files in the image layer, split over 2 lowers [100000]
-#   BENCH_DIRS     directories holding them [BENCH_FILES / 20]
-#   BENCH_BIGDIR   entries of the one big directory for `ls -f` [BENCH_FILES]
-#   BENCH_BIG_MB   size of the file for sequential/random reads [1024]
-#   BENCH_FIO_SECS seconds per fio run [10]
-#   BENCH_CYCLES   mount/unmount cycles [20]
-#   BENCH_TAR_FILES files in the tarball unpacked onto each mount [20000]
-#   BENCH_TIMEOUT  seconds any one measurement may take [300]
-#   BENCH_TMPFS=1  skip the ext4 loop image and use tmpfs
-#   UNIONFUSE      a unionfuse binary to use instead of building one
+#   --quick     small shapes, 10 mount cycles: finishes in a few minutes
+#   --reps N    repetitions of every measurement [3]
+#   --out FILE  the Markdown report [bench/results.md, or
+#               bench/results-quick.md with --quick]; the chart goes beside
+#               it with the extension .svg
+#   --no-user   skip the unprivileged unionfuse column
 #
-# The layers live on a journaled ext4 image on a loop device (the root
-# filesystem here is ext4 without a journal, which distorts creates), or on
-# tmpfs when that fails; the script says which. Needs root (loop devices,
-# overlayfs, drop_caches).
+# Environment overrides of the shapes (full / --quick):
+#   BENCH_FILES     small files over two lowers [100000 / 3000]
+#   BENCH_DIRS      directories holding them [10000 / 300]
+#   BENCH_SYMLINKS  symlinks among them [2000 / 60]
+#   BENCH_BIGDIR    entries of the directory merged from three lowers [50000 / 1500]
+#   BENCH_GIT       files of the git checkout [6000 / 300]
+#   BENCH_TAR       files of the tarball unpacked onto each mount [20000 / 800]
+#   BENCH_BIG_MB    the lower file read with dd and fio [2048 / 64]
+#   BENCH_FIO_MB    MiB each fio run reads or writes in 4k blocks [256 / 2]
+#   BENCH_LARGE_MB  the lower file whose mode and times change [512 / 32]
+#   BENCH_CC        C files of the project built with make -j2 [60 / 2]
+#   BENCH_IMAGE     small files of the container image [3000 / 200]
+#   BENCH_BINS      binaries of the container image [20 / 5]
+#   BENCH_CYCLES    throwaway-root mount cycles [100 / 10]
+#   BENCH_TIMEOUT   seconds any one measurement may take [600]
+#   UNIONFUSE       a unionfuse binary to use instead of building one
+#
+# Everything lives on a journaled ext4 image on a loop device, generated
+# with a fixed seed, and goes away at exit. Needs root (loop device,
+# overlayfs, drop_caches); installs fio, fuse-overlayfs, git, gcc and make
+# with apt-get when missing, and skips what it cannot install, saying so.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-[ "$(id -u)" -eq 0 ] || die "needs root (loop device, overlayfs mounts, drop_caches)"
+[ "$(id -u)" -eq 0 ] || {
+    echo "bench/run.sh: needs root (loop device, overlayfs mounts, drop_caches); run with sudo" >&2
+    exit 1
+}
 
-FILES=${BENCH_FILES:-100000}
-DIRS=${BENCH_DIRS:-$((FILES / 20))}
-[ "$DIRS" -ge 1 ] || DIRS=1
-BIGDIR=${BENCH_BIGDIR:-$FILES}
-BIG_MB=${BENCH_BIG_MB:-1024}
-FIO_SECS=${BENCH_FIO_SECS:-10}
-CYCLES=${BENCH_CYCLES:-20}
-TAR_FILES=${BENCH_TAR_FILES:-20000}
-TMO=${BENCH_TIMEOUT:-300}
+QUICK=0 REPS=3 OUT= NO_USER=0
+while [ $# -gt 0 ]; do
+    case $1 in
+    --quick) QUICK=1 ;;
+    --reps) REPS=${2:?--reps needs a number} && shift ;;
+    --out) OUT=${2:?--out needs a file} && shift ;;
+    --no-user) NO_USER=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' && exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+    esac
+    shift
+done
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps needs a positive number"
 
-ensure_cargo
-ensure_fuse
-have_fio=1
-command -v fio >/dev/null 2>&1 || (ensure_commands fio:fio) || have_fio=0
-command -v fio >/dev/null 2>&1 || have_fio=0
-have_fov=1
-command -v fuse-overlayfs >/dev/null 2>&1 || (ensure_commands fuse-overlayfs:fuse-overlayfs) || have_fov=0
-command -v fuse-overlayfs >/dev/null 2>&1 || have_fov=0
-
-if [ -n "${UNIONFUSE:-}" ]; then
-    UF=$UNIONFUSE
+if [ "$QUICK" = 1 ]; then
+    d=(3000 300 60 1500 300 800 64 2 32 2 200 5 10)
+    OUT=${OUT:-bench/results-quick.md}
 else
-    echo "==> cargo build --release"
-    cargo build --release --quiet
-    UF=$PWD/target/release/unionfuse
+    d=(100000 10000 2000 50000 6000 20000 2048 256 512 60 3000 20 100)
+    OUT=${OUT:-bench/results.md}
 fi
-[ -x "$UF" ] || die "no binary at $UF"
+FILES=${BENCH_FILES:-${d[0]}}
+DIRS=${BENCH_DIRS:-${d[1]}}
+SYMLINKS=${BENCH_SYMLINKS:-${d[2]}}
+BIGDIR=${BENCH_BIGDIR:-${d[3]}}
+GITN=${BENCH_GIT:-${d[4]}}
+TARN=${BENCH_TAR:-${d[5]}}
+BIG_MB=${BENCH_BIG_MB:-${d[6]}}
+FIO_MB=${BENCH_FIO_MB:-${d[7]}}
+LARGE_MB=${BENCH_LARGE_MB:-${d[8]}}
+CCN=${BENCH_CC:-${d[9]}}
+IMAGEN=${BENCH_IMAGE:-${d[10]}}
+BINS=${BENCH_BINS:-${d[11]}}
+CYCLES=${BENCH_CYCLES:-${d[12]}}
+TMO=${BENCH_TIMEOUT:-600}
+[ "$DIRS" -ge 50 ] || DIRS=50
+SVG=${OUT%.md}.svg
+
+run_start=$SECONDS
+notes=()
+note() {
+    notes+=("$*")
+    say "$*"
+}
+
+# ---------------------------------------------------------------------------
+# Tools: what is missing is installed, or its column/rows are skipped.
+# ---------------------------------------------------------------------------
+[ -n "${UNIONFUSE:-}" ] || ensure_cargo
+ensure_fuse
+ensure_commands mkfs.ext4:e2fsprogs losetup:mount perl:perl tar:tar \
+    unshare:util-linux nsenter:util-linux setpriv:util-linux
+# try CMD:PKG: installs PKG when CMD is missing; false if it still is.
+try() { command -v "${1%%:*}" >/dev/null 2>&1 || (ensure_commands "$1") >/dev/null 2>&1 || true; command -v "${1%%:*}" >/dev/null 2>&1; }
+have_fio=1 have_fov=1 have_git=1 have_cc=1
+try fio:fio || { have_fio=0 && note "fio could not be installed: fio rows skipped"; }
+try fuse-overlayfs:fuse-overlayfs || { have_fov=0 && note "fuse-overlayfs could not be installed: its column is empty"; }
+try git:git || { have_git=0 && note "git could not be installed: git rows skipped"; }
+{ try gcc:gcc && try make:make; } || { have_cc=0 && note "gcc/make could not be installed: the build row is skipped"; }
+
+echo "==> release build" >&2
+release_binary
 
 work=$(mktemp -d /tmp/unionfuse-bench.XXXXXX)
+chmod 755 "$work"
+fs=$work/fs
 loopdev=
-fsroot=$work/fs
+nspid=
+user=unionfuse-test
 
 cleanup() {
-    local rc=$?
+    local rc=$? pid
     set +e
+    trap - EXIT INT TERM
+    # The unprivileged mounts live in the private namespace: it goes away
+    # with its last process, the holder and the daemons (whose argv holds
+    # $work/bin/, the user's copy of the binary).
+    if [ -n "$nspid" ]; then
+        for pid in $(pgrep -f "$work/bin/unionfuse" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null; done
+        kill -TERM "$nspid" 2>/dev/null
+        wait "$nspid" 2>/dev/null
+        sleep 0.2
+        for pid in $(pgrep -f "$work/bin/unionfuse" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+    fi
     unmount_matching "$work/"
-    if mountpoint -q "$fsroot" 2>/dev/null; then
-        umount "$fsroot" 2>/dev/null || umount -l "$fsroot"
+    if mountpoint -q "$fs" 2>/dev/null; then
+        umount "$fs" 2>/dev/null || { sleep 1 && umount "$fs"; } || umount -l "$fs"
     fi
     [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
     rm -rf --one-file-system "$work"
@@ -77,317 +145,613 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------
-# Backing filesystem
+# The image: a journaled ext4 loop device holding every layer.
 # ---------------------------------------------------------------------------
-mkdir -p "$fsroot"
-# Room for the big file and its copy-up, the small files (a block each,
-# plus what the write workloads copy or unpack), and slack.
-img_mb=$((2 * BIG_MB + (FILES * 4 + BIGDIR + TAR_FILES * 12) / 1024 + 1024))
-inodes=$((FILES + DIRS + BIGDIR + 3 * TAR_FILES + 50000))
-backing=
-if [ "${BENCH_TMPFS:-0}" != 1 ]; then
-    if truncate -s "${img_mb}M" "$work/disk.img" &&
-        mkfs.ext4 -q -F -N "$inodes" -E lazy_itable_init=0,lazy_journal_init=0 "$work/disk.img" &&
-        loopdev=$(losetup -f --show --direct-io=on "$work/disk.img" 2>/dev/null ||
-            losetup -f --show "$work/disk.img") &&
-        mount -t ext4 "$loopdev" "$fsroot"; then
-        backing="journaled ext4 on $loopdev (${img_mb} MiB sparse image in /tmp)"
-    else
-        say "ext4 loop image failed; falling back to tmpfs"
-        [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
-        loopdev=
-        rm -f "$work/disk.img"
-    fi
-fi
-if [ -z "$backing" ]; then
-    mount -t tmpfs -o "size=${img_mb}m,nr_inodes=$((inodes * 2))" tmpfs "$fsroot"
-    backing="tmpfs (${img_mb} MiB; page cache only, so 'cold' figures are not disk-cold)"
-fi
+img_mb=$((2 * BIG_MB + 4 * LARGE_MB + 4 * FIO_MB + (FILES + BIGDIR + 3 * GITN + 3 * TARN + IMAGEN) * 12 / 1024 + 1024))
+inodes=$((3 * (FILES + DIRS + SYMLINKS + BIGDIR + 2 * GITN + IMAGEN) + 4 * TARN + 100000))
+mkdir -p "$fs"
+truncate -s "${img_mb}M" "$work/disk.img"
+mkfs.ext4 -q -F -N "$inodes" -E lazy_itable_init=0,lazy_journal_init=0 "$work/disk.img"
+loopdev=$(losetup -f --show --direct-io=on "$work/disk.img" 2>/dev/null || losetup -f --show "$work/disk.img")
+mount -t ext4 "$loopdev" "$fs"
+chmod 755 "$fs"
+L1=$fs/l1 L2=$fs/l2 L3=$fs/l3
+U0=$fs/upper0 NATIVE=$fs/native
+mkdir -p "$L1" "$L2" "$L3" "$U0" "$work/bin" "$work/lists" "$work/home"
 
-L1=$fsroot/lower1
-L2=$fsroot/lower2
-mkdir -p "$L1" "$L2"
-
-echo "==> generating layers: $FILES files in $DIRS dirs, a $BIGDIR-entry dir, a $BIG_MB MiB file"
-t0=$(date +%s%N)
-# Files alternate between the lowers (1 in 3 in the top one), so most
-# directories exist in both and are merged; the big dir is split in half.
+t0=$SECONDS
+echo "==> generating the image ($FILES files, $BIGDIR-entry merged dir, $BIG_MB MiB file) on $loopdev" >&2
+# The tree: files in DIRS directories under 50 top directories, 1 in 3 in
+# the top lower and the rest in the second (so most directories are
+# merged), symlinks beside them; the upper holds new versions of 1% of
+# them, whiteouts of 0.5% and 1% new files. big/ is split over the three
+# lowers. Contents and times come from a fixed seed.
 perl -e '
-    my ($l1, $l2, $files, $dirs, $big) = @ARGV;
+    use strict; use warnings;
+    my ($l1, $l2, $l3, $u, $files, $dirs, $links, $big, $image, $cc) = @ARGV;
+    srand(42);
     my %made;
+    sub mkp { my $d = shift; return if $made{$d}; my $p = "";
+        for (split m{/}, $d) { $p .= "$_/"; mkdir $p } $made{$d} = 1 }
+    sub put { my ($f, $s) = @_; open(my $h, ">", $f) or die "$f: $!"; print $h $s; close $h }
+    my $t = 1600000000;
     for my $i (0 .. $files - 1) {
         my $j = $i % $dirs;
+        my $rel = "tree/t" . ($j % 50) . "/d$j";
         my $top = ($i % 3 == 0) ? $l1 : $l2;
-        my $t = int($j / 100);
-        my $d = "$top/t$t/d$j";
-        unless ($made{$d}) {
-            mkdir "$top/t$t"; mkdir $d or die "mkdir $d: $!"; $made{$d} = 1;
+        mkp("$top/$rel");
+        put("$top/$rel/f$i", "file $i\n" x (1 + int(rand(40))));
+        utime($t - int(rand(1e7)), $t - int(rand(1e7)), "$top/$rel/f$i");
+        if ($i % 100 == 1) { mkp("$u/$rel"); put("$u/$rel/f$i", "upper $i\n") }
+        elsif ($i % 200 == 2) { mkp("$u/$rel"); system("mknod", "$u/$rel/f$i", "c", "0", "0") == 0 or die }
+        elsif ($i % 100 == 3) { mkp("$u/$rel"); put("$u/$rel/n$i", "new $i\n") }
+    }
+    for my $s (0 .. $links - 1) {
+        my $j = ($s * 7) % $dirs;
+        my $rel = "tree/t" . ($j % 50) . "/d$j";
+        mkp("$l1/$rel");
+        symlink("f" . ($j + $dirs * int(rand(int($files / $dirs)))), "$l1/$rel/s$s") or die;
+    }
+    for my $top ($l1, $l2, $l3) { mkp("$top/big") }
+    for my $i (0 .. $big - 1) { put((($l1, $l2, $l3)[$i % 3]) . "/big/e$i", "") }
+    # A container image: small files to read, binaries to run.
+    for my $i (0 .. $image - 1) {
+        my $d = "$l3/image/usr/share/p" . int($i / 100);
+        mkp($d);
+        put("$d/r$i", "resource $i\n" x (1 + int(rand(200))));
+    }
+    # A C project.
+    mkp("$l3/proj");
+    put("$l3/proj/common.h", "int unit_sum(int);\n" . join("", map { "int unit$_(int);\n" } 0 .. $cc - 1));
+    for my $k (0 .. $cc - 1) {
+        my $s = "#include \"common.h\"\n";
+        for my $f (0 .. 39) {
+            $s .= "static int g${f}(int x) { int a = x; for (int i = 0; i < x; i++) { a = a * 31 + i % (" . (3 + $f) . "); if (a & 1) a ^= i << 3; } return a; }\n";
         }
-        open(my $fh, ">", "$d/f$i") or die "create $d/f$i: $!";
-        print $fh "file $i\n";
-        close($fh);
+        $s .= "int unit$k(int x) { return " . join(" + ", map { "g$_(x + $_)" } 0 .. 39) . "; }\n";
+        put("$l3/proj/u$k.c", $s);
     }
-    mkdir "$l1/big"; mkdir "$l2/big";
-    for my $i (0 .. $big - 1) {
-        my $top = ($i % 2 == 0) ? $l1 : $l2;
-        open(my $fh, ">", "$top/big/e$i") or die "create e$i: $!";
-        close($fh);
-    }
-' "$L1" "$L2" "$FILES" "$DIRS" "$BIGDIR"
-dd if=/dev/urandom of="$L2/bigfile" bs=1M count="$BIG_MB" status=none
-# A tarball to unpack onto each mount (create-heavy, like `docker build`).
-mkdir -p "$work/tarsrc"
-perl -e '
-    my ($root, $n) = @ARGV;
-    for my $i (0 .. $n - 1) {
-        my $d = "$root/p" . int($i / 100);
-        mkdir $d;
-        open(my $fh, ">", "$d/s$i.c") or die "create: $!";
-        print $fh "int f$i(void) { return $i; }\n";
-        close($fh);
-    }
-' "$work/tarsrc" "$TAR_FILES"
-tar -C "$work/tarsrc" -cf "$work/src.tar" .
-rm -rf "$work/tarsrc"
-sync
-echo "    took $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    put("$l3/proj/main.c", "#include \"common.h\"\nint main(void) { int s = 0;\n" .
+        join("", map { " s += unit$_($_);\n" } 0 .. $cc - 1) . " return s == 42; }\n");
+    put("$l3/proj/Makefile", "SRCS := \$(wildcard *.c)\nOBJS := \$(SRCS:.c=.o)\napp: \$(OBJS)\n\t\$(CC) -o \$@ \$(OBJS)\n%.o: %.c common.h\n\t\$(CC) -O2 -c -o \$@ \$<\nclean:\n\trm -f app *.o\n");
+' "$L1" "$L2" "$L3" "$U0" "$FILES" "$DIRS" "$SYMLINKS" "$BIGDIR" "$IMAGEN" "$CCN"
+mkdir -p "$L3/image/bin"
+bins=(true ls cat env id uname date echo sort head tail wc basename dirname stat touch mkdir rm cp mv)
+for b in "${bins[@]:0:BINS}"; do cp "$(type -P "$b")" "$L3/image/bin/$b"; done
+# The big file (seeded, so the same bytes every run) and the large one.
+perl -e 'srand(7); my $n = $ARGV[0] << 20; my $b = join("", map { chr(int(rand(256))) } 1 .. 65536);
+    for (my $o = 0; $o < $n; $o += 65536) { print substr($b, ($o >> 16) % 4096, 65536 - ($o >> 16) % 4096), substr($b, 0, ($o >> 16) % 4096) }' \
+    "$BIG_MB" >"$L2/bigfile"
+head -c "$((LARGE_MB << 20))" "$L2/bigfile" >"$L1/large.bin"
+if [ "$have_git" = 1 ]; then
+    # A git checkout in the bottom lower: 50 files a directory.
+    perl -e 'srand(3); my ($r, $n) = @ARGV;
+        mkdir $r; mkdir "$r/src";
+        for my $i (0 .. $n - 1) { my $d = "$r/src/m" . int($i / 50); mkdir $d;
+            open(my $h, ">", "$d/f$i.c") or die; print $h "/* $i */\nint f$i(void) { return " . int(rand(1e6)) . "; }\n" x (1 + int(rand(30))); close $h }' \
+        "$L3/repo" "$GITN"
+    (
+        cd "$L3/repo"
+        export GIT_AUTHOR_DATE=@1600000000 GIT_COMMITTER_DATE=@1600000000 HOME=$work/home GIT_CONFIG_NOSYSTEM=1
+        git init -q -b main . && git add -A &&
+            git -c user.name=bench -c user.email=bench@localhost commit -q -m "generated checkout"
+    )
+fi
+# The tarball: files with their own owners, modes and times.
+perl -e 'srand(5); my ($r, $n) = @ARGV; my @modes = (0644, 0600, 0755, 0640, 0444); mkdir $r;
+    for my $i (0 .. $n - 1) { my $d = "$r/p" . int($i / 100); mkdir $d;
+        open(my $h, ">", "$d/s$i.c") or die; print $h "int s$i(void) { return $i; }\n" x (1 + int(rand(20))); close $h;
+        chown(1000 + $i % 7, 100 + $i % 5, "$d/s$i.c"); chmod($modes[$i % 5], "$d/s$i.c");
+        utime(1500000000 + $i, 1500000000 + int(rand(1e8)), "$d/s$i.c") }' "$fs/tarsrc" "$TARN"
+tar --numeric-owner -C "$fs/tarsrc" -cf "$fs/src.tar" .
+rm -rf "$fs/tarsrc"
+chmod 644 "$fs/src.tar"
+# The unprivileged column mounts the same layers, as its own: rootless
+# container storage belongs to the user who runs it.
+ensure_system_user "$user"
+chown -R "$user:" "$L1" "$L2" "$L3" "$U0"
+# Native: the merged view, copied once onto the same filesystem.
+mkdir -p "$work/mnt/gen"
+mount -t overlay overlay -o "lowerdir=$U0:$L1:$L2:$L3" "$work/mnt/gen"
+cp -a "$work/mnt/gen" "$NATIVE"
+umount "$work/mnt/gen"
+(cd "$NATIVE" && find . -mindepth 1 ! -path './proj/*.o' | sed 's|^\./||') >"$work/lists/all"
+(cd "$NATIVE" && find image/usr -type f) >"$work/lists/image"
+chmod -R a+rX "$work/lists" "$work/home"
+sync -f "$fs"
+echo "    took $((SECONDS - t0)) s; $(wc -l <"$work/lists/all") entries in the merged tree" >&2
 
 # ---------------------------------------------------------------------------
-# Mounting each candidate
+# Columns
 # ---------------------------------------------------------------------------
-MNT=$work/mnt
-mkdir -p "$MNT"
+cols=(native kernel)
+[ "$have_fov" = 1 ] && cols+=(fov)
+cols+=(uf)
+declare -A cname=([native]="native ext4" [kernel]="kernel overlayfs" [fov]="fuse-overlayfs"
+    [uf]="unionfuse (root)" [ufu]="unionfuse (user)")
 
-# fresh_upper NAME: an empty upper and work dir on the backing filesystem.
-fresh_upper() {
-    rm -rf "$fsroot/upper-$1" "$fsroot/work-$1"
-    mkdir -p "$fsroot/upper-$1" "$fsroot/work-$1"
-    export UP=$fsroot/upper-$1 WK=$fsroot/work-$1
-}
+cp bench/helper.sh "$work/bin/helper.sh"
+install -m 755 "$UF" "$work/bin/unionfuse"
+chmod 755 "$work/bin/helper.sh"
+export L1 L2 L3 BENCH_GIT_HOME=$work/home
+H=$work/bin/helper.sh
 
-do_mount() {
-    case $1 in
-    kernel)
-        mount -t overlay overlay -o "lowerdir=$L1:$L2,upperdir=$UP,workdir=$WK" "$MNT"
-        ;;
-    unionfuse)
-        "$UF" mount --lower "$L1" --lower "$L2" --upper "$UP" --work "$WK" "$MNT"
-        ;;
-    fuse-overlayfs)
-        fuse-overlayfs -o "lowerdir=$L1:$L2,upperdir=$UP,workdir=$WK" "$MNT"
-        # fuse-overlayfs may return before it serves; wait for the mount.
-        local n=0
-        until mountpoint -q "$MNT" || [ $n -ge 100 ]; do
-            sleep 0.05
-            n=$((n + 1))
-        done
-        ;;
-    esac
-}
-
-do_umount() {
-    case $1 in
-    kernel) umount "$MNT" ;;
-    unionfuse) "$UF" umount "$MNT" ;;
-    fuse-overlayfs) fusermount3 -u "$MNT" ;;
-    esac
-}
-
-drop_caches() {
-    sync
-    echo 3 >/proc/sys/vm/drop_caches
-}
-
-# Results: R[op|candidate] = figure (a number, or a word when it failed).
-declare -A R
-
-# timed OUTVAR CMD...: runs CMD with the timeout; stores seconds (3 decimals)
-# or "fail"/"timeout".
-timed() {
-    local __var=$1 t0 t1 rc=0
-    shift
-    t0=$(date +%s%N)
-    timeout --kill-after=10 "$TMO" "$@" >/dev/null 2>"$work/err" || rc=$?
-    t1=$(date +%s%N)
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        printf -v "$__var" timeout
-    elif [ "$rc" -ne 0 ]; then
-        say "failed ($rc): $* : $(head -c 300 "$work/err")"
-        printf -v "$__var" fail
+# The unprivileged column: a private mount namespace, kept by a holder
+# process, where a 0666 node of the FUSE device covers /dev/fuse (the
+# host's stays as it is); commands enter it with nsenter as $user.
+uenv=()
+if [ "$NO_USER" = 1 ]; then
+    note "unionfuse (user) column skipped (--no-user)"
+else
+    uid=$(id -u "$user") gid=$(id -g "$user")
+    mkdir -m 755 "$work/nsdev"
+    mkdir -m 700 "$work/uhome"
+    chown "$user:" "$work/uhome"
+    fusedev=$(stat -c '%Hr %Lr' /dev/fuse)
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --propagation private -- bash -c '
+        mount -t tmpfs -o mode=755,size=64k tmpfs "$1" &&
+        mknod -m 666 "$1/fuse" c $2 &&
+        mount --bind "$1/fuse" /dev/fuse &&
+        touch "$1/ready" && exec sleep infinity' holder "$work/nsdev" "$fusedev" &
+    nspid=$!
+    for _ in $(seq 100); do
+        nsenter -t "$nspid" -m test -e "$work/nsdev/ready" 2>/dev/null && break
+        sleep 0.05
+    done
+    uenv=(PATH="$PATH" HOME="$work/uhome" TMPDIR="$work/uhome" LANG=C.UTF-8 USER="$user"
+        L1="$L1" L2="$L2" L3="$L3" UFBIN="$work/bin/unionfuse" BENCH_GIT_HOME="$work/uhome")
+    if nsenter -t "$nspid" -m test -e "$work/nsdev/ready" 2>/dev/null &&
+        nsenter -t "$nspid" -m -- setpriv --reuid="$uid" --regid="$gid" --clear-groups -- \
+            env -i "${uenv[@]}" test -r /dev/fuse -a -w /dev/fuse; then
+        cols+=(ufu)
     else
-        printf -v "$__var" '%d.%03d' $(((t1 - t0) / 1000000000)) $((((t1 - t0) / 1000000) % 1000))
+        note "unionfuse (user) column skipped: could not set up the private namespace with a 0666 /dev/fuse"
+    fi
+fi
+
+# prefix COL: sets PFX to what runs a command as that column runs things.
+prefix() {
+    if [ "$1" = ufu ]; then
+        PFX=(nsenter -t "$nspid" -m -- setpriv --reuid="$uid" --regid="$gid" --clear-groups --
+            env -i "${uenv[@]}")
+    else
+        PFX=(env UFBIN="$UF")
     fi
 }
-
-
-# fio_iops FILE: random 4k read IOPS (or a word).
-fio_iops() {
-    local out
-    if ! out=$(timeout --kill-after=10 "$((FIO_SECS + 60))" fio --name=r --rw=randread --bs=4k \
-        --size="${BIG_MB}M" --runtime="$FIO_SECS" --time_based --ioengine=psync \
-        --numjobs=2 --group_reporting --readonly --minimal --filename="$1" 2>"$work/err"); then
-        say "fio failed: $(head -c 300 "$work/err")"
-        echo fail
-        return
-    fi
-    printf '%s\n' "$out" | tail -n1 | cut -d';' -f8
+# run_in COL CMD...: runs CMD as that column runs things.
+run_in() {
+    local PFX
+    prefix "$1"
+    shift
+    "${PFX[@]}" "$@"
 }
 
-# measure NAME ROOT...: the read workloads over ROOT (one or more dirs that
-# together make the tree: the two lowers for "native", else the mount).
+# ---------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------
+rows=(find_warm find_drop2 lstat_warm lstat_fresh lstat_drop3 lsf_warm lsf_fresh lsl_warm lsl_fresh
+    tar_warm tar_cold)
+[ "$have_git" = 1 ] && rows+=(git_warm git_fresh)
+rows+=(untar rm_untar rm_lower dd_cold dd_warm)
+[ "$have_fio" = 1 ] && rows+=(fio_read fio_write)
+[ "$have_cc" = 1 ] && rows+=(build)
+rows+=(meta mount_ls container cycles)
+tar_dirs=(tree/t0 tree/t1 tree/t2 tree/t3 tree/t4 tree/t5 tree/t6 tree/t7 tree/t8)
+tarn=$(grep -cE '^tree/t[0-8]/d[0-9]+/[fn][0-9]+$' "$work/lists/all" || true)
+rmn=$(grep -cE '^tree/t49/' "$work/lists/all" || true)
+alln=$(wc -l <"$work/lists/all")
+declare -A label=(
+    [find_warm]="find -type f, warm"
+    [find_drop2]="find -type f, dentries+inodes dropped"
+    [lstat_warm]="lstat $alln entries, warm"
+    [lstat_fresh]="lstat $alln entries, fresh mount"
+    [lstat_drop3]="lstat $alln entries, caches dropped"
+    [lsf_warm]="ls -f $BIGDIR-entry dir, warm"
+    [lsf_fresh]="ls -f $BIGDIR-entry dir, fresh mount"
+    [lsl_warm]="ls -l $BIGDIR-entry dir, warm"
+    [lsl_fresh]="ls -l $BIGDIR-entry dir, fresh mount"
+    [tar_warm]="tar cf - $tarn files, warm"
+    [tar_cold]="tar cf - $tarn files, caches dropped"
+    [git_warm]="git status $GITN files, warm"
+    [git_fresh]="git status $GITN files, fresh mount"
+    [untar]="tar xf $TARN files (+ syncfs)"
+    [rm_untar]="rm -rf the $TARN files (+ syncfs)"
+    [rm_lower]="rm -rf lower tree, $rmn entries (+ syncfs)"
+    [dd_cold]="dd $BIG_MB MiB lower file, cold"
+    [dd_warm]="dd $BIG_MB MiB lower file, warm"
+    [fio_read]="fio 4k randread $FIO_MB MiB of lower file, cold"
+    [fio_write]="fio 4k randwrite $FIO_MB MiB + fsync, new file"
+    [build]="make -j2, $CCN C files in a lower"
+    [meta]="chmod + touch $LARGE_MB MiB lower file (+ syncfs)"
+    [mount_ls]="mount in background, poll, first ls"
+    [container]="container start: mount, read $IMAGEN files, run $BINS bins"
+    [cycles]="$CYCLES x mount/run/unmount throwaway root"
+)
+# Rows that need a mount: nothing to measure natively.
+declare -A no_native=([lstat_fresh]=1 [lsf_fresh]=1 [lsl_fresh]=1 [git_fresh]=1 [mount_ls]=1 [cycles]=1)
+
+declare -A R ST
+cur_col= cur_mnt= cur_up= cur_wk= mounted=0
+
+drop() {
+    sync -f "$fs"
+    echo "$1" >/proc/sys/vm/drop_caches
+}
+
+hmount() { run_in "$cur_col" "$H" mount "$cur_col" "$cur_mnt" "$cur_up" "$cur_wk" && mounted=1; }
+humount() {
+    [ "$mounted" = 1 ] || return 0
+    mounted=0
+    run_in "$cur_col" "$H" umount "$cur_col" "$cur_mnt"
+}
+remount() { humount && hmount; }
+
+# stats_sample: "op count" lines of the current unionfuse mount, or nothing.
+stats_sample() {
+    case $cur_col in uf | ufu) ;; *) return 0 ;; esac
+    [ "$mounted" = 1 ] || return 0
+    local bin=$UF
+    [ "$cur_col" = ufu ] && bin=$work/bin/unionfuse
+    run_in "$cur_col" "$bin" stats --json "$cur_mnt" 2>/dev/null |
+        grep -o '"op":"[a-z_]*","count":[0-9]*' | sed 's/"op":"\([a-z_]*\)","count":\([0-9]*\)/\1 \2/' || true
+}
+# stats_delta BEFORE AFTER: "op N, op N, ..." by count, largest first.
+stats_delta() {
+    awk 'NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d > 0) print d, $1 }' \
+        <(printf '%s\n' "$1") <(printf '%s\n' "$2") |
+        sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 } END { if (NR == 0) printf "none" }'
+}
+
+# measure ROW CMD...: the timed command of ROW for the current column, run
+# through the helper; keeps the seconds (or "fail") and the FUSE requests.
 measure() {
-    local name=$1 v
+    local row=$1 v before after
     shift
-    local -a roots=("$@") bigdirs=()
-    local r bigfile
-    for r in "${roots[@]}"; do bigdirs+=("$r/big"); done
-    if [ "$name" = native ]; then bigfile=$L2/bigfile; else bigfile=${roots[0]}/bigfile; fi
-
-    echo "    $name: tree walk (cold, warm)"
-    drop_caches
-    timed v find "${roots[@]}" -printf '%s\n'
-    R["walk_cold|$name"]=$v
-    timed v find "${roots[@]}" -printf '%s\n'
-    R["walk_warm|$name"]=$v
-
-    echo "    $name: big readdir (cold, warm)"
-    drop_caches
-    timed v ls -f "${bigdirs[@]}"
-    R["readdir_cold|$name"]=$v
-    timed v ls -f "${bigdirs[@]}"
-    R["readdir_warm|$name"]=$v
-
-    echo "    $name: sequential read of $BIG_MB MiB (cold)"
-    drop_caches
-    timed v dd if="$bigfile" of=/dev/null bs=1M status=none
-    if [[ $v =~ ^[0-9.]+$ ]]; then
-        R["seq_mbs|$name"]=$(awk -v s="$v" -v m="$BIG_MB" 'BEGIN { printf "%.0f", m / s }')
+    before=$(stats_sample)
+    local PFX
+    prefix "$cur_col"
+    if v=$(timeout --kill-after=10 "$TMO" "${PFX[@]}" "$@" 2>"$work/err") && [[ $v =~ ^[0-9.]+$ ]]; then
+        R["$row|$cur_col|$rep"]=$v
     else
-        R["seq_mbs|$name"]=$v
+        echo >&2
+        say "$row, ${cname[$cur_col]}: failed: $(head -c 300 "$work/err")"
+        R["$row|$cur_col|$rep"]=fail
+        v=fail
     fi
-
-    if [ "$have_fio" = 1 ]; then
-        echo "    $name: fio random 4k read, $FIO_SECS s, 2 jobs"
-        drop_caches
-        R["fio_iops|$name"]=$(fio_iops "$bigfile")
-    fi
+    case $cur_col in
+    uf | ufu)
+        case $row in
+        mount_ls | container)
+            # Sampled from the mount the row made, if it is there.
+            before=
+            if run_in "$cur_col" mountpoint -q "$cur_mnt"; then mounted=1; fi
+            ;;
+        esac
+        if [ "$row" = cycles ]; then
+            ST["$row|$cur_col"]="(a mount per cycle)"
+        else
+            after=$(stats_sample)
+            ST["$row|$cur_col"]=$(stats_delta "$before" "$after")
+        fi
+        ;;
+    esac
+    printf ' %s' "$v" >&2
 }
 
-# measure_writes NAME: the write workloads on the mount (a fresh upper).
-# t0, t1 and t2 are distinct lower subtrees of about FILES/50 files each.
-measure_writes() {
-    local name=$1 v
-    echo "    $name: unpack a $TAR_FILES-file tarball"
-    drop_caches
-    timed v sh -c "mkdir '$MNT/untar' && tar -C '$MNT/untar' -xf '$work/src.tar' && sync -f '$MNT/untar'"
-    R["untar|$name"]=$v
-    echo "    $name: chmod every file of a lower subtree (metadata copy-up)"
-    drop_caches
-    timed v find "$MNT/t0" -type f -exec chmod 600 {} +
-    R["chmod_tree|$name"]=$v
-    echo "    $name: rm -rf a lower subtree (whiteouts)"
-    drop_caches
-    timed v rm -rf "$MNT/t1"
-    R["rm_tree|$name"]=$v
-    echo "    $name: mv a lower subtree"
-    drop_caches
-    timed v mv "$MNT/t2" "$MNT/t2.moved"
-    R["mv_tree|$name"]=$v
-    echo "    $name: append a byte to the $BIG_MB MiB lower file (copy-up)"
-    drop_caches
-    timed v sh -c "echo x >> '$MNT/bigfile'"
-    R["copyup_big|$name"]=$v
+# t CMD...: CMD timed in the current column.
+t() { measure "$row" "$H" time "$@"; }
+# w CMD...: CMD untimed (warming, setup) in the current column.
+w() { run_in "$cur_col" "$@" >/dev/null 2>&1 || true; }
+
+# run_row ROW ROOT: sets up and measures one row.
+run_row() {
+    row=$1
+    local root=$2 nat=0
+    [ "$cur_col" = native ] && nat=1
+    if [ "$nat" = 1 ] && [ -n "${no_native[$row]:-}" ]; then
+        R["$row|native|$rep"]=n/a
+        printf ' n/a' >&2
+        return 0
+    fi
+    case $row in
+    find_warm) w find "$root" -type f && t find "$root" -type f ;;
+    find_drop2) drop 2 && t find "$root" -type f ;;
+    lstat_warm) w "$H" lstat-all "$root" "$work/lists/all" && t "$H" lstat-all "$root" "$work/lists/all" ;;
+    lstat_fresh) remount && t "$H" lstat-all "$root" "$work/lists/all" ;;
+    lstat_drop3) drop 3 && t "$H" lstat-all "$root" "$work/lists/all" ;;
+    lsf_warm) w ls -f "$root/big" && t ls -f "$root/big" ;;
+    lsf_fresh) remount && t ls -f "$root/big" ;;
+    lsl_warm) w ls -l "$root/big" && t ls -l "$root/big" ;;
+    lsl_fresh) remount && t ls -l "$root/big" ;;
+    tar_warm)
+        w sh -c "tar -C '$root' -cf - ${tar_dirs[*]} | wc -c"
+        t sh -c "tar -C '$root' -cf - ${tar_dirs[*]} | wc -c"
+        ;;
+    tar_cold) drop 3 && t sh -c "tar -C '$root' -cf - ${tar_dirs[*]} | wc -c" ;;
+    git_warm) w "$H" git-status "$root/repo" && t "$H" git-status "$root/repo" ;;
+    git_fresh) remount && t "$H" git-status "$root/repo" ;;
+    untar) w mkdir -p "$root/untar" && t sh -c "tar -C '$root/untar' -xf '$fs/src.tar' && sync -f '$fs'" ;;
+    rm_untar) t sh -c "rm -rf '$root/untar' && sync -f '$fs'" ;;
+    rm_lower)
+        if [ "$nat" = 1 ]; then cp -a "$root/tree/t49" "$root/tree/t49.keep"; fi
+        w find "$root/tree/t49"
+        sync -f "$fs"
+        t sh -c "rm -rf '$root/tree/t49' && sync -f '$fs'"
+        if [ "$nat" = 1 ]; then mv "$root/tree/t49.keep" "$root/tree/t49"; fi
+        ;;
+    dd_cold) drop 3 && t dd if="$root/bigfile" of=/dev/null bs=1M status=none ;;
+    dd_warm) t dd if="$root/bigfile" of=/dev/null bs=1M status=none ;;
+    fio_read)
+        drop 3
+        t fio --name=randread --filename="$root/bigfile" --readonly --rw=randread --bs=4k \
+            --ioengine=psync --size="${BIG_MB}M" --io_size="${FIO_MB}M" --randseed=42 --minimal
+        ;;
+    fio_write)
+        w fio --name=layout --filename="$root/fio.dat" --size="${FIO_MB}M" --create_only=1 --minimal
+        sync -f "$fs"
+        t fio --name=randwrite --filename="$root/fio.dat" --rw=randwrite --bs=4k --ioengine=psync \
+            --size="${FIO_MB}M" --io_size="${FIO_MB}M" --randseed=42 --end_fsync=1 --minimal
+        ;;
+    build) t make -C "$root/proj" -j2 -s ;;
+    meta) t sh -c "chmod 600 '$root/large.bin' && touch '$root/large.bin' && sync -f '$fs'" ;;
+    mount_ls) humount && measure "$row" "$H" mount-ls "$cur_col" "$cur_mnt" "$cur_up" "$cur_wk" && mounted=1 ;;
+    container)
+        if [ "$nat" = 0 ]; then humount; fi
+        # Hot in the host's page cache: read through the lower itself (and
+        # the native copy).
+        (cd "$L3" && xargs -a "$work/lists/image" cat >/dev/null && cat image/bin/* >/dev/null)
+        (cd "$NATIVE" && xargs -a "$work/lists/image" cat >/dev/null && cat image/bin/* >/dev/null)
+        measure "$row" "$H" container "$cur_col" "$root" "$cur_up" "$cur_wk" "$work/lists/image"
+        [ "$nat" = 1 ] || mounted=1
+        ;;
+    cycles)
+        humount
+        local cdir=$fs/cycles-$cur_col
+        rm -rf "$cdir" && mkdir -p "$cdir"
+        [ "$cur_col" != ufu ] || chown "$user:" "$cdir"
+        measure "$row" "$H" cycles "$cur_col" "$cur_mnt" "$cdir" "$CYCLES"
+        rm -rf "$cdir"
+        ;;
+    esac
 }
 
-# cycles NAME: mean milliseconds per mount + unmount over CYCLES cycles.
-cycles() {
-    local name=$1 t0 t1
-    t0=$(date +%s%N)
-    # shellcheck disable=SC2016 # expanded by the child bash
-    if timeout "$TMO" bash -c 'for ((i = 0; i < $2; i++)); do
-            do_mount "$1" && do_umount "$1" || { echo "cycle $i failed" >&2; exit 1; }
-        done' _ "$name" "$CYCLES" >/dev/null 2>"$work/err"; then
-        t1=$(date +%s%N)
-        R["cycle_ms|$name"]=$(((t1 - t0) / 1000000 / CYCLES))
+# One repetition of every row for one column, on a fresh copy of the upper.
+run_column() {
+    cur_col=$1
+    cur_mnt=$work/mnt/$cur_col cur_up=$fs/up-$cur_col cur_wk=$fs/wk-$cur_col
+    local root=$cur_mnt
+    local col_t0=$SECONDS
+    printf '    %-18s' "${cname[$cur_col]}:" >&2
+    mkdir -p "$cur_mnt"
+    if [ "$cur_col" = native ]; then
+        root=$NATIVE
+        make -C "$NATIVE/proj" -s clean >/dev/null 2>&1 || true
+        chmod 644 "$NATIVE/large.bin"
+        rm -rf "$NATIVE/fio.dat" "$NATIVE/untar"
     else
-        say "$name mount/unmount cycles failed: $(head -c 300 "$work/err")"
-        unmount_matching "$MNT"
-        R["cycle_ms|$name"]=fail
+        rm -rf "$cur_up" "$cur_wk"
+        cp -a "$U0" "$cur_up"
+        mkdir "$cur_wk"
+        if [ "$cur_col" = ufu ]; then chown "$user:" "$cur_mnt" "$cur_wk"; fi
+        sync -f "$fs"
+        if ! hmount 2>"$work/err"; then
+            say "${cname[$cur_col]}: mount failed: $(head -c 300 "$work/err")"
+            for row in "${rows[@]}"; do R["$row|$cur_col|$rep"]=fail; done
+            return 0
+        fi
     fi
+    for row in "${rows[@]}"; do
+        if ! run_row "$row" "$root"; then
+            say "$row, ${cname[$cur_col]}: setup failed"
+            [ -n "${R["$row|$cur_col|$rep"]:-}" ] || R["$row|$cur_col|$rep"]=fail
+            # A mount lost on the way is brought back for the next rows.
+            if [ "$cur_col" != native ] && ! run_in "$cur_col" mountpoint -q "$cur_mnt"; then
+                mounted=0
+                hmount || true
+            fi
+        fi
+    done
+    if [ "$cur_col" != native ]; then
+        humount || { say "${cname[$cur_col]}: unmount failed" && unmount_matching "$cur_mnt"; }
+        rm -rf "$cur_up" "$cur_wk"
+    fi
+    echo "  [$((SECONDS - col_t0)) s]" >&2
 }
 
-# Mounting runs under `timeout`, in a child bash: hand it what it needs.
-export -f do_mount do_umount
-export L1 L2 MNT UF
-
-candidates=(kernel unionfuse)
-[ "$have_fov" = 1 ] && candidates+=(fuse-overlayfs)
-
+echo "==> columns: $(for c in "${cols[@]}"; do printf '%s; ' "${cname[$c]}"; done)" >&2
+echo "==> rows, in order: ${rows[*]}" >&2
 bench_start=$SECONDS
-echo "==> backing filesystem: $backing"
-echo "==> native (the lower directories directly)"
-measure native "$L1" "$L2"
-
-for c in "${candidates[@]}"; do
-    echo "==> $c"
-    fresh_upper "$c"
-    # shellcheck disable=SC2016 # expanded by the child bash
-    if ! timeout 60 bash -c 'do_mount "$1"' _ "$c" 2>"$work/err"; then
-        say "$c: mount failed: $(head -c 300 "$work/err")"
-        unmount_matching "$MNT"
-        continue
-    fi
-    measure "$c" "$MNT"
-    measure_writes "$c"
-    do_umount "$c" || unmount_matching "$MNT"
-    echo "    $c: $CYCLES mount/unmount cycles"
-    fresh_upper "$c"
-    cycles "$c"
+for ((rep = 1; rep <= REPS; rep++)); do
+    echo "==> repetition $rep of $REPS" >&2
+    for c in "${cols[@]}"; do run_column "$c"; done
 done
+bench_secs=$((SECONDS - bench_start))
 
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-ops=(walk_cold walk_warm readdir_cold readdir_warm seq_mbs)
-[ "$have_fio" = 1 ] && ops+=(fio_iops)
-ops+=(untar chmod_tree rm_tree mv_tree copyup_big cycle_ms)
-declare -A label=(
-    [walk_cold]="tree walk, cold (s)"
-    [walk_warm]="tree walk, warm (s)"
-    [readdir_cold]="ls -f big dir, cold (s)"
-    [readdir_warm]="ls -f big dir, warm (s)"
-    [seq_mbs]="seq read 1M blocks (MB/s)"
-    [fio_iops]="rand 4k read (IOPS)"
-    [untar]="untar $TAR_FILES files (s)"
-    [chmod_tree]="chmod lower subtree (s)"
-    [rm_tree]="rm -rf lower subtree (s)"
-    [mv_tree]="mv lower subtree (s)"
-    [copyup_big]="copy-up $BIG_MB MiB file (s)"
-    [cycle_ms]="mount+umount (ms/cycle)"
-)
-
-cell() { echo "${R["$1|$2"]:--}"; }
-
-echo
-echo "unionfuse benchmark: $FILES files in $DIRS dirs over 2 lowers, ${BIGDIR}-entry dir, $BIG_MB MiB file"
-echo "backing: $backing; $(nproc) cores; kernel $(uname -r)"
-[ "$have_fio" = 1 ] || echo "fio: not installed, random read skipped"
-[ "$have_fov" = 1 ] || echo "fuse-overlayfs: not installed, column empty"
-echo "ratio = unionfuse / kernel overlayfs (times: lower is better; MB/s and IOPS: higher is better)"
-echo "cold = right after drop_caches; rand 4k read is buffered (psync, page cache allowed), starting cold"
-echo
-printf '%-26s %10s %10s %10s %14s %8s\n' operation native kernel unionfuse fuse-overlayfs ratio
-printf '%-26s %10s %10s %10s %14s %8s\n' -------------------------- ---------- ---------- ---------- -------------- --------
-for op in "${ops[@]}"; do
-    k=$(cell "$op" kernel)
-    u=$(cell "$op" unionfuse)
-    ratio=-
-    if [[ $k =~ ^[0-9.]+$ && $u =~ ^[0-9.]+$ ]]; then
-        ratio=$(awk -v u="$u" -v k="$k" 'BEGIN { if (k > 0) printf "%.2f", u / k; else print "-" }')
-    fi
-    n=$(cell "$op" native)
-    case $op in cycle_ms | untar | chmod_tree | rm_tree | mv_tree | copyup_big) n=n/a ;; esac
-    printf '%-26s %10s %10s %10s %14s %8s\n' "${label[$op]}" "$n" "$k" "$u" "$(cell "$op" fuse-overlayfs)" "$ratio"
+# stat ROW COL: "median min max" over the reps, or the word when any failed.
+summary() {
+    local vals=() r v
+    for ((r = 1; r <= REPS; r++)); do
+        v=${R["$1|$2|$r"]:-}
+        [[ $v =~ ^[0-9.]+$ ]] || { echo "${v:--}"; return; }
+        vals+=("$v")
+    done
+    printf '%s\n' "${vals[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m, v[1], v[NR] }'
+}
+fmt() { awk -v v="$1" 'BEGIN { if (v < 10) printf "%.3f", v; else if (v < 100) printf "%.2f", v; else printf "%.1f", v }'; }
+declare -A MED CELL
+for row in "${rows[@]}"; do
+    for c in "${cols[@]}"; do
+        s=$(summary "$row" "$c")
+        if [[ $s == *" "* ]]; then
+            read -r m lo hi <<<"$s"
+            MED["$row|$c"]=$m
+            CELL["$row|$c"]="$(fmt "$m") ($(fmt "$lo")-$(fmt "$hi"))"
+        else
+            CELL["$row|$c"]=$s
+        fi
+    done
 done
-echo
-echo "measured in $((SECONDS - bench_start)) s (plus setup)"
+ratio() { # NUM DEN
+    local a=${MED["$1"]:-} b=${MED["$2"]:-}
+    [ -n "$a" ] && [ -n "$b" ] || { echo -; return; }
+    awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'
+}
+others=()
+for c in "${cols[@]}"; do [ "$c" = kernel ] || others+=("$c"); done
+nonnative=()
+for c in "${cols[@]}"; do [ "$c" = native ] || nonnative+=("$c"); done
+short() { case $1 in native) echo native ;; kernel) echo kernel ;; fov) echo fuse-ovl ;; uf) echo uf-root ;; ufu) echo uf-user ;; esac; }
+
+qtag=
+[ "$QUICK" = 0 ] || qtag=" --quick"
+header="unionfuse benchmark${qtag:+ (--quick)}: $FILES files in $DIRS dirs with $SYMLINKS symlinks over 2 lowers and an upper, a $BIGDIR-entry dir merged from 3 lowers"
+machine="journaled ext4 on a loop device; $(nproc) cores, kernel $(uname -r), $(date -u +%Y-%m-%d)"
+legend="seconds, median (min-max) of $REPS interleaved repetitions; ratios are of medians (above 1: slower)"
+{
+    echo
+    echo "$header"
+    echo "$machine"
+    echo "$legend"
+    for n in "${notes[@]}"; do echo "note: $n"; done
+    echo
+    printf '%-50s' workload
+    for c in "${cols[@]}"; do printf ' %-24s' "${cname[$c]}"; done
+    echo
+    for row in "${rows[@]}"; do
+        printf '%-50s' "${label[$row]}"
+        for c in "${cols[@]}"; do printf ' %-24s' "${CELL["$row|$c"]}"; done
+        echo
+    done
+    echo
+    printf '%-50s' "ratios"
+    for c in "${others[@]}"; do printf ' %16s' "$(short "$c")/kernel"; done
+    for c in "${nonnative[@]}"; do printf ' %16s' "$(short "$c")/native"; done
+    echo
+    for row in "${rows[@]}"; do
+        printf '%-50s' "${label[$row]}"
+        for c in "${others[@]}"; do printf ' %16s' "$(ratio "$row|$c" "$row|kernel")"; done
+        for c in "${nonnative[@]}"; do printf ' %16s' "$(ratio "$row|$c" "$row|native")"; done
+        echo
+    done
+    for c in uf ufu; do
+        [[ " ${cols[*]} " == *" $c "* ]] || continue
+        echo
+        echo "FUSE requests of ${cname[$c]} by opcode (repetition $REPS; what reaches the daemon):"
+        for row in "${rows[@]}"; do printf '  %-50s %s\n' "${label[$row]}" "${ST["$row|$c"]:--}"; done
+    done
+    echo
+    echo "measured in $bench_secs s; total run $((SECONDS - run_start)) s (image generation included)"
+} | tee "$work/report.txt"
+
+# Markdown
+{
+    echo "# unionfuse benchmark"
+    echo
+    echo "$header; $machine."
+    echo
+    echo "Generated by \`bench/run.sh$qtag\`; $legend."
+    for n in "${notes[@]}"; do echo "Note: $n."; done
+    echo
+    printf '| workload |'
+    for c in "${cols[@]}"; do printf ' %s |' "${cname[$c]}"; done
+    echo
+    printf '|---|'
+    for c in "${cols[@]}"; do printf -- '---:|'; done
+    echo
+    for row in "${rows[@]}"; do
+        printf '| %s |' "${label[$row]}"
+        for c in "${cols[@]}"; do printf ' %s |' "${CELL["$row|$c"]}"; done
+        echo
+    done
+    echo
+    echo "Ratios of medians (above 1: slower than the reference):"
+    echo
+    printf '| workload |'
+    for c in "${others[@]}"; do printf ' %s / kernel |' "$(short "$c")"; done
+    for c in "${nonnative[@]}"; do printf ' %s / native |' "$(short "$c")"; done
+    echo
+    printf '|---|'
+    for c in "${others[@]}" "${nonnative[@]}"; do printf -- '---:|'; done
+    echo
+    for row in "${rows[@]}"; do
+        printf '| %s |' "${label[$row]}"
+        for c in "${others[@]}"; do printf ' %s |' "$(ratio "$row|$c" "$row|kernel")"; done
+        for c in "${nonnative[@]}"; do printf ' %s |' "$(ratio "$row|$c" "$row|native")"; done
+        echo
+    done
+    echo
+    echo "![ratios to kernel overlayfs]($(basename "$SVG"))"
+    for c in uf ufu; do
+        [[ " ${cols[*]} " == *" $c "* ]] || continue
+        echo
+        echo "FUSE requests of ${cname[$c]} by opcode (repetition $REPS):"
+        echo
+        echo "| workload | requests |"
+        echo "|---|---|"
+        for row in "${rows[@]}"; do echo "| ${label[$row]} | ${ST["$row|$c"]:--} |"; done
+    done
+    echo
+    echo "Measured in $bench_secs s; total run $((SECONDS - run_start)) s."
+} >"$OUT"
+
+# SVG: ratio to kernel overlayfs of every other column, on a log scale
+# centred on 1 (bars to the left: faster than kernel overlayfs).
+{
+    for row in "${rows[@]}"; do
+        for c in "${others[@]}"; do
+            printf '%s\t%s\t%s\n' "${label[$row]}" "${cname[$c]}" "$(ratio "$row|$c" "$row|kernel")"
+        done
+    done
+} | awk -F'\t' -v title="Ratio to kernel overlayfs (log scale; left of 1: faster, right: slower)" -v sub_="$header" -v sub2="$machine" '
+    function esc(s) { gsub(/&/, "\\&amp;", s); gsub(/</, "\\&lt;", s); gsub(/>/, "\\&gt;", s); return s }
+    function x(r) { return left + (log(r) / log(2) - lo) / (hi - lo) * width }
+    BEGIN { nrows = 0; ncols = 0; mn = 0; mx = 0 }
+    {
+        if (!($1 in rowi)) { rowi[$1] = nrows; rowname[nrows++] = $1 }
+        if (!($2 in coli)) { coli[$2] = ncols; colname[ncols++] = $2 }
+        v[rowi[$1], coli[$2]] = $3
+        if ($3 ~ /^[0-9.]+$/ && $3 > 0) { l = log($3) / log(2); if (l < mn) mn = l; if (l > mx) mx = l }
+    }
+    END {
+        lo = int(mn) - 1; hi = int(mx) + 1
+        if (lo < -6) lo = -6; if (hi > 8) hi = 8; if (lo > -1) lo = -1; if (hi < 1) hi = 1
+        left = 330; width = 560; bar = 8; gap = 10
+        group = ncols * bar + gap; top = 76
+        H = top + nrows * group + 40
+        split("#7f7f7f #1f77b4 #d62728 #2ca02c #9467bd", color, " ")
+        printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"11\">\n", left + width + 30, H
+        printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+        printf "<text x=\"10\" y=\"18\" font-size=\"14\" font-weight=\"bold\">%s</text>\n", esc(title)
+        printf "<text x=\"10\" y=\"32\" font-size=\"9\">%s</text>\n", esc(sub_)
+        printf "<text x=\"10\" y=\"43\" font-size=\"9\">%s</text>\n", esc(sub2)
+        lx = 10
+        for (c = 0; c < ncols; c++) {
+            printf "<rect x=\"%d\" y=\"50\" width=\"10\" height=\"10\" fill=\"%s\"/>", lx, color[c + 1]
+            printf "<text x=\"%d\" y=\"59\">%s</text>\n", lx + 14, esc(colname[c])
+            lx += 30 + 7 * length(colname[c])
+        }
+        for (e = lo; e <= hi; e++) {
+            xx = x(2 ^ e)
+            printf "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"%s\" stroke-width=\"%s\"/>\n", xx, top - 6, xx, H - 30, (e == 0 ? "black" : "#dddddd"), (e == 0 ? 1.5 : 1)
+            printf "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", xx, H - 16, (e < 0 ? "1/" 2 ^ -e : 2 ^ e)
+        }
+        for (r = 0; r < nrows; r++) {
+            y0 = top + r * group
+            printf "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n", left - 6, y0 + ncols * bar / 2 + 4, esc(rowname[r])
+            for (c = 0; c < ncols; c++) {
+                val = v[r, c]
+                if (val !~ /^[0-9.]+$/ || val <= 0) continue
+                rv = val; if (log(rv) / log(2) < lo) rv = 2 ^ lo; if (log(rv) / log(2) > hi) rv = 2 ^ hi
+                x1 = x(1); x2 = x(rv)
+                printf "<rect x=\"%.1f\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"><title>%s, %s: %s</title></rect>\n", (x1 < x2 ? x1 : x2), y0 + c * bar, (x1 < x2 ? x2 - x1 : x1 - x2) + 0.5, bar - 1, color[c + 1], esc(rowname[r]), esc(colname[c]), val
+            }
+        }
+        print "</svg>"
+    }' >"$SVG"
+echo >&2
+echo "==> wrote $OUT and $SVG" >&2
