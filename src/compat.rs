@@ -121,7 +121,6 @@ const ACCEPTED_KEYS: &[&[u8]] = &[
     b"max_threads",
     b"redirect_dir",
     b"index",
-    b"metacopy",
     b"x-systemd.requires",
 ];
 
@@ -263,6 +262,8 @@ fn apply(c: &mut MountConfigBuilder, o: &[u8]) -> Result<(), String> {
             _ => return Err("xattr_permissions must be 0, 1 or 2".into()),
         },
         (b"volatile", None) => set(c, |c| c.volatile(true)),
+        (b"metacopy", Some(b"on")) => set(c, |c| c.metacopy(true)),
+        (b"metacopy", Some(b"off")) => set(c, |c| c.metacopy(false)),
         (b"ro", None) => set(c, |c| c.read_only(true)),
         (b"nodev", None) => set(c, |c| c.nodev(true)),
         (b"nosuid", None) => set(c, |c| c.nosuid(true)),

@@ -43,6 +43,9 @@ pub struct MountConfig {
     pub(crate) override_xattr: Option<&'static std::ffi::CStr>,
     /// fsync does not reach the disk.
     pub volatile: bool,
+    /// Attribute changes of a lower file copy its metadata only (kernel
+    /// overlayfs's `metacopy=on`).
+    pub metacopy: bool,
     /// Refuse every change, upper or not.
     pub read_only: bool,
     /// Device nodes in the mount do not work as devices.
@@ -79,6 +82,7 @@ pub struct MountConfigBuilder {
     pub(crate) cache_timeout: Duration,
     pub(crate) debug: bool,
     pub(crate) volatile: bool,
+    pub(crate) metacopy: bool,
     pub(crate) read_only: bool,
     pub(crate) nodev: bool,
     pub(crate) nosuid: bool,
@@ -102,6 +106,7 @@ impl Default for MountConfigBuilder {
             cache_timeout: DEFAULT_CACHE_TIMEOUT,
             debug: false,
             volatile: false,
+            metacopy: false,
             read_only: false,
             nodev: false,
             nosuid: false,
@@ -170,6 +175,15 @@ impl MountConfigBuilder {
     /// fsync does not reach the disk (throwaway containers).
     pub fn volatile(mut self, on: bool) -> Self {
         self.volatile = on;
+        self
+    }
+
+    /// chmod, chown, utimes and xattr changes of a lower file copy its
+    /// attributes only, leaving the data below until the first write
+    /// (kernel overlayfs's `metacopy=on`; kernel overlayfs then reads the
+    /// upper only when mounted with `metacopy=on` too).
+    pub fn metacopy(mut self, on: bool) -> Self {
+        self.metacopy = on;
         self
     }
 
@@ -343,6 +357,7 @@ impl MountConfigBuilder {
             ids,
             override_xattr,
             volatile: self.volatile,
+            metacopy: self.metacopy,
             nodev: self.nodev,
             nosuid: self.nosuid,
             allow_other: self.allow_other,

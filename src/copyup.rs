@@ -324,6 +324,71 @@ impl Tree {
         Ok(())
     }
 
+    /// Brings `inode` into the upper before a change of its attributes
+    /// (mode, owner, times, xattrs): a lower regular file with a single name
+    /// on a `--metacopy` mount gets a metadata-only copy, its data left
+    /// below until the first write, as kernel overlayfs's `metacopy=on`
+    /// does; anything else a full copy.
+    pub(crate) fn copy_up_attrs(&self, inode: &Arc<Inode>) -> Result<()> {
+        let data = match inode.place() {
+            Place::Lower(data) => data,
+            // The attributes are in the upper already.
+            Place::MetaCopy { meta: 0, .. } if self.layers.has_upper() => return Ok(()),
+            _ => return self.copy_up(inode, true),
+        };
+        if !self.metacopy || inode.kind != libc::S_IFREG {
+            return self.copy_up(inode, true);
+        }
+        let Some(loc) = inode.location()? else {
+            return Err(Error::ROFS);
+        };
+        let upper = self.upper()?;
+        let pfd = self.upper_dir(&loc.parent)?;
+        let _g = inode.copy_lock();
+        if inode.place() != Place::Lower(data) {
+            // Copied while this request waited for the lock.
+            return Ok(());
+        }
+        let src = self.object(inode)?;
+        let st = src.stat()?;
+        if st.st_nlink > 1 {
+            // Hard links go through the index, data and all.
+            drop(_g);
+            return self.copy_up(inode, true);
+        }
+        let out = match sys::open_tmpfile(pfd.as_fd(), libc::O_WRONLY, st.st_mode & 0o7777) {
+            Ok(out) => out,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) =>
+            {
+                drop(_g);
+                return self.copy_up(inode, true);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // The size without the blocks: reads go below until the data comes.
+        sys::ftruncate(out.as_fd(), st.st_size as u64)?;
+        let marker = METACOPY_XATTRS[if upper.format.trusted() { 0 } else { 1 }];
+        sys::setxattr(XTarget::Fd(out.as_fd()), marker, b"", 0)?;
+        self.copy_meta(&src, &st, XTarget::Fd(out.as_fd()), inode.st_ino)?;
+        if !self.volatile {
+            sys::fsync(out.as_fd(), false)?;
+        }
+        let pst = sys::fstat(pfd.as_fd())?;
+        sys::link_tmpfile(out.as_fd(), pfd.as_fd(), loc.name.as_cstr())?;
+        self.sync_dir(pfd.as_fd())?;
+        keep_times(pfd.as_fd(), &pst);
+        inode.relocate(Place::MetaCopy {
+            meta: 0,
+            data,
+            redirect: None,
+        });
+        Ok(())
+    }
+
     /// Gives a metadata-only copy in the upper (kernel overlayfs's
     /// metacopy) its data, in place: the data is written and synced before
     /// the metacopy marker goes, so a crash leaves either the marked copy

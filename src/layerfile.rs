@@ -213,6 +213,16 @@ fn export_entry<W: Write>(
                 }
                 links.insert((st.st_dev, st.st_ino), path.to_vec());
             }
+            if whiteout::may_be_metacopy(&st, true)
+                && whiteout::metacopy_marks(dir, name).is_some()
+            {
+                // Its data is in a lower layer, which a layer file cannot
+                // refer to: writing the sparse copy would lose it.
+                return Err(format!(
+                    "{shown}: a metadata-only copy (metacopy) whose data is in a lower layer; \
+                     write to the file through the mount first, which completes the copy"
+                ));
+            }
             let fd = sys::open_child_flags(dir, name.as_cstr(), libc::O_RDONLY)
                 .map_err(|e| err(&shown, e))?;
             let mut h = header(&st, tar::EntryType::Regular);

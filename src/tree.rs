@@ -33,6 +33,8 @@ pub struct Tree {
     pub(crate) override_xattr: Option<&'static CStr>,
     /// fsync does not reach the disk.
     pub(crate) volatile: bool,
+    /// Attribute changes of lower files copy metadata only.
+    pub(crate) metacopy: bool,
     /// New objects get their mode by chmod, not through a zero umask (an
     /// in-process mount leaves its host's umask alone).
     pub(crate) exact_modes: bool,
@@ -95,6 +97,7 @@ impl Tree {
             fds: FdCache::new(fd_budget),
             read_only: false,
             volatile: false,
+            metacopy: false,
             ids: IdMap::default(),
             override_xattr: None,
             exact_modes: false,

@@ -93,6 +93,12 @@ impl Union {
         self.tree.volatile = volatile;
     }
 
+    /// Attribute changes of lower files copy metadata only (see
+    /// [`crate::config::MountConfigBuilder::metacopy`]).
+    pub fn set_metacopy(&mut self, on: bool) {
+        self.tree.metacopy = on;
+    }
+
     /// Shows owners through `ids` (user-namespace id mapping or squashing).
     pub fn set_ids(&mut self, ids: IdMap) {
         self.tree.ids = ids;

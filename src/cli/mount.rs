@@ -79,6 +79,13 @@ pub struct MountArgs {
     #[arg(long)]
     pub volatile: bool,
 
+    /// chmod, chown, touch and xattr changes of a lower file copy its
+    /// metadata only; the data stays below until the first write (as
+    /// overlayfs's `metacopy=on`; kernel overlayfs must then be mounted with
+    /// `metacopy=on` to read the upper).
+    #[arg(long)]
+    pub metacopy: bool,
+
     /// Mount read-only even with an upper layer.
     #[arg(long)]
     pub read_only: bool,
@@ -157,6 +164,7 @@ impl MountArgs {
             .cache_timeout(Duration::from_secs(self.cache_timeout))
             .debug(self.debug)
             .volatile(self.volatile)
+            .metacopy(self.metacopy)
             .read_only(self.read_only)
             .nodev(self.nodev)
             .nosuid(self.nosuid)

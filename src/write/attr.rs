@@ -46,7 +46,10 @@ impl Union {
         if inode.is_dir() {
             self.upper_dir(&inode)?;
         } else if inode.location().is_ok() {
-            self.copy_up(&inode, a.size != Some(0))?;
+            match a.size {
+                None => self.copy_up_attrs(&inode)?,
+                Some(size) => self.copy_up(&inode, size != 0)?,
+            }
         }
         let handle_fd = fh
             .and_then(|fh| self.handles.get(fh).ok())
@@ -194,7 +197,7 @@ impl Union {
         if inode.is_dir() {
             self.upper_dir(inode).map(|_| ())
         } else {
-            self.copy_up(inode, true)
+            self.copy_up_attrs(inode)
         }
     }
 }
