@@ -213,8 +213,7 @@ fn export_entry<W: Write>(
                 }
                 links.insert((st.st_dev, st.st_ino), path.to_vec());
             }
-            if whiteout::may_be_metacopy(&st, true)
-                && whiteout::metacopy_marks(dir, name).is_some()
+            if whiteout::may_be_metacopy(&st, true) && whiteout::metacopy_marks(dir, name).is_some()
             {
                 // Its data is in a lower layer, which a layer file cannot
                 // refer to: writing the sparse copy would lose it.

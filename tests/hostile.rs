@@ -37,7 +37,14 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
         &[&lower],
         Some(&upper),
         &mnt,
-        &["--work", work.to_str().expect("utf-8")],
+        // No kernel caching: every round looks `d` up again, so the daemon
+        // resolves it during the racer's windows too.
+        &[
+            "--work",
+            work.to_str().expect("utf-8"),
+            "--cache-timeout",
+            "0",
+        ],
     );
     let stop = Arc::new(AtomicBool::new(false));
     let racer = {
@@ -58,6 +65,10 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
             swaps
         })
     };
+    // The workers reach the mount through descriptors opened without
+    // following symlinks: the merged view itself shows the racer's symlink
+    // now and then (the upper changed behind the mount's back), and a path
+    // through it would take a worker, not the daemon, into the canary.
     let workers: Vec<_> = (0..3)
         .map(|w| {
             let (mnt, stop) = (m.mnt.clone(), Arc::clone(&stop));
@@ -65,19 +76,49 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let d = mnt.join("d");
+                    let Some(d) = open_dir_nofollow(&mnt.join("d")) else {
+                        continue;
+                    };
                     let name = format!("w{w}-{n}");
-                    let _ = fs::write(d.join(&name), "through the mount\n");
-                    let _ = fs::OpenOptions::new()
-                        .append(true)
-                        .open(d.join("f"))
-                        .and_then(|mut f| std::io::Write::write_all(&mut f, b"+"));
-                    let _ = fs::create_dir(d.join(format!("{name}.dir")));
-                    let _ = fs::write(d.join("sub").join(&name), "deeper\n");
-                    let _ = fs::rename(d.join(&name), d.join(format!("{name}.moved")));
-                    let _ = fs::remove_file(d.join(format!("{name}.moved")));
-                    let _ = fs::remove_dir(d.join(format!("{name}.dir")));
-                    let _ = fs::read_dir(&d).map(|r| r.count());
+                    write_at(
+                        &d,
+                        &name,
+                        libc::O_CREAT | libc::O_TRUNC,
+                        b"through the mount\n",
+                    );
+                    write_at(&d, "f", libc::O_APPEND, b"+");
+                    at(&d, &format!("{name}.dir"), |fd, c| {
+                        // SAFETY: fd is an open directory descriptor, c a valid C string.
+                        unsafe { libc::mkdirat(fd, c, 0o755) }
+                    });
+                    let sub = std::ffi::CString::new("sub").unwrap();
+                    // SAFETY: d is an open descriptor and sub a valid C string.
+                    let sfd = unsafe {
+                        libc::openat(
+                            d.0,
+                            sub.as_ptr(),
+                            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                        )
+                    };
+                    if sfd >= 0 {
+                        let sub = Fd(sfd);
+                        write_at(&sub, &name, libc::O_CREAT | libc::O_TRUNC, b"deeper\n");
+                    }
+                    let (from, to) = (
+                        std::ffi::CString::new(name.clone()).unwrap(),
+                        std::ffi::CString::new(format!("{name}.moved")).unwrap(),
+                    );
+                    // SAFETY: d is an open descriptor; both names are valid C strings.
+                    unsafe { libc::renameat(d.0, from.as_ptr(), d.0, to.as_ptr()) };
+                    at(&d, &format!("{name}.moved"), |fd, c| {
+                        // SAFETY: as above.
+                        unsafe { libc::unlinkat(fd, c, 0) }
+                    });
+                    at(&d, &format!("{name}.dir"), |fd, c| {
+                        // SAFETY: as above.
+                        unsafe { libc::unlinkat(fd, c, libc::AT_REMOVEDIR) }
+                    });
+                    let _ = fs::read_dir(format!("/proc/self/fd/{}", d.0)).map(|r| r.count());
                 }
                 n
             })
@@ -112,4 +153,55 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
         fs::read_to_string(lower.join("d/sub/g")).expect("lower"),
         "lower g\n"
     );
+}
+
+/// An owned descriptor, closed on drop.
+struct Fd(libc::c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is owned and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// `path` as an `O_PATH` directory descriptor, unless it is a symlink (or
+/// anything but a directory) right now.
+fn open_dir_nofollow(path: &std::path::Path) -> Option<Fd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: c is a valid C string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    (fd >= 0).then_some(Fd(fd))
+}
+
+/// Runs `f` on `name` in directory `dir`; failures are part of the race.
+fn at(dir: &Fd, name: &str, f: impl FnOnce(libc::c_int, *const libc::c_char) -> libc::c_int) {
+    let c = std::ffi::CString::new(name).unwrap();
+    f(dir.0, c.as_ptr());
+}
+
+/// Opens `name` in `dir` for writing (never through a symlink) and writes
+/// `data`; failures are part of the race.
+fn write_at(dir: &Fd, name: &str, flags: libc::c_int, data: &[u8]) {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: dir is an open descriptor and c a valid C string.
+    let fd = unsafe {
+        libc::openat(
+            dir.0,
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
+            0o644,
+        )
+    };
+    if fd >= 0 {
+        let f = Fd(fd);
+        // SAFETY: data is valid for data.len() bytes.
+        unsafe { libc::write(f.0, data.as_ptr().cast(), data.len()) };
+    }
 }
