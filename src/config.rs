@@ -46,6 +46,8 @@ pub struct MountConfig {
     /// Attribute changes of a lower file copy its metadata only (kernel
     /// overlayfs's `metacopy=on`).
     pub metacopy: bool,
+    /// The kernel enforces POSIX ACLs (see [`MountConfigBuilder::acl`]).
+    pub acl: bool,
     /// Refuse every change, upper or not.
     pub read_only: bool,
     /// Device nodes in the mount do not work as devices.
@@ -83,6 +85,7 @@ pub struct MountConfigBuilder {
     pub(crate) debug: bool,
     pub(crate) volatile: bool,
     pub(crate) metacopy: bool,
+    pub(crate) acl: bool,
     pub(crate) read_only: bool,
     pub(crate) nodev: bool,
     pub(crate) nosuid: bool,
@@ -107,6 +110,7 @@ impl Default for MountConfigBuilder {
             debug: false,
             volatile: false,
             metacopy: false,
+            acl: false,
             read_only: false,
             nodev: false,
             nosuid: false,
@@ -175,6 +179,16 @@ impl MountConfigBuilder {
     /// fsync does not reach the disk (throwaway containers).
     pub fn volatile(mut self, on: bool) -> Self {
         self.volatile = on;
+        self
+    }
+
+    /// The kernel enforces POSIX ACLs in its permission checks, as kernel
+    /// overlayfs does; without it they are stored, copied and shown, and
+    /// only the mode bits decide. Off by default: the kernel then drops an
+    /// inode's cached ACLs at every attribute refresh, which costs a
+    /// request per entry on tree walks.
+    pub fn acl(mut self, on: bool) -> Self {
+        self.acl = on;
         self
     }
 
@@ -358,6 +372,7 @@ impl MountConfigBuilder {
             override_xattr,
             volatile: self.volatile,
             metacopy: self.metacopy,
+            acl: self.acl,
             nodev: self.nodev,
             nosuid: self.nosuid,
             allow_other: self.allow_other,

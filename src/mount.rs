@@ -184,6 +184,7 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?;
     union.set_options(cfg.read_only, cfg.volatile);
     union.set_metacopy(cfg.metacopy);
+    union.set_acl(cfg.acl);
     union.set_ids(cfg.ids.clone());
     union.set_override_xattr(cfg.override_xattr);
     union.set_exact_modes(in_process);

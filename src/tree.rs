@@ -35,6 +35,8 @@ pub struct Tree {
     pub(crate) volatile: bool,
     /// Attribute changes of lower files copy metadata only.
     pub(crate) metacopy: bool,
+    /// The kernel enforces POSIX ACLs.
+    pub(crate) acl: bool,
     /// New objects get their mode by chmod, not through a zero umask (an
     /// in-process mount leaves its host's umask alone).
     pub(crate) exact_modes: bool,
@@ -98,6 +100,7 @@ impl Tree {
             read_only: false,
             volatile: false,
             metacopy: false,
+            acl: false,
             ids: IdMap::default(),
             override_xattr: None,
             exact_modes: false,

@@ -99,6 +99,16 @@ impl Union {
         self.tree.metacopy = on;
     }
 
+    /// The kernel enforces POSIX ACLs (`FUSE_POSIX_ACL`).
+    pub fn set_acl(&mut self, on: bool) {
+        self.tree.acl = on;
+    }
+
+    /// Whether the kernel is to enforce POSIX ACLs.
+    pub fn acl(&self) -> bool {
+        self.tree.acl
+    }
+
     /// Shows owners through `ids` (user-namespace id mapping or squashing).
     pub fn set_ids(&mut self, ids: IdMap) {
         self.tree.ids = ids;

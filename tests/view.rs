@@ -2072,8 +2072,9 @@ fn acl_blob(entries: &[(u16, u16, u32)]) -> Vec<u8> {
     v
 }
 
-/// ACLs grant and refuse access through the mount as on kernel overlayfs:
-/// one on a lower file, and one set through the mount (which copies up).
+/// With `--acl`, ACLs grant and refuse access through the mount as on
+/// kernel overlayfs: one on a lower file, and one set through the mount
+/// (which copies up).
 #[test]
 fn posix_acls_are_enforced_as_on_kernel_overlayfs() {
     if skip_as_non_root("acting as another user (setuid needs root)") {
@@ -2103,7 +2104,11 @@ fn posix_acls_are_enforced_as_on_kernel_overlayfs() {
         write(&l, "later", "later data");
         chmod(&l, "later", 0o600);
         let (_u, _k) = if union {
-            (Some(mount_with_work(&[&l], Some((&u, &w)), &mnt)), None)
+            let w = w.to_str().unwrap();
+            (
+                Some(Mounted::new(&[&l], Some(&u), &mnt, &["--work", w, "--acl"])),
+                None,
+            )
         } else {
             let k = KernelOverlay::new(&[&l], Some((&u, &w)), &mnt, "")
                 .unwrap_or_else(|e| panic!("kernel overlayfs is the oracle here: {e}"));

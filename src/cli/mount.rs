@@ -86,6 +86,12 @@ pub struct MountArgs {
     #[arg(long)]
     pub metacopy: bool,
 
+    /// The kernel enforces POSIX ACLs, as kernel overlayfs does (by default
+    /// only the mode bits decide: enforcing costs a request per entry on
+    /// tree walks).
+    #[arg(long)]
+    pub acl: bool,
+
     /// Mount read-only even with an upper layer.
     #[arg(long)]
     pub read_only: bool,
@@ -165,6 +171,7 @@ impl MountArgs {
             .debug(self.debug)
             .volatile(self.volatile)
             .metacopy(self.metacopy)
+            .acl(self.acl)
             .read_only(self.read_only)
             .nodev(self.nodev)
             .nosuid(self.nosuid)

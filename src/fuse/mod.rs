@@ -104,11 +104,16 @@ impl Filesystem for UnionFs {
             // Reading a directory needs no handle (offsets are name
             // hashes), so every opendir and closedir of a walk would be two
             // round trips for nothing.
-            | InitFlags::FUSE_NO_OPENDIR_SUPPORT
-            // The kernel enforces ACLs (as kernel overlayfs does through the
-            // real inodes) and caches them, instead of asking for
-            // system.posix_acl_access on every `ls -l` of every file.
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        // `--acl`: the kernel enforces ACLs, as kernel overlayfs does through
+        // the real inodes. Not by default: it forgets an inode's cached ACLs
+        // whenever it refreshes its attributes, and a tree walk then sends
+        // a GETXATTR per entry.
+        let wanted = if self.union.acl() {
+            wanted | InitFlags::FUSE_POSIX_ACL
+        } else {
+            wanted
+        };
         if let Err(missing) = config.add_capabilities(wanted & caps) {
             debug!("kernel lacks {missing:?}");
         }
