@@ -479,3 +479,123 @@ fn stats_counts_the_requests_of_a_workload() {
     );
     unionfuse_umount(&s.mnt);
 }
+
+/// `umount --timeout`: a daemon that does not exit in time (here: stopped)
+/// gets one line naming it and a non-zero exit, the mount itself is gone,
+/// and the daemon finishes once it runs again.
+#[test]
+fn umount_timeout_names_a_daemon_that_does_not_exit() {
+    let s = Setup::new();
+    mount_daemon(&s);
+    let pids = daemon_pids(&s.mnt);
+    assert_eq!(pids.len(), 1, "one daemon for the mount: {pids:?}");
+    let pid = pids[0];
+    fs::write(s.mnt.join("before-stop"), "x").expect("write through the mount");
+    // SAFETY: pid is the daemon started above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let out = run(&[
+        OsStr::new("umount"),
+        OsStr::new("--timeout"),
+        OsStr::new("1"),
+        s.mnt.as_os_str(),
+    ]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "umount succeeded with its daemon stopped"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&format!("daemon (PID {pid}) is still running after 1 s")),
+        "names the daemon: {err}"
+    );
+    assert!(!is_mountpoint(&s.mnt), "the mount itself is gone");
+    let deadline = Instant::now() + SETTLE;
+    while !process_gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(process_gone(pid), "the daemon exits once it runs again");
+    assert!(s.upper.join("before-stop").exists());
+}
+
+/// `list --json` shows each mount with what its record says, a dead one as
+/// dead; `umount --all --under DIR` clears every mount below DIR (the dead
+/// one included) and nothing else.
+#[test]
+fn list_shows_live_and_dead_mounts_and_umount_all_under_clears_them() {
+    let (a, b, other) = (Setup::new(), Setup::new(), Setup::new());
+    // Two mounts below one directory: b's mountpoint moves under a's scratch.
+    let under = a.mnt.parent().expect("scratch").join("nested");
+    fs::create_dir(&under).expect("nested dir");
+    let b_mnt = under.join("mnt");
+    fs::create_dir(&b_mnt).expect("nested mountpoint");
+    mount_daemon(&a);
+    let mut argv = b.mount_argv(&[]);
+    argv.pop();
+    argv.push(b_mnt.as_os_str());
+    let out = run(&argv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    mount_daemon(&other);
+    let b_pid = daemon_pids(&b_mnt);
+    assert_eq!(b_pid.len(), 1, "{b_pid:?}");
+    // SAFETY: the daemon of b, started above.
+    assert_eq!(unsafe { libc::kill(b_pid[0], libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + SETTLE;
+    while !process_gone(b_pid[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let out = run(&[OsStr::new("list"), OsStr::new("--json")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let find = |p: &Path| {
+        all.as_array()
+            .expect("array")
+            .iter()
+            .find(|m| m["path"] == p.to_str().expect("utf-8"))
+            .cloned()
+            .unwrap_or_else(|| panic!("{} not listed: {all}", p.display()))
+    };
+    let la = find(&a.mnt);
+    assert_eq!(la["state"], "live");
+    assert_eq!(la["pid"], daemon_pids(&a.mnt)[0]);
+    assert_eq!(la["read_only"], false);
+    assert_eq!(la["upper"]["path"], a.upper.to_str().unwrap());
+    assert_eq!(la["work"]["path"], a.work.to_str().unwrap());
+    assert_eq!(la["lowers"][0]["path"], a.lower.to_str().unwrap());
+    assert!(la["uptime_secs"].as_u64().is_some());
+    assert_eq!(find(&b_mnt)["state"], "dead");
+    let table = run(&[OsStr::new("list")]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(a.mnt.to_str().unwrap()) && l.contains("\tlive\t")),
+        "table: {text}"
+    );
+
+    let scratch = a.mnt.parent().expect("scratch");
+    let out = run(&[
+        OsStr::new("umount"),
+        OsStr::new("--all"),
+        OsStr::new("--under"),
+        scratch.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mountpoint(&a.mnt) && !is_mountpoint(&b_mnt));
+    assert!(is_mountpoint(&other.mnt), "a mount elsewhere stays");
+    unionfuse_umount(&other.mnt);
+}

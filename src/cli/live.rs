@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::failure::Failure;
+use crate::json::JsonPath;
 use crate::runtime::Watch;
 
 #[derive(Debug, Args)]
@@ -16,6 +17,116 @@ pub struct StatsArgs {
     pub json: bool,
     #[arg(value_name = "MOUNTPOINT")]
     pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One row of `list`.
+#[derive(Debug, serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    mountpoint: JsonPath<'a>,
+    /// `live`, `dead` (its daemon is gone) or `unknown` (no record this user
+    /// can read).
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uptime_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_only: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upper: Option<Located<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    work: Option<Located<'a>>,
+    lowers: Vec<Located<'a>>,
+}
+
+/// A path as its own JSON object.
+#[derive(Debug, serde::Serialize)]
+struct Located<'a> {
+    #[serde(flatten)]
+    path: JsonPath<'a>,
+}
+
+fn located(p: &Path) -> Located<'_> {
+    use std::os::unix::ffi::OsStrExt;
+    Located {
+        path: JsonPath::new(p.as_os_str().as_bytes()),
+    }
+}
+
+/// `unionfuse list`: the mount table's unionfuse mounts, each with what its
+/// record says.
+pub(super) fn list_cmd(a: &ListArgs) -> Result<(), Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let table = crate::mountinfo::read()
+        .map_err(|e| Failure::Mount(format!("cannot read the mount table: {e}")))?;
+    let records = crate::runtime::live_records();
+    let now = crate::runtime::now_secs();
+    let mounts: Vec<_> = table.into_iter().filter(|e| e.is_unionfuse()).collect();
+    let rows: Vec<Listed<'_>> = mounts
+        .iter()
+        .map(|e| {
+            let rec = records.iter().find(|r| r.dev == e.dev);
+            let dead = std::fs::symlink_metadata(&e.mountpoint)
+                .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
+            Listed {
+                mountpoint: JsonPath::new(e.mountpoint.as_os_str().as_bytes()),
+                state: match (dead, rec) {
+                    (true, _) => "dead",
+                    (false, Some(_)) => "live",
+                    (false, None) => "unknown",
+                },
+                pid: rec.map(|r| r.pid),
+                uptime_secs: rec.map(|r| now.saturating_sub(r.started)),
+                read_only: rec.map(|r| r.read_only || r.upper.is_none()),
+                upper: rec.and_then(|r| r.upper.as_deref()).map(located),
+                work: rec.and_then(|r| r.work.as_deref()).map(located),
+                lowers: rec
+                    .map(|r| r.lowers.iter().map(|l| located(l)).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let w = |e: std::io::Error| Failure::Mount(format!("writing the list: {e}"));
+    if a.json {
+        let line = crate::json::array_line(&rows)
+            .map_err(|e| Failure::Mount(format!("writing the list: {e}")))?;
+        return out.write_all(line.as_bytes()).map_err(w);
+    }
+    writeln!(out, "MOUNTPOINT\tSTATE\tPID\tUPTIME\tRO\tUPPER\tLOWERS").map_err(w)?;
+    for (e, r) in mounts.iter().zip(&rows) {
+        let rec = records.iter().find(|x| x.dev == e.dev);
+        let dash = || "-".to_string();
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            e.mountpoint.display(),
+            r.state,
+            r.pid.map_or_else(dash, |p| p.to_string()),
+            r.uptime_secs.map_or_else(dash, |s| format!("{s}s")),
+            r.read_only
+                .map_or_else(dash, |ro| if ro { "ro" } else { "rw" }.into()),
+            rec.and_then(|x| x.upper.as_ref())
+                .map_or_else(dash, |u| u.display().to_string()),
+            rec.map_or_else(dash, |x| {
+                x.lowers
+                    .iter()
+                    .map(|l| l.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            }),
+        )
+        .map_err(w)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]

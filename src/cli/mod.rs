@@ -55,9 +55,22 @@ directly; other users go through fusermount3, which allows the user who mounted.
 Returns once the daemon serving the mount has exited, so the upper layer is final (staging \
 emptied, written back unless volatile) and the same layers may be mounted again at once; \
 exits non-zero if the daemon is still running after --timeout seconds. A dead mount (its \
-daemon killed) is cleared."
+daemon killed) is cleared.\n\n\
+--all unmounts every unionfuse mount in the mount table (with --under DIR, those at or below \
+DIR), deepest first, for harness cleanup; it reports each failure on its own line and exits \
+non-zero if any remains."
     )]
     Umount(UmountArgs),
+    /// List the live unionfuse mounts.
+    #[command(
+        long_about = "List every unionfuse mount in the mount table: mountpoint, daemon PID, \
+uptime, whether it is read-only, upper, work directory and lowers, as the mount's own record \
+gives them (found by the connection's device number, not by guessing from process command \
+lines). A mount whose daemon is gone shows as dead (clear it with `unionfuse umount`); one \
+whose record this user cannot read (another user's) shows its mountpoint only. --json gives \
+one array, paths written as described under JSON output in the README."
+    )]
+    List(live::ListArgs),
     /// Show what the writable layer changes, as `docker diff` does.
     #[command(
         long_about = "Print what the upper layer changes in the merged tree, one line per path, \
@@ -163,6 +176,7 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Cmd::Mount(args) => mount::mount_cmd(args),
         Cmd::Umount(args) => done(mount::umount_cmd(&args)),
+        Cmd::List(a) => done(live::list_cmd(&a)),
         Cmd::Diff(args) => done(layers::diff_cmd(&args)),
         Cmd::Export(args) => done(layers::export_cmd(&args)),
         Cmd::Unpack(args) => done(layers::unpack_cmd(&args)),

@@ -152,9 +152,15 @@ pub struct UmountArgs {
     /// How long to wait for the daemon to exit after the unmount, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
+    /// Unmount every unionfuse mount (see --under).
+    #[arg(long, conflicts_with = "mountpoint")]
+    pub all: bool,
+    /// With --all: only the mounts at or below DIR.
+    #[arg(long, value_name = "DIR", requires = "all")]
+    pub under: Option<PathBuf>,
     /// The mount point of a unionfuse mount.
-    #[arg(value_name = "MOUNTPOINT")]
-    pub mountpoint: PathBuf,
+    #[arg(value_name = "MOUNTPOINT", required_unless_present = "all")]
+    pub mountpoint: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -307,8 +313,41 @@ pub(super) fn mountpoint_path(p: &Path) -> Result<PathBuf, Failure> {
 }
 
 pub(super) fn umount_cmd(args: &UmountArgs) -> Result<(), Failure> {
-    let p = &args.mountpoint;
     let timeout = Duration::from_secs(args.timeout);
+    match &args.mountpoint {
+        Some(p) => umount_one(p, timeout),
+        None => umount_all(args.under.as_deref(), timeout),
+    }
+}
+
+/// `umount --all [--under DIR]`: deepest first, so that a mount below
+/// another goes before it; every failure is reported, the last returned.
+fn umount_all(under: Option<&Path>, timeout: Duration) -> Result<(), Failure> {
+    let under = under.map(mountpoint_path).transpose()?;
+    let table = crate::mountinfo::read()
+        .map_err(|e| Failure::Mount(format!("cannot read the mount table: {e}")))?;
+    let mut mounts: Vec<PathBuf> = table
+        .into_iter()
+        .filter(|e| e.is_unionfuse())
+        .map(|e| e.mountpoint)
+        .filter(|m| under.as_ref().is_none_or(|u| m.starts_with(u)))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    mounts.dedup();
+    let mut last = Ok(());
+    for m in mounts {
+        if let Err(e) = umount_one(&m, timeout) {
+            eprintln!("unionfuse: {e}");
+            last = Err(Failure::Mount(format!(
+                "{}: not every mount was unmounted",
+                m.display()
+            )));
+        }
+    }
+    last
+}
+
+fn umount_one(p: &Path, timeout: Duration) -> Result<(), Failure> {
     let mnt = mountpoint_path(p)?;
     let entry = crate::mountinfo::unionfuse_at(&mnt)?;
     // Found before the unmount: afterwards the device number may already
