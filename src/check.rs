@@ -24,7 +24,7 @@ use crate::layer::{LayerIdx, Layers};
 use crate::name::Name;
 use crate::override_stat::{self, Override};
 use crate::resolve::{self, DirFds};
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable, XTarget};
 use crate::walk::{Entry, Step, walk};
 
 /// One problem found.
@@ -119,7 +119,7 @@ fn check_work(work: BorrowedFd<'_>, repair: bool, out: &mut Vec<Finding>) -> Res
         p
     };
     in_dir(c"unionfuse-staging", &mut |dir, name| {
-        let repaired = repair && remove_tree(dir, name.as_cstr()).is_ok();
+        let repaired = repair && remove_tree(Writable::new(dir), name.as_cstr()).is_ok();
         out.push(Finding {
             kind: "staging-leftover",
             path: at("unionfuse-staging", name),
@@ -174,7 +174,8 @@ fn visit(
             None
         };
         if let Some(kind) = kind {
-            let repaired = repair && sys::unlinkat(e.dir, e.name.as_cstr(), false).is_ok();
+            let repaired =
+                repair && sys::unlinkat(Writable::new(e.dir), e.name.as_cstr(), false).is_ok();
             found(
                 kind,
                 "hides nothing: no lower layer shows this name here".into(),
@@ -184,7 +185,10 @@ fn visit(
         return Ok(Step::Next);
     }
     let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    let t = XTarget::At(e.dir, e.name.as_cstr());
+    // The upper being checked (not mounted, or read-only) is where
+    // repairs write: every directory below it is writable.
+    let w = WTarget::At(Writable::new(e.dir), e.name.as_cstr());
+    let t = w.read();
     let list = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
         Vec::new()
     } else {
@@ -200,7 +204,7 @@ fn visit(
             .and_then(|n| Override::parse(&v[..n]))
             .is_some();
         if !ok {
-            let repaired = repair && sys::removexattr(t, x).is_ok();
+            let repaired = repair && sys::removexattr(w, x).is_ok();
             found(
                 "override-malformed",
                 format!("{} is not uid:gid:mode[:type]", x.to_string_lossy()),
@@ -234,7 +238,7 @@ fn visit(
         );
     }
     for x in stale {
-        let repaired = repair && sys::removexattr(t, x).is_ok();
+        let repaired = repair && sys::removexattr(w, x).is_ok();
         found(
             "xattr-stale",
             format!("{} does not belong on this object", x.to_string_lossy()),
@@ -252,7 +256,8 @@ fn visit(
         // The namespace only matters for markers written, which this
         // repair does not do.
         let fmt = UpperFormat::new(format, false);
-        let repaired = repair && fmt.drop_foreign_opaque(t, sub.as_fd(), &opaque_xattr);
+        let repaired =
+            repair && fmt.drop_foreign_opaque(w, Writable::new(sub.as_fd()), &opaque_xattr);
         found(
             "double-opaque",
             "marked opaque both by xattr and by .wh..wh..opq".into(),
@@ -310,7 +315,7 @@ fn seal(
     format: WhiteoutFormat,
     list: &[u8],
 ) -> bool {
-    let t = XTarget::At(parent, name.as_cstr());
+    let t = WTarget::At(Writable::new(parent), name.as_cstr());
     let present: Vec<&CStr> = REDIRECT_XATTRS
         .iter()
         .copied()
@@ -319,7 +324,7 @@ fn seal(
     // The opaque xattr goes in the namespace the redirect was written in.
     let trusted = present.first() == Some(&REDIRECT_XATTRS[0]);
     let marked = UpperFormat::new(format, trusted)
-        .mark_opaque(t, dir)
+        .mark_opaque(t, Writable::new(dir))
         .is_ok();
     marked && present.iter().all(|x| sys::removexattr(t, x).is_ok())
 }

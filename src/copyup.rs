@@ -16,8 +16,8 @@ use crate::layer::upper::{Upper, remove_tree};
 use crate::layer::whiteout::{METACOPY_XATTRS, REDIRECT_XATTRS, is_private_xattr};
 use crate::name::Name;
 use crate::resolve;
-use crate::sys::{self, XTarget};
-use crate::tree::{Object, Tree};
+use crate::sys::{self, WTarget, Writable, XTarget};
+use crate::tree::{Object, Tree, UpperDir};
 
 /// What a copy is made from: the object whose attributes it takes, and the
 /// one whose data it takes (the same, but for a metadata-only copy).
@@ -68,9 +68,9 @@ impl Drop for Staged<'_> {
 impl Tree {
     /// The upper descriptor of directory `inode`, copying it (and its
     /// ancestors) up first when only lower layers hold it.
-    pub(crate) fn upper_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
+    pub(crate) fn upper_dir(&self, inode: &Arc<Inode>) -> Result<UpperDir> {
         if inode.in_upper() {
-            return self.dir_fd(inode, 0);
+            return Ok(UpperDir(self.dir_fd(inode, 0)?));
         }
         // The ancestors that only lower layers hold are copied first, from
         // the top down, in a loop: recursion would overflow a request
@@ -92,9 +92,9 @@ impl Tree {
 
     /// Copies directory `inode` up, its parent being in the upper already
     /// (or copied up first).
-    fn copy_up_dir(&self, inode: &Arc<Inode>) -> Result<Arc<OwnedFd>> {
+    fn copy_up_dir(&self, inode: &Arc<Inode>) -> Result<UpperDir> {
         if inode.in_upper() {
-            return self.dir_fd(inode, 0);
+            return Ok(UpperDir(self.dir_fd(inode, 0)?));
         }
         let upper = self.upper()?;
         let Some(loc) = inode.location()? else {
@@ -104,7 +104,7 @@ impl Tree {
         let pfd = self.upper_dir(&loc.parent)?;
         let _g = inode.copy_lock();
         if inode.in_upper() {
-            return self.dir_fd(inode, 0);
+            return Ok(UpperDir(self.dir_fd(inode, 0)?));
         }
         let src = self.object(inode)?;
         let st = src.stat()?;
@@ -113,21 +113,21 @@ impl Tree {
         self.copy_meta(
             &src,
             &st,
-            XTarget::At(upper.staging(), staged.cstr()),
+            WTarget::At(upper.staging(), staged.cstr()),
             inode.st_ino,
         )?;
         let pst = sys::fstat(pfd.as_fd())?;
         sys::renameat2(
             upper.staging(),
             staged.cstr(),
-            pfd.as_fd(),
+            pfd.w(),
             loc.name.as_cstr(),
             libc::RENAME_NOREPLACE,
         )?;
         staged.keep();
-        keep_times(pfd.as_fd(), &pst);
+        keep_times(pfd.w(), &pst);
         let fd = sys::open_child_dir(pfd.as_fd(), loc.name.as_cstr())?;
-        Ok(self.fds.copied_up(inode, fd))
+        Ok(UpperDir(self.fds.copied_up(inode, fd)))
     }
 
     /// Copies a non-directory up at its current name; without `data` the
@@ -161,12 +161,12 @@ impl Tree {
             Place::Upper => return Ok(()),
             Place::Index if sys::fstatat(pfd.as_fd(), name.as_cstr()).is_ok() => return Ok(()),
             Place::MetaCopy { meta: 0, .. } if self.layers.has_upper() => {
-                return self.complete_metacopy(inode, pfd.as_fd(), name, data);
+                return self.complete_metacopy(inode, pfd.w(), name, data);
             }
             _ => {}
         }
         let pst = sys::fstat(pfd.as_fd())?;
-        let indexed = self.copy_up_locked(inode, pfd.as_fd(), name, data)?;
+        let indexed = self.copy_up_locked(inode, pfd.w(), name, data)?;
         // The copy itself was synced before it got its name; this makes
         // the name durable too, so that a copy-up a caller saw finish
         // survives a crash.
@@ -174,7 +174,7 @@ impl Tree {
         // An indexed object is reached through its index entry from now
         // on, whichever of its names is used.
         inode.copied_up(indexed);
-        keep_times(pfd.as_fd(), &pst);
+        keep_times(pfd.w(), &pst);
         Ok(())
     }
 
@@ -183,7 +183,7 @@ impl Tree {
     fn copy_up_locked(
         &self,
         inode: &Arc<Inode>,
-        pfd: BorrowedFd<'_>,
+        pfd: Writable<'_>,
         name: &Name,
         data: bool,
     ) -> Result<bool> {
@@ -211,8 +211,8 @@ impl Tree {
                 Ok(out) => {
                     self.fill_copy(&src, &data_src, &st, out.as_fd(), data, inode.st_ino)?;
                     if linked {
-                        upper.record_nlink(XTarget::Fd(out.as_fd()), st.st_nlink);
-                        match sys::link_tmpfile(out.as_fd(), upper.index.as_fd(), index.as_cstr()) {
+                        upper.record_nlink(WTarget::Fd(Writable::new(out.as_fd())), st.st_nlink);
+                        match sys::link_tmpfile(out.as_fd(), upper.index_dir(), index.as_cstr()) {
                             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                             r => r?,
                         }
@@ -248,11 +248,11 @@ impl Tree {
         if linked {
             // The lower object has other names: index the copy so that they
             // find it, now and after a remount.
-            upper.record_nlink(XTarget::At(upper.staging(), staged.cstr()), st.st_nlink);
+            upper.record_nlink(WTarget::At(upper.staging(), staged.cstr()), st.st_nlink);
             match sys::linkat(
-                upper.staging(),
+                upper.staging().fd(),
                 staged.cstr(),
-                upper.index.as_fd(),
+                upper.index_dir(),
                 index.as_cstr(),
             ) {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -277,7 +277,7 @@ impl Tree {
         &self,
         from: Source<'_>,
         st: &libc::stat,
-        dir: BorrowedFd<'_>,
+        dir: Writable<'_>,
         name: &CStr,
         data: bool,
         ino: u64,
@@ -296,7 +296,7 @@ impl Tree {
             }
             _ => sys::mknodat(dir, name, st.st_mode, st.st_rdev)?,
         }
-        self.copy_meta(from.meta, st, XTarget::At(dir, name), ino)
+        self.copy_meta(from.meta, st, WTarget::At(dir, name), ino)
     }
 
     /// Data (unless `data` is false) and metadata of regular file `src`
@@ -315,7 +315,7 @@ impl Tree {
             let input = open_for_copy(sdir, sname)?;
             copy_file_data(input.as_fd(), out, st.st_size as u64)?;
         }
-        self.copy_meta(src, st, XTarget::Fd(out), ino)?;
+        self.copy_meta(src, st, WTarget::Fd(Writable::new(out)), ino)?;
         // Before the copy gets a name: a crash must never leave a name
         // whose data was not written yet (kernel overlayfs syncs here too).
         if !self.volatile {
@@ -356,7 +356,7 @@ impl Tree {
             drop(_g);
             return self.copy_up(inode, true);
         }
-        let out = match sys::open_tmpfile(pfd.as_fd(), libc::O_WRONLY, st.st_mode & 0o7777) {
+        let out = match sys::open_tmpfile(pfd.w(), libc::O_WRONLY, st.st_mode & 0o7777) {
             Ok(out) => out,
             Err(e)
                 if matches!(
@@ -372,15 +372,20 @@ impl Tree {
         // The size without the blocks: reads go below until the data comes.
         sys::ftruncate(out.as_fd(), st.st_size as u64)?;
         let marker = METACOPY_XATTRS[if upper.format.trusted() { 0 } else { 1 }];
-        sys::setxattr(XTarget::Fd(out.as_fd()), marker, b"", 0)?;
-        self.copy_meta(&src, &st, XTarget::Fd(out.as_fd()), inode.st_ino)?;
+        sys::setxattr(WTarget::Fd(Writable::new(out.as_fd())), marker, b"", 0)?;
+        self.copy_meta(
+            &src,
+            &st,
+            WTarget::Fd(Writable::new(out.as_fd())),
+            inode.st_ino,
+        )?;
         if !self.volatile {
             sys::fsync(out.as_fd(), false)?;
         }
         let pst = sys::fstat(pfd.as_fd())?;
-        sys::link_tmpfile(out.as_fd(), pfd.as_fd(), loc.name.as_cstr())?;
+        sys::link_tmpfile(out.as_fd(), pfd.w(), loc.name.as_cstr())?;
         self.sync_dir(pfd.as_fd())?;
-        keep_times(pfd.as_fd(), &pst);
+        keep_times(pfd.w(), &pst);
         inode.relocate(Place::MetaCopy {
             meta: 0,
             data,
@@ -397,12 +402,12 @@ impl Tree {
     fn complete_metacopy(
         &self,
         inode: &Arc<Inode>,
-        pfd: BorrowedFd<'_>,
+        pfd: Writable<'_>,
         name: &Name,
         data: bool,
     ) -> Result<()> {
-        let st = sys::fstatat(pfd, name.as_cstr())?;
-        let out = sys::open_child_flags(pfd, name.as_cstr(), libc::O_WRONLY)?;
+        let st = sys::fstatat(pfd.fd(), name.as_cstr())?;
+        let out = sys::open_child_write(pfd, name.as_cstr(), libc::O_WRONLY)?;
         if data {
             let src = self.data_object(inode)?;
             let (sdir, sname) = src.dir_and_name();
@@ -412,12 +417,15 @@ impl Tree {
             sys::ftruncate(out.as_fd(), 0)?;
         }
         // Writing the data is no change the merged view may show.
-        sys::set_times(XTarget::Fd(out.as_fd()), &sys::stat_times(&st))?;
+        sys::set_times(
+            WTarget::Fd(Writable::new(out.as_fd())),
+            &sys::stat_times(&st),
+        )?;
         if !self.volatile {
             sys::fsync(out.as_fd(), false)?;
         }
         for x in METACOPY_XATTRS.iter().chain(REDIRECT_XATTRS.iter()) {
-            match sys::removexattr(XTarget::Fd(out.as_fd()), x) {
+            match sys::removexattr(WTarget::Fd(Writable::new(out.as_fd())), x) {
                 Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e.into()),
                 _ => {}
             }
@@ -429,7 +437,7 @@ impl Tree {
     /// Owner, mode, xattrs, the inode number, then times: chown clears
     /// set-id bits and security.capability, and every later change would
     /// move the times.
-    fn copy_meta(&self, src: &Object, st: &libc::stat, dst: XTarget<'_>, ino: u64) -> Result<()> {
+    fn copy_meta(&self, src: &Object, st: &libc::stat, dst: WTarget<'_>, ino: u64) -> Result<()> {
         let upper = self.upper()?;
         // overlayfs's own markers describe the lower's position, not the
         // copy's; unionfuse's are rewritten below. An ownership override
@@ -516,9 +524,9 @@ impl Tree {
         let fd = self.upper_dir(dir)?;
         let pfd = self.upper_dir(&loc.parent)?;
         let st = sys::fstat(fd.as_fd())?;
-        let t = XTarget::At(pfd.as_fd(), loc.name.as_cstr());
-        upper.format.mark_opaque(t, fd.as_fd())?;
-        keep_times(fd.as_fd(), &st);
+        let t = WTarget::At(pfd.w(), loc.name.as_cstr());
+        upper.format.mark_opaque(t, fd.w())?;
+        keep_times(fd.w(), &st);
         dir.relocate(Place::Dir {
             upper: true,
             layers: vec![0],
@@ -531,7 +539,7 @@ impl Tree {
 /// Puts a parent directory's times back after a copy-up renamed a child
 /// into it: a copy-up is no change the merged view may show, as in
 /// overlayfs.
-fn keep_times(dir: BorrowedFd<'_>, before: &libc::stat) {
+fn keep_times(dir: Writable<'_>, before: &libc::stat) {
     if let Err(e) = sys::futimens_path(dir, &sys::stat_times(before)) {
         debug!("copy-up: restoring parent times: {e}");
     }
@@ -641,9 +649,9 @@ pub(crate) fn copy_attributes(
     src: BorrowedFd<'_>,
     name: &CStr,
     st: &libc::stat,
-    dst: BorrowedFd<'_>,
+    dst: Writable<'_>,
 ) -> Result<()> {
-    let to = XTarget::At(dst, name);
+    let to = WTarget::At(dst, name);
     copy_owner_mode_xattrs(XTarget::At(src, name), to, st, false, |_| true)?;
     sys::set_times(to, &sys::stat_times(st))?;
     Ok(())
@@ -656,7 +664,7 @@ pub(crate) fn copy_attributes(
 /// does, rather than failing the copy.
 fn copy_owner_mode_xattrs(
     from: XTarget<'_>,
-    to: XTarget<'_>,
+    to: WTarget<'_>,
     st: &libc::stat,
     strict: bool,
     keep: impl Fn(&[u8]) -> bool,

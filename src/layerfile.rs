@@ -23,7 +23,7 @@ use std::path::Path;
 use crate::layer::upper::{WhiteoutFormat, remove_tree};
 use crate::layer::whiteout::{self, OCI_OPAQUE, UpperFormat, is_private_xattr};
 use crate::name::{Name, WH_PREFIX};
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable, XTarget};
 
 /// Compression of a layer tar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +295,9 @@ fn parent_of(
                 ));
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                sys::mkdirat(cur.as_fd(), c.as_cstr(), 0o755).map_err(|e| err(shown, e))?;
+                // Below the unpack target: writable.
+                sys::mkdirat(Writable::new(cur.as_fd()), c.as_cstr(), 0o755)
+                    .map_err(|e| err(shown, e))?;
             }
             Err(e) => return Err(err(shown, e)),
         }
@@ -322,7 +324,12 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     // before then leaves the directory untouched.
     let probed = std::cell::OnceCell::new();
     let fmt = || {
-        *probed.get_or_init(|| UpperFormat::new(format, whiteout::may_write_trusted(root.as_fd())))
+        *probed.get_or_init(|| {
+            UpperFormat::new(
+                format,
+                whiteout::may_write_trusted(Writable::new(root.as_fd())),
+            )
+        })
     };
     let mut archive = tar::Archive::new(reader);
     // Directory times are set last: creating their entries moves them.
@@ -336,7 +343,9 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
             continue;
         };
         let parent = parent_of(root.as_fd(), &comps, true, &shown)?;
-        let p = parent.as_fd();
+        // Below the unpack target, which this verb creates or is given
+        // empty: writable.
+        let p = Writable::new(parent.as_fd());
         let xattrs: Vec<(Vec<u8>, Vec<u8>)> = match entry.pax_extensions() {
             Ok(Some(exts)) => exts
                 .flatten()
@@ -361,7 +370,7 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
             continue;
         }
         let kind = h.entry_type();
-        let existing = sys::fstatat(p, name.as_cstr()).ok();
+        let existing = sys::fstatat(p.fd(), name.as_cstr()).ok();
         let keep_dir =
             kind.is_dir() && existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         if existing.is_some() && !keep_dir {
@@ -431,7 +440,7 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
                 if let Ok(k) = CString::new(k.clone()) {
                     // Labels of another LSM, or trusted.* without privilege,
                     // cannot be kept; the rest of the entry still is.
-                    let _ = sys::setxattr(XTarget::At(p, c), &k, v, 0);
+                    let _ = sys::setxattr(WTarget::At(p, c), &k, v, 0);
                 }
             }
         }
@@ -456,7 +465,8 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         let shown = format!("{comps:?}");
         let parent = parent_of(root.as_fd(), comps, false, &shown)?;
         if let Some(n) = comps.last() {
-            sys::utimensat(parent.as_fd(), n.as_cstr(), times).map_err(|e| err(&shown, e))?;
+            sys::utimensat(Writable::new(parent.as_fd()), n.as_cstr(), times)
+                .map_err(|e| err(&shown, e))?;
         }
     }
     Ok(())

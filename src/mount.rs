@@ -167,19 +167,24 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         // already applied the caller's umask.
         sys::set_umask(0);
     }
-    let upper = match (&cfg.upper, &cfg.work) {
-        (Some(_), Some(work)) => {
-            let wfd = sys::open_dir_path(work)
-                .map_err(|e| format!("cannot open work directory {}: {e}", work.display()))?;
-            let top = layers.get(0);
-            Some(
-                Upper::open(top.root.as_fd(), wfd.as_fd(), cfg.whiteout).map_err(|e| {
+    let upper =
+        match (&cfg.upper, &cfg.work) {
+            (Some(_), Some(work)) => {
+                let wfd = sys::open_dir_path(work)
+                    .map_err(|e| format!("cannot open work directory {}: {e}", work.display()))?;
+                let top = layers.get(0);
+                // The upper layer and its work directory: the mount's writable
+                // tree.
+                let (upper_w, work_w) = (
+                    sys::Writable::new(top.root.as_fd()),
+                    sys::Writable::new(wfd.as_fd()),
+                );
+                Some(Upper::open(upper_w, work_w, cfg.whiteout).map_err(|e| {
                     format!("cannot prepare work directory {}: {e}", work.display())
-                })?,
-            )
-        }
-        _ => None,
-    };
+                })?)
+            }
+            _ => None,
+        };
     let mut union =
         Union::new(layers, upper, budget).map_err(|e| format!("cannot open layers: {e}"))?;
     union.set_options(cfg.read_only, cfg.volatile);

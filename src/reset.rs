@@ -18,7 +18,7 @@ use crate::inode::{Inode, ROOT};
 use crate::layer::upper::clear_dir;
 use crate::name::Name;
 use crate::resolve::{self};
-use crate::sys;
+use crate::sys::{self, Writable};
 use crate::union::Union;
 use crate::walk::Step;
 
@@ -59,15 +59,15 @@ impl Union {
         let dir = upper.checkpoints()?;
         let staged = Staged::new(upper);
         sys::mkdirat(upper.staging(), staged.cstr(), 0o700)?;
-        let dst = sys::open_child_dir(upper.staging(), staged.cstr())?;
-        copy_tree(self.layers.get(0).root.as_fd(), dst.as_fd())?;
+        let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())?;
+        copy_tree(self.layers.get(0).root.as_fd(), Writable::new(dst.as_fd()))?;
         // Replacing an older checkpoint of that name in one step.
         match sys::fstatat(dir.as_fd(), name.as_cstr()) {
             Ok(_) => {
                 sys::renameat2(
                     upper.staging(),
                     staged.cstr(),
-                    dir.as_fd(),
+                    Writable::new(dir.as_fd()),
                     name.as_cstr(),
                     libc::RENAME_EXCHANGE,
                 )?;
@@ -77,7 +77,7 @@ impl Union {
                 sys::renameat2(
                     upper.staging(),
                     staged.cstr(),
-                    dir.as_fd(),
+                    Writable::new(dir.as_fd()),
                     name.as_cstr(),
                     libc::RENAME_NOREPLACE,
                 )?;
@@ -100,12 +100,13 @@ impl Union {
         {
             let _w = self.barrier.write();
             let upper_root = Arc::clone(&self.layers.get(0).root);
+            let upper_w = Writable::new(upper_root.as_fd());
             let root = self.inodes.get(ROOT)?;
             self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             // Out of the tree in one rename per top-level entry; removed
             // once changes may run again.
             sys::mkdirat(upper.staging(), trash.cstr(), 0o700)?;
-            let trash_fd = sys::open_child_dir(upper.staging(), trash.cstr())?;
+            let trash_fd = sys::open_child_dir(upper.staging().fd(), trash.cstr())?;
             let entries = sys::read_dir(upper_root.as_fd())?;
             for e in entries.iter() {
                 if e.name == b"." || e.name == b".." {
@@ -113,26 +114,26 @@ impl Union {
                 }
                 let n = Name::from_bytes(e.name)?;
                 sys::renameat2(
-                    upper_root.as_fd(),
+                    upper_w,
                     n.as_cstr(),
-                    trash_fd.as_fd(),
+                    Writable::new(trash_fd.as_fd()),
                     n.as_cstr(),
                     0,
                 )?;
             }
-            clear_dir(
+            clear_dir(Writable::new(
                 sys::open_child_flags(
                     upper.index.as_fd(),
                     c".",
                     libc::O_RDONLY | libc::O_DIRECTORY,
                 )?
                 .as_fd(),
-            )?;
+            ))?;
             if let Some(name) = from {
                 let dir = upper.checkpoints()?;
                 let src =
                     sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
-                copy_tree(src.as_fd(), upper_root.as_fd())?;
+                copy_tree(src.as_fd(), upper_w)?;
                 self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             }
             self.reresolve(&mut inval);
@@ -223,11 +224,11 @@ impl Union {
 /// Copies the tree in `src` into the empty directory `dst`: everything the
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
 /// data reflinked where possible.
-fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
+fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
     let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
         std::collections::HashMap::new();
     let src = Arc::new(sys::open_child_dir(src, c".")?);
-    let dst = Arc::new(sys::open_child_dir(dst, c".")?);
+    let dst = Arc::new(sys::open_child_dir(dst.fd(), c".")?);
     // A directory's context: where its copy is, and, for its attributes
     // once everything inside is copied, its copy's parent and its stat.
     type Ctx = (Arc<OwnedFd>, Option<(Arc<OwnedFd>, libc::stat)>);
@@ -237,19 +238,21 @@ fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
         false,
         |e| {
             let dst = &e.ctx.0;
+            // Everything the copy makes is below `dst`: writable.
+            let w = Writable::new(dst.as_fd());
             let c = e.name.as_cstr();
             let st = sys::fstatat(e.dir, c)?;
             let kind = st.st_mode & libc::S_IFMT;
             if kind != libc::S_IFDIR && st.st_nlink > 1 {
                 if let Some((d, n)) = links.get(&(st.st_dev, st.st_ino)) {
-                    sys::linkat(d.as_fd(), n.as_cstr(), dst.as_fd(), c)?;
+                    sys::linkat(d.as_fd(), n.as_cstr(), w, c)?;
                     return Ok(Step::Next);
                 }
                 links.insert((st.st_dev, st.st_ino), (Arc::clone(dst), e.name.clone()));
             }
             match kind {
                 libc::S_IFDIR => {
-                    sys::mkdirat(dst.as_fd(), c, 0o700)?;
+                    sys::mkdirat(w, c, 0o700)?;
                     let d = Arc::new(sys::open_child_dir(dst.as_fd(), c)?);
                     // Attributes when leaving it: mode and times would
                     // change as its entries are made.
@@ -257,17 +260,17 @@ fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
                 }
                 libc::S_IFREG => {
                     let input = crate::copyup::open_for_copy(e.dir, c)?;
-                    let out = sys::create_file(dst.as_fd(), c, libc::O_WRONLY, 0o600)?;
+                    let out = sys::create_file(w, c, libc::O_WRONLY, 0o600)?;
                     crate::copyup::copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
                 }
                 libc::S_IFLNK => {
                     let t = sys::readlinkat(e.dir, c)?;
                     let t = std::ffi::CString::new(t).map_err(|_| Error::INVAL)?;
-                    sys::symlinkat(&t, dst.as_fd(), c)?;
+                    sys::symlinkat(&t, w, c)?;
                 }
-                _ => sys::mknodat(dst.as_fd(), c, st.st_mode, st.st_rdev)?,
+                _ => sys::mknodat(w, c, st.st_mode, st.st_rdev)?,
             }
-            crate::copyup::copy_attributes(e.dir, c, &st, dst.as_fd())?;
+            crate::copyup::copy_attributes(e.dir, c, &st, w)?;
             Ok(Step::Next)
         },
         |done, (_, attrs)| {
@@ -276,7 +279,7 @@ fn copy_tree(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<()> {
                     src_parent,
                     name.as_cstr(),
                     &st,
-                    dst_parent.as_fd(),
+                    Writable::new(dst_parent.as_fd()),
                 )?;
             }
             Ok(())

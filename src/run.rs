@@ -110,10 +110,12 @@ fn make_target(
             Err(e) => return Err(format!("{shown}: {e}")),
         }
         let is_dir = dir || !last;
+        // Inside the container's root, which has a writable layer.
+        let at = sys::Writable::new(cur.as_fd());
         let res = if is_dir {
-            sys::mkdirat(cur.as_fd(), name.as_cstr(), 0o755)
+            sys::mkdirat(at, name.as_cstr(), 0o755)
         } else {
-            sys::create_file(cur.as_fd(), name.as_cstr(), libc::O_WRONLY, 0o644).map(drop)
+            sys::create_file(at, name.as_cstr(), libc::O_WRONLY, 0o644).map(drop)
         };
         match res {
             Ok(()) => {}
@@ -222,7 +224,7 @@ fn run_in(args: &RunOptions, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Res
     };
     // Mountpoints made for the binds are not the command's changes.
     for (dir, name, is_dir) in made.iter().rev() {
-        if let Err(e) = sys::unlinkat(dir.as_fd(), name.as_cstr(), *is_dir) {
+        if let Err(e) = sys::unlinkat(sys::Writable::new(dir.as_fd()), name.as_cstr(), *is_dir) {
             log::debug!("cannot remove a bind target: {e}");
         }
     }

@@ -15,7 +15,25 @@ use crate::layer::{LayerIdx, Layers, Place, Winner};
 use crate::name::Name;
 use crate::override_stat::Override;
 use crate::resolve::{self, DirFds, Found};
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable, XTarget};
+
+/// A directory of the upper layer, open: what copy-up hands the operations
+/// that change it.
+#[derive(Debug, Clone)]
+pub(crate) struct UpperDir(pub(crate) Arc<OwnedFd>);
+
+impl UpperDir {
+    /// The directory as the target of changes.
+    pub(crate) fn w(&self) -> Writable<'_> {
+        Writable::new(self.0.as_fd())
+    }
+}
+
+impl AsFd for UpperDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 /// The shared state of a mount.
 #[derive(Debug)]
@@ -65,6 +83,21 @@ impl Object {
             None => sys::fstat(self.dir.as_fd())?,
             Some(name) => sys::fstatat(self.dir.as_fd(), name.as_cstr())?,
         })
+    }
+
+    /// The object as the target of a change. Only for an object of the
+    /// upper layer (the caller copied it up first): the one place an
+    /// operation declares a layer object writable.
+    pub(crate) fn upper_target(&self) -> WTarget<'_> {
+        let (dir, name) = self.upper_dir_and_name();
+        WTarget::At(dir, name)
+    }
+
+    /// [`Object::dir_and_name`] of an object of the upper layer, its
+    /// directory writable (see [`Object::upper_target`]).
+    pub(crate) fn upper_dir_and_name(&self) -> (Writable<'_>, &CStr) {
+        let (dir, name) = self.dir_and_name();
+        (Writable::new(dir), name)
     }
 
     pub(crate) fn dir_and_name(&self) -> (BorrowedFd<'_>, &CStr) {

@@ -18,7 +18,7 @@ use crate::layer::{Layers, Place};
 use crate::listing::DirSnapshot;
 use crate::name::Name;
 use crate::resolve;
-use crate::sys;
+use crate::sys::{self, Writable};
 use crate::tree::Tree;
 
 /// Receives directory entries; returns `true` once its buffer is full (the
@@ -70,7 +70,7 @@ impl Union {
     /// itself failed.
     pub fn abandon(&self) {
         if let Some(u) = &self.upper {
-            u.undo(self.layers.get(0).root.as_fd());
+            u.undo(Writable::new(self.layers.get(0).root.as_fd()));
         }
     }
 
@@ -81,7 +81,7 @@ impl Union {
     pub fn finish(&self) {
         if let Some(u) = &self.upper {
             u.finish(
-                self.layers.get(0).root.as_fd(),
+                Writable::new(self.layers.get(0).root.as_fd()),
                 !self.volatile && !self.read_only,
             );
         }

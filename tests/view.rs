@@ -2265,3 +2265,35 @@ fn symlink_in_a_middle_layer_is_never_followed_when_merging() {
         }
     }
 }
+
+/// A lower file deleted through the mount while open: changing its
+/// attributes through the open descriptor must not reach the lower layer
+/// (kernel overlayfs refuses too; the lower is never changed).
+#[test]
+fn attribute_changes_of_a_deleted_lower_file_never_reach_the_lower() {
+    use std::os::fd::AsRawFd;
+    let s = Scratch::new();
+    let (u, w, l) = (s.mkdir("upper"), s.mkdir("work"), s.mkdir("lower"));
+    let mnt = s.mkdir("mnt");
+    write(&l, "f", "data");
+    chmod(&l, "f", 0o644);
+    let before = fs::metadata(l.join("f")).unwrap();
+    let m = mount_with_work(&[&l], Some((&u, &w)), &mnt);
+    let f = fs::File::open(m.path("f")).unwrap();
+    fs::remove_file(m.path("f")).unwrap();
+    // SAFETY: f is an open descriptor for the whole block.
+    let (chmod_rc, chown_rc) = unsafe {
+        (
+            libc::fchmod(f.as_raw_fd(), 0o600),
+            libc::fchown(f.as_raw_fd(), 1234, 1234),
+        )
+    };
+    drop(f);
+    drop(m);
+    let after = fs::metadata(l.join("f")).unwrap();
+    assert_eq!(
+        (after.mode(), after.uid(), after.gid()),
+        (before.mode(), before.uid(), before.gid()),
+        "the lower changed (fchmod {chmod_rc}, fchown {chown_rc})"
+    );
+}

@@ -12,7 +12,7 @@ use log::{info, warn};
 pub use super::whiteout::WhiteoutFormat;
 use super::whiteout::{UpperFormat, may_write_trusted};
 use crate::name::Name;
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable, XTarget};
 use crate::walk::Step;
 
 /// Saved copies of the upper (`unionfuse checkpoint`), in the work
@@ -67,8 +67,8 @@ impl Upper {
     /// directory in `work` and settles the whiteout format: `wanted`, else
     /// the one the upper already uses, else what its filesystem accepts.
     pub fn open(
-        upper: BorrowedFd<'_>,
-        work: BorrowedFd<'_>,
+        upper: Writable<'_>,
+        work: Writable<'_>,
         wanted: Option<WhiteoutFormat>,
     ) -> std::io::Result<Upper> {
         let mut made = Made::default();
@@ -77,19 +77,19 @@ impl Upper {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 // A crash mid-copy-up leaves half-built objects here; they
                 // were never visible, so they go.
-                let dir = sys::open_child_dir(work, STAGING)?;
-                clear_dir(dir.as_fd())?;
+                let dir = sys::open_child_dir(work.fd(), STAGING)?;
+                clear_dir(Writable::new(dir.as_fd()))?;
             }
             Err(e) => return Err(e),
         }
-        let staging = Arc::new(sys::open_child_dir(work, STAGING)?);
+        let staging = Arc::new(sys::open_child_dir(work.fd(), STAGING)?);
         match sys::mkdirat(work, INDEX, 0o700) {
             Ok(()) => made.index = true,
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
             Err(_) => {}
         }
-        let index = Arc::new(sys::open_child_dir(work, INDEX)?);
-        let trusted = may_write_trusted(staging.as_fd());
+        let index = Arc::new(sys::open_child_dir(work.fd(), INDEX)?);
+        let trusted = may_write_trusted(Writable::new(staging.as_fd()));
         let (ino_xattr, format_xattr, nlink_xattr) = if trusted {
             (
                 c"trusted.unionfuse.ino",
@@ -103,11 +103,16 @@ impl Upper {
                 c"user.unionfuse.nlink",
             )
         };
-        let recorded = read_format(upper, format_xattr);
-        let format = UpperFormat::settle(wanted.or(recorded), upper, staging.as_fd(), trusted);
+        let recorded = read_format(upper.fd(), format_xattr);
+        let format = UpperFormat::settle(
+            wanted.or(recorded),
+            upper.fd(),
+            Writable::new(staging.as_fd()),
+            trusted,
+        );
         if recorded != Some(format.kind()) {
             match sys::setxattr(
-                XTarget::Fd(upper),
+                WTarget::Fd(upper),
                 format_xattr,
                 format.kind().as_str().as_bytes(),
                 0,
@@ -119,7 +124,7 @@ impl Upper {
         info!("whiteout format {}", format.kind().as_str());
         Ok(Upper {
             privileged: trusted,
-            work: sys::open_child_dir(work, c".")?,
+            work: sys::open_child_dir(work.fd(), c".")?,
             made,
             staging,
             index,
@@ -134,29 +139,29 @@ impl Upper {
 
     /// Takes back what [`Upper::open`] changed on disk, for a mount that
     /// failed: a refused mount leaves the directories as they were.
-    pub fn undo(&self, upper: BorrowedFd<'_>) {
+    pub fn undo(&self, upper: Writable<'_>) {
         if self.made.format {
-            let _ = sys::removexattr(XTarget::Fd(upper), self.format_xattr);
+            let _ = sys::removexattr(WTarget::Fd(upper), self.format_xattr);
         }
         if self.made.staging {
-            let _ = remove_tree(self.work.as_fd(), STAGING);
+            let _ = remove_tree(self.work(), STAGING);
         }
         if self.made.index {
-            let _ = sys::unlinkat(self.work.as_fd(), INDEX, true);
+            let _ = sys::unlinkat(self.work(), INDEX, true);
         }
     }
 
     /// Leaves the upper final at the end of a mount: staging emptied (a
     /// request cut short by the unmount may have left a half-built object)
     /// and, with `sync`, the upper's filesystem written back.
-    pub fn finish(&self, upper: BorrowedFd<'_>, sync: bool) {
-        if let Err(e) = clear_dir(self.staging.as_fd()) {
+    pub fn finish(&self, upper: Writable<'_>, sync: bool) {
+        if let Err(e) = clear_dir(self.staging()) {
             warn!("cannot empty the staging directory: {e}");
         }
         if !sync {
             return;
         }
-        let res = sys::open_child_flags(upper, c".", libc::O_RDONLY | libc::O_DIRECTORY)
+        let res = sys::open_child_flags(upper.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)
             .and_then(|fd| sys::syncfs(fd.as_fd()));
         if let Err(e) = res {
             warn!("cannot write back the upper layer: {e}");
@@ -165,15 +170,26 @@ impl Upper {
 
     /// The directory of checkpoints, made on first use.
     pub fn checkpoints(&self) -> std::io::Result<OwnedFd> {
-        match sys::mkdirat(self.work.as_fd(), CHECKPOINTS, 0o700) {
+        match sys::mkdirat(self.work(), CHECKPOINTS, 0o700) {
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
             _ => {}
         }
         sys::open_child_dir(self.work.as_fd(), CHECKPOINTS)
     }
 
-    pub fn staging(&self) -> BorrowedFd<'_> {
-        self.staging.as_fd()
+    /// The work directory.
+    fn work(&self) -> Writable<'_> {
+        Writable::new(self.work.as_fd())
+    }
+
+    /// The staging directory, where copies and new objects are built.
+    pub fn staging(&self) -> Writable<'_> {
+        Writable::new(self.staging.as_fd())
+    }
+
+    /// The index of copied-up hard links.
+    pub fn index_dir(&self) -> Writable<'_> {
+        Writable::new(self.index.as_fd())
     }
 
     /// A fresh name in the staging directory.
@@ -193,7 +209,7 @@ impl Upper {
     /// Records `ino` on a staged object. Best effort: where the xattr cannot
     /// be set (user xattrs on a symlink), the copy reports its own number
     /// after a remount, as kernel overlayfs without `xino` does.
-    pub fn record_ino(&self, t: XTarget<'_>, ino: u64) {
+    pub fn record_ino(&self, t: WTarget<'_>, ino: u64) {
         let v = ino.to_string();
         let _ = sys::setxattr(t, self.ino_xattr, v.as_bytes(), 0);
     }
@@ -211,7 +227,7 @@ impl Upper {
 
     /// Records the lower object's link count on a staged copy about to be
     /// indexed.
-    pub fn record_nlink(&self, t: XTarget<'_>, nlink: u64) {
+    pub fn record_nlink(&self, t: WTarget<'_>, nlink: u64) {
         let v = nlink.to_string();
         let _ = sys::setxattr(t, self.nlink_xattr, v.as_bytes(), 0);
     }
@@ -243,7 +259,7 @@ impl Upper {
             return;
         };
         let v = (n as i64 + delta).max(0).to_string();
-        let t = XTarget::At(self.index.as_fd(), name.as_cstr());
+        let t = WTarget::At(self.index_dir(), name.as_cstr());
         let _ = sys::setxattr(t, self.nlink_xattr, v.as_bytes(), 0);
     }
 
@@ -263,13 +279,14 @@ fn read_format(upper: BorrowedFd<'_>, attr: &CStr) -> Option<WhiteoutFormat> {
 }
 
 /// Removes everything inside `dir`, never following a symlink.
-pub fn clear_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
-    let root = Arc::new(sys::open_child_dir(dir, c".")?);
+pub fn clear_dir(dir: Writable<'_>) -> std::io::Result<()> {
+    let root = Arc::new(sys::open_child_dir(dir.fd(), c".")?);
     let res = crate::walk::walk(
         root,
         (),
         false,
-        |e| match sys::unlinkat(e.dir, e.name.as_cstr(), false) {
+        // Everything below a writable directory is writable.
+        |e| match sys::unlinkat(Writable::new(e.dir), e.name.as_cstr(), false) {
             Ok(()) => Ok(Step::Next),
             Err(err) if matches!(err.raw_os_error(), Some(libc::EISDIR | libc::EPERM)) => {
                 Ok(Step::Descend(()))
@@ -279,7 +296,7 @@ pub fn clear_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
         },
         |d, ()| {
             if let Some((parent, name)) = d.parent {
-                sys::unlinkat(parent, name.as_cstr(), true)?;
+                sys::unlinkat(Writable::new(parent), name.as_cstr(), true)?;
             }
             Ok(())
         },
@@ -288,14 +305,14 @@ pub fn clear_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
 }
 
 /// Removes `name` in `dir`, with everything below it for a directory.
-pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<()> {
+pub fn remove_tree(dir: Writable<'_>, name: &CStr) -> std::io::Result<()> {
     match sys::unlinkat(dir, name, false) {
         Ok(()) => return Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     }
-    let sub = sys::open_child_dir(dir, name)?;
-    clear_dir(sub.as_fd())?;
+    let sub = sys::open_child_dir(dir.fd(), name)?;
+    clear_dir(Writable::new(sub.as_fd()))?;
     sys::unlinkat(dir, name, true)
 }

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use super::upper::remove_tree;
 use crate::error::{Error, Result};
 use crate::name::{Name, WH_PREFIX};
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable, XTarget};
 
 /// The OCI opaque marker file.
 pub const OCI_OPAQUE: &CStr = c".wh..wh..opq";
@@ -58,11 +58,11 @@ impl WhiteoutFormat {
 /// probe deciding which namespace markers (and unionfuse's own xattrs) are
 /// written in. A probe rather than a look at the euid, since euid 0 in a
 /// user namespace cannot.
-pub fn may_write_trusted(dir: BorrowedFd<'_>) -> bool {
+pub fn may_write_trusted(dir: Writable<'_>) -> bool {
     let probe = c"trusted.unionfuse.probe";
-    match sys::setxattr(XTarget::Fd(dir), probe, b"1", 0) {
+    match sys::setxattr(WTarget::Fd(dir), probe, b"1", 0) {
         Ok(()) => {
-            let _ = sys::removexattr(XTarget::Fd(dir), probe);
+            let _ = sys::removexattr(WTarget::Fd(dir), probe);
             true
         }
         Err(_) => false,
@@ -75,7 +75,7 @@ pub fn may_write_trusted(dir: BorrowedFd<'_>) -> bool {
 /// there (the methods below say when something is).
 #[derive(Debug, Clone, Copy)]
 pub struct StagingSlot<'a> {
-    pub dir: BorrowedFd<'a>,
+    pub dir: Writable<'a>,
     pub name: &'a CStr,
 }
 
@@ -102,7 +102,7 @@ impl UpperFormat {
     pub fn settle(
         chosen: Option<WhiteoutFormat>,
         upper: BorrowedFd<'_>,
-        staging: BorrowedFd<'_>,
+        staging: Writable<'_>,
         trusted: bool,
     ) -> UpperFormat {
         let kind = match chosen {
@@ -140,7 +140,7 @@ impl UpperFormat {
 
     /// Hides the lower `name` in upper directory `dir`, where nothing of that
     /// name exists yet.
-    pub fn write_whiteout(self, dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+    pub fn write_whiteout(self, dir: Writable<'_>, name: &Name) -> Result<()> {
         match self.kind {
             WhiteoutFormat::Overlay => {
                 sys::mknodat(dir, name.as_cstr(), libc::S_IFCHR, 0)?;
@@ -160,7 +160,7 @@ impl UpperFormat {
     /// whether something is left at `slot`.
     pub fn remove(
         self,
-        dir: BorrowedFd<'_>,
+        dir: Writable<'_>,
         name: &Name,
         is_dir: bool,
         hide: bool,
@@ -197,15 +197,15 @@ impl UpperFormat {
     /// there.
     pub fn rename(
         self,
-        from: (BorrowedFd<'_>, &Name),
-        to: (BorrowedFd<'_>, &Name),
+        from: (Writable<'_>, &Name),
+        to: (Writable<'_>, &Name),
         src_dir: bool,
         hide: bool,
         slot: StagingSlot<'_>,
     ) -> Result<bool> {
         let ((dir, name), (newdir, newname)) = (from, to);
         let overlay = self.overlay();
-        let target = sys::fstatat(newdir, newname.as_cstr()).ok();
+        let target = sys::fstatat(newdir.fd(), newname.as_cstr()).ok();
         let target_dir = target.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         let target_wh = target.is_some_and(|st| is_whiteout(&st));
         let mut parked = false;
@@ -258,13 +258,13 @@ impl UpperFormat {
     pub fn place_over_whiteout(
         self,
         from: StagingSlot<'_>,
-        dir: BorrowedFd<'_>,
+        dir: Writable<'_>,
         name: &Name,
         is_dir: bool,
     ) -> Result<()> {
         if is_dir {
-            let d = sys::open_child_dir(from.dir, from.name)?;
-            self.mark_opaque(XTarget::At(from.dir, from.name), d.as_fd())?;
+            let d = sys::open_child_dir(from.dir.fd(), from.name)?;
+            self.mark_opaque(WTarget::At(from.dir, from.name), Writable::new(d.as_fd()))?;
         }
         match self.kind {
             WhiteoutFormat::Overlay if is_dir => {
@@ -298,7 +298,7 @@ impl UpperFormat {
 
     /// Marks a directory opaque with the format's one marker: the xattr on
     /// `t`, or `.wh..wh..opq` in `dir` (the same directory, open).
-    pub fn mark_opaque(self, t: XTarget<'_>, dir: BorrowedFd<'_>) -> Result<()> {
+    pub fn mark_opaque(self, t: WTarget<'_>, dir: Writable<'_>) -> Result<()> {
         match self.kind {
             WhiteoutFormat::Overlay => sys::setxattr(t, self.opaque_xattr(), b"y", 0)?,
             WhiteoutFormat::Oci => create_marker(dir, OCI_OPAQUE)?,
@@ -309,12 +309,7 @@ impl UpperFormat {
     /// For a directory marked opaque both ways (`t`, open as `dir`, holding
     /// `.wh..wh..opq` and the opaque `xattrs`): drops the marker of the
     /// other format. Whether that worked.
-    pub fn drop_foreign_opaque(
-        self,
-        t: XTarget<'_>,
-        dir: BorrowedFd<'_>,
-        xattrs: &[&CStr],
-    ) -> bool {
+    pub fn drop_foreign_opaque(self, t: WTarget<'_>, dir: Writable<'_>, xattrs: &[&CStr]) -> bool {
         match self.kind {
             WhiteoutFormat::Oci => xattrs.iter().all(|x| sys::removexattr(t, x).is_ok()),
             WhiteoutFormat::Overlay => sys::unlinkat(dir, OCI_OPAQUE, false).is_ok(),
@@ -324,11 +319,11 @@ impl UpperFormat {
     /// For an unpacked layer: turns its `.wh..wh..opq` in `dir` into this
     /// format's marker. `false` when the OCI file is the marker, to be
     /// written as the layer holds it.
-    pub fn import_oci_opaque(self, dir: BorrowedFd<'_>) -> Result<bool> {
+    pub fn import_oci_opaque(self, dir: Writable<'_>) -> Result<bool> {
         if !self.overlay() {
             return Ok(false);
         }
-        self.mark_opaque(XTarget::Fd(dir), dir)?;
+        self.mark_opaque(WTarget::Fd(dir), dir)?;
         Ok(true)
     }
 
@@ -336,7 +331,7 @@ impl UpperFormat {
     /// format's whiteout, replacing what an earlier entry put at `hidden`.
     /// `false` when the OCI file is the whiteout, to be written as the
     /// layer holds it.
-    pub fn import_oci_whiteout(self, dir: BorrowedFd<'_>, hidden: &[u8]) -> Result<bool> {
+    pub fn import_oci_whiteout(self, dir: Writable<'_>, hidden: &[u8]) -> Result<bool> {
         if !self.overlay() {
             return Ok(false);
         }
@@ -348,7 +343,7 @@ impl UpperFormat {
 }
 
 /// Creates an empty OCI marker file; one already there is as good.
-fn create_marker(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+fn create_marker(dir: Writable<'_>, name: &CStr) -> Result<()> {
     match sys::create_file(dir, name, libc::O_WRONLY, 0o644) {
         Ok(_) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -358,7 +353,7 @@ fn create_marker(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 
 /// Removes an OCI whiteout of `name` in `dir`, if any: what a new object at
 /// `name` must not leave beside it, in either format.
-fn remove_oci_whiteout(dir: BorrowedFd<'_>, name: &Name) -> Result<()> {
+fn remove_oci_whiteout(dir: Writable<'_>, name: &Name) -> Result<()> {
     if let Some(wh) = name.oci_whiteout() {
         match sys::unlinkat(dir, wh.as_cstr(), false) {
             Ok(()) => {}
@@ -411,7 +406,7 @@ fn scan_format(upper: BorrowedFd<'_>) -> Option<WhiteoutFormat> {
 }
 
 /// `overlay` where the filesystem lets this process create a 0:0 char device.
-fn probe_format(dir: BorrowedFd<'_>) -> WhiteoutFormat {
+fn probe_format(dir: Writable<'_>) -> WhiteoutFormat {
     let probe = CString::new(format!("probe.{}", std::process::id())).unwrap_or_default();
     match sys::mknodat(dir, &probe, libc::S_IFCHR, 0) {
         Ok(()) => {

@@ -74,10 +74,24 @@ pub fn open_child_dir(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
     open_child_flags(dir, name, libc::O_PATH | libc::O_DIRECTORY)
 }
 
-/// Opens a child for I/O with `flags`, never following a symlink (ELOOP) or
-/// leaving `dir`. The caller guarantees the child is a regular file or a
-/// directory: opening a device or FIFO could block or have side effects.
+/// Opens a child for reading with `flags`, never following a symlink
+/// (ELOOP) or leaving `dir`. The caller guarantees the child is a regular
+/// file or a directory: opening a device or FIFO could block or have side
+/// effects. Flags that would change the child are refused (EINVAL): that
+/// is [`open_child_write`], on a [`Writable`] directory.
 pub fn open_child_flags(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    open_child(dir, name, flags)
+}
+
+/// [`open_child_flags`] for writing, in a directory of a writable tree.
+pub fn open_child_write(dir: Writable<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    open_child(dir.fd(), name, flags)
+}
+
+fn open_child(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
     let flags = oflags(flags) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     match rustix::fs::openat2(dir, name, flags, Mode::empty(), RESOLVE_FLAGS) {
         Ok(fd) => Ok(fd),

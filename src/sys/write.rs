@@ -16,20 +16,62 @@ fn mode(mode: u32) -> Mode {
     Mode::from_bits_retain(mode)
 }
 
+/// A descriptor of an object in a writable tree: the upper layer, its work
+/// directory, or a tree the tooling writes (unpacked layers, commits,
+/// checkpoints). Every call that changes an object or a directory takes
+/// this, never a plain descriptor, so that a change aimed at a lower layer
+/// does not compile: [`Writable::new`] is the one door, and its callers are
+/// the places that know what they hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Writable<'a>(BorrowedFd<'a>);
+
+impl<'a> Writable<'a> {
+    /// `fd`, known to refer to an object of a writable tree.
+    pub fn new(fd: BorrowedFd<'a>) -> Writable<'a> {
+        Writable(fd)
+    }
+
+    /// The descriptor, for the calls that only read.
+    pub fn fd(self) -> BorrowedFd<'a> {
+        self.0
+    }
+}
+
+/// What a changing xattr, owner, mode or times call acts on: an object of a
+/// writable tree, by descriptor or as a name in one of its directories.
+#[derive(Debug, Clone, Copy)]
+pub enum WTarget<'a> {
+    Fd(Writable<'a>),
+    At(Writable<'a>, &'a CStr),
+}
+
+impl<'a> WTarget<'a> {
+    /// The same object, for the calls that only read.
+    pub fn read(self) -> xattr::XTarget<'a> {
+        match self {
+            WTarget::Fd(w) => xattr::XTarget::Fd(w.0),
+            WTarget::At(w, n) => xattr::XTarget::At(w.0, n),
+        }
+    }
+}
+
 /// `openat(dir, name, flags | O_CREAT | O_EXCL | O_NOFOLLOW, mode)`: a new
 /// regular file, never an existing one.
-pub fn create_file(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+pub fn create_file(dir: Writable<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let dir = dir.0;
     use rustix::fs::OFlags;
     let flags = oflags(flags) | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     Ok(rustix::fs::openat(dir, name, flags, self::mode(mode))?)
 }
 
-pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+pub fn mkdirat(dir: Writable<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    let dir = dir.0;
     Ok(rustix::fs::mkdirat(dir, name, self::mode(mode))?)
 }
 
 /// `mknodat`; `mode` carries the file type (none means a regular file).
-pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+pub fn mknodat(dir: Writable<'_>, name: &CStr, mode: u32, rdev: u64) -> SysResult<()> {
+    let dir = dir.0;
     // rustix ORs the type's bits with the mode; `Unknown` would be S_IFMT.
     let kind = match mode & libc::S_IFMT {
         0 => FileType::RegularFile,
@@ -39,7 +81,8 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> SysRes
     Ok(rustix::fs::mknodat(dir, name, kind, perm, rdev)?)
 }
 
-pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+pub fn symlinkat(target: &CStr, dir: Writable<'_>, name: &CStr) -> SysResult<()> {
+    let dir = dir.0;
     Ok(rustix::fs::symlinkat(target, dir, name)?)
 }
 
@@ -47,9 +90,10 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<(
 pub fn linkat(
     odir: BorrowedFd<'_>,
     oname: &CStr,
-    ndir: BorrowedFd<'_>,
+    ndir: Writable<'_>,
     nname: &CStr,
 ) -> SysResult<()> {
+    let ndir = ndir.0;
     Ok(rustix::fs::linkat(
         odir,
         oname,
@@ -60,7 +104,8 @@ pub fn linkat(
 }
 
 /// `unlinkat`; `dir_flag` removes an empty directory.
-pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> SysResult<()> {
+pub fn unlinkat(dir: Writable<'_>, name: &CStr, is_dir: bool) -> SysResult<()> {
+    let dir = dir.0;
     let flags = if is_dir {
         AtFlags::REMOVEDIR
     } else {
@@ -71,12 +116,13 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> SysResult<()>
 
 /// `renameat2` with `RENAME_*` flags.
 pub fn renameat2(
-    odir: BorrowedFd<'_>,
+    odir: Writable<'_>,
     oname: &CStr,
-    ndir: BorrowedFd<'_>,
+    ndir: Writable<'_>,
     nname: &CStr,
     flags: u32,
 ) -> SysResult<()> {
+    let (odir, ndir) = (odir.0, ndir.0);
     let flags = rustix::fs::RenameFlags::from_bits_retain(flags);
     Ok(rustix::fs::renameat_with(odir, oname, ndir, nname, flags)?)
 }
@@ -91,7 +137,8 @@ fn ids_arg(uid: u32, gid: u32) -> (Option<Uid>, Option<Gid>) {
 
 /// Changes the owner of `name` in `dir` (the link itself for a symlink).
 /// `u32::MAX` leaves an id unchanged.
-pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+pub fn fchownat(dir: Writable<'_>, name: &CStr, uid: u32, gid: u32) -> SysResult<()> {
+    let dir = dir.0;
     let (uid, gid) = ids_arg(uid, gid);
     Ok(rustix::fs::chownat(
         dir,
@@ -104,7 +151,8 @@ pub fn fchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> SysResu
 
 /// Changes the mode of `name` in `dir`, which must not be a symlink (the
 /// caller checks: `fchmodat` follows one).
-pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+pub fn fchmodat(dir: Writable<'_>, name: &CStr, mode: u32) -> SysResult<()> {
+    let dir = dir.0;
     Ok(rustix::fs::chmodat(
         dir,
         name,
@@ -128,7 +176,8 @@ fn timestamps(times: &[libc::timespec; 2]) -> Timestamps {
 
 /// Sets atime and mtime of `name` (not following a symlink); `UTIME_NOW`
 /// and `UTIME_OMIT` work as in utimensat(2).
-pub fn utimensat(dir: BorrowedFd<'_>, name: &CStr, times: &[libc::timespec; 2]) -> SysResult<()> {
+pub fn utimensat(dir: Writable<'_>, name: &CStr, times: &[libc::timespec; 2]) -> SysResult<()> {
+    let dir = dir.0;
     Ok(rustix::fs::utimensat(
         dir,
         name,
@@ -203,11 +252,13 @@ pub fn set_umask(mask: u32) {
     rustix::process::umask(self::mode(mask));
 }
 
-pub fn setxattr(t: xattr::XTarget<'_>, attr: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+pub fn setxattr(t: WTarget<'_>, attr: &CStr, value: &[u8], flags: i32) -> SysResult<()> {
+    let t = t.read();
     xattr::setxattr(t, attr, value, flags)
 }
 
-pub fn removexattr(t: xattr::XTarget<'_>, attr: &CStr) -> SysResult<()> {
+pub fn removexattr(t: WTarget<'_>, attr: &CStr) -> SysResult<()> {
+    let t = t.read();
     xattr::removexattr(t, attr)
 }
 
@@ -218,7 +269,8 @@ pub fn ids() -> (u32, u32) {
 
 /// Sets atime and mtime of the object `fd` refers to (an `O_PATH`
 /// descriptor included).
-pub fn futimens_path(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+pub fn futimens_path(fd: Writable<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+    let fd = fd.0;
     let ts = timestamps(times);
     if rustix::fs::utimensat(fd, c"", &ts, AtFlags::EMPTY_PATH).is_ok() {
         return Ok(());
@@ -250,7 +302,8 @@ pub fn stat_times(st: &libc::stat) -> [libc::timespec; 2] {
 
 /// An unnamed regular file in directory `dir` (`O_TMPFILE`): it is born
 /// next to where it will be linked, and vanishes if the process dies first.
-pub fn open_tmpfile(dir: BorrowedFd<'_>, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+pub fn open_tmpfile(dir: Writable<'_>, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let dir = dir.0;
     use rustix::fs::OFlags;
     let flags = oflags(flags) | OFlags::TMPFILE | OFlags::CLOEXEC;
     Ok(rustix::fs::openat(dir, c".", flags, self::mode(mode))?)
@@ -258,7 +311,8 @@ pub fn open_tmpfile(dir: BorrowedFd<'_>, flags: i32, mode: u32) -> SysResult<Own
 
 /// Gives the unnamed file `fd` the name `name` in `dir`; fails with EEXIST
 /// when the name is taken.
-pub fn link_tmpfile(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> SysResult<()> {
+pub fn link_tmpfile(fd: BorrowedFd<'_>, dir: Writable<'_>, name: &CStr) -> SysResult<()> {
+    let dir = dir.0;
     match rustix::fs::linkat(fd, c"", dir, name, AtFlags::EMPTY_PATH) {
         Ok(()) => return Ok(()),
         Err(Errno::NOENT | Errno::PERM) => {}
@@ -278,28 +332,28 @@ pub fn link_tmpfile(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &CStr) -> Sys
 }
 
 /// Changes the owner of a target (the link itself for a symlink).
-pub fn chown(t: xattr::XTarget<'_>, uid: u32, gid: u32) -> SysResult<()> {
+pub fn chown(t: WTarget<'_>, uid: u32, gid: u32) -> SysResult<()> {
     match t {
-        xattr::XTarget::At(dir, name) => fchownat(dir, name, uid, gid),
-        xattr::XTarget::Fd(fd) => {
+        WTarget::At(dir, name) => fchownat(dir, name, uid, gid),
+        WTarget::Fd(fd) => {
             let (uid, gid) = ids_arg(uid, gid);
-            Ok(rustix::fs::fchown(fd, uid, gid)?)
+            Ok(rustix::fs::fchown(fd.0, uid, gid)?)
         }
     }
 }
 
 /// Changes the mode of a target that is not a symlink.
-pub fn chmod(t: xattr::XTarget<'_>, mode: u32) -> SysResult<()> {
+pub fn chmod(t: WTarget<'_>, mode: u32) -> SysResult<()> {
     match t {
-        xattr::XTarget::At(dir, name) => fchmodat(dir, name, mode),
-        xattr::XTarget::Fd(fd) => Ok(rustix::fs::fchmod(fd, self::mode(mode))?),
+        WTarget::At(dir, name) => fchmodat(dir, name, mode),
+        WTarget::Fd(fd) => Ok(rustix::fs::fchmod(fd.0, self::mode(mode))?),
     }
 }
 
 /// Sets atime and mtime of a target, not following a symlink.
-pub fn set_times(t: xattr::XTarget<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
+pub fn set_times(t: WTarget<'_>, times: &[libc::timespec; 2]) -> SysResult<()> {
     match t {
-        xattr::XTarget::At(dir, name) => utimensat(dir, name, times),
-        xattr::XTarget::Fd(fd) => Ok(rustix::fs::futimens(fd, &timestamps(times))?),
+        WTarget::At(dir, name) => utimensat(dir, name, times),
+        WTarget::Fd(fd) => Ok(rustix::fs::futimens(fd.0, &timestamps(times))?),
     }
 }

@@ -13,7 +13,7 @@ use crate::inode::Inode;
 use crate::layer::Place;
 use crate::layer::whiteout::is_private_xattr;
 use crate::override_stat::Override;
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable};
 use crate::union::Union;
 
 impl SetTime {
@@ -61,7 +61,13 @@ impl Union {
             // Every name is gone: only an open handle reaches the file.
             let Some(h) = handle_fd else { return Err(*e) };
             let Handle::File { fd, .. } = &*h;
-            let t = XTarget::Fd(fd.as_fd());
+            if !inode.in_upper() {
+                // A lower file whose every name is gone: there is no
+                // upper copy to change, and the lower layer is never
+                // changed.
+                return Err(Error::ROFS);
+            }
+            let t = WTarget::Fd(Writable::new(fd.as_fd()));
             if a.uid.is_some() || a.gid.is_some() {
                 let uid = self.store_id(a.uid, &self.ids.uid)?;
                 let gid = self.store_id(a.gid, &self.ids.gid)?;
@@ -80,7 +86,8 @@ impl Union {
             return self.getattr(nodeid, fh);
         }
         let obj = obj?;
-        let (dir, name) = obj.dir_and_name();
+        // Copied up above: the object is the upper's.
+        let t = obj.upper_target();
         let mut a = a;
         if let Some(attr) = self.override_xattr
             && (a.uid.is_some() || a.gid.is_some() || a.mode.is_some())
@@ -105,20 +112,20 @@ impl Union {
                 let own = if inode.is_dir() { 0o700 } else { 0o600 };
                 a.mode = Some((st.st_mode & 0o7777 & !0o7000) | own | (mode & 0o777 & !own));
             }
-            sys::setxattr(obj.xattr_target(), attr, o.format().as_bytes(), 0)?;
+            sys::setxattr(t, attr, o.format().as_bytes(), 0)?;
             a.uid = None;
             a.gid = None;
         }
         if a.uid.is_some() || a.gid.is_some() {
             let uid = self.store_id(a.uid, &self.ids.uid)?;
             let gid = self.store_id(a.gid, &self.ids.gid)?;
-            sys::fchownat(dir, name, uid, gid)?;
+            sys::chown(t, uid, gid)?;
         }
         if let Some(mode) = a.mode {
             if inode.kind == libc::S_IFLNK {
                 return Err(Error::new(libc::EOPNOTSUPP));
             }
-            sys::fchmodat(dir, name, mode & 0o7777)?;
+            sys::chmod(t, mode & 0o7777)?;
         }
         if let Some(size) = a.size {
             match handle_fd.as_deref() {
@@ -132,14 +139,15 @@ impl Union {
                     sys::ftruncate(fd.as_fd(), size)?
                 }
                 _ => {
-                    let f = sys::open_child_flags(dir, name, libc::O_WRONLY)?;
+                    let (dir, name) = obj.upper_dir_and_name();
+                    let f = sys::open_child_write(dir, name, libc::O_WRONLY)?;
                     sys::ftruncate(f.as_fd(), size)?;
                 }
             }
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let times = [SetTime::timespec(a.atime), SetTime::timespec(a.mtime)];
-            sys::utimensat(dir, name, &times)?;
+            sys::set_times(t, &times)?;
         }
         self.getattr(nodeid, fh)
     }
@@ -171,7 +179,7 @@ impl Union {
         let inode = self.inodes.get(nodeid)?;
         self.copy_up_for_meta(&inode)?;
         let obj = self.object(&inode)?;
-        Ok(sys::setxattr(obj.xattr_target(), &cname, value, flags)?)
+        Ok(sys::setxattr(obj.upper_target(), &cname, value, flags)?)
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> Result<()> {
@@ -187,7 +195,7 @@ impl Union {
         sys::getxattr(obj.xattr_target(), &cname, &mut [])?;
         self.copy_up_for_meta(&inode)?;
         let obj = self.object(&inode)?;
-        Ok(sys::removexattr(obj.xattr_target(), &cname)?)
+        Ok(sys::removexattr(obj.upper_target(), &cname)?)
     }
 
     fn copy_up_for_meta(&self, inode: &Arc<Inode>) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::layer::Place;
 use crate::layer::whiteout::{self, StagingSlot};
 use crate::name::Name;
 use crate::override_stat::Override;
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable};
 use crate::union::Union;
 
 /// What a new object is.
@@ -34,12 +34,7 @@ fn open_flags(flags: i32) -> i32 {
 }
 
 /// Makes a new object of `kind` as `name` in `dir`; a file comes back open.
-fn make(
-    kind: &NewKind<'_>,
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    mode: u32,
-) -> Result<Option<OwnedFd>> {
+fn make(kind: &NewKind<'_>, dir: Writable<'_>, name: &CStr, mode: u32) -> Result<Option<OwnedFd>> {
     let perm = mode & 0o7777;
     Ok(match kind {
         NewKind::File { flags } => Some(sys::create_file(dir, name, open_flags(*flags), perm)?),
@@ -101,7 +96,7 @@ impl Ownership {
     }
 
     /// Gives an object made elsewhere (or unnamed) its owner.
-    fn apply(&self, t: XTarget<'_>) -> Result<()> {
+    fn apply(&self, t: WTarget<'_>) -> Result<()> {
         if (self.uid, self.gid) != self.daemon {
             sys::chown(t, self.uid, self.gid)?;
             if self.perm & (libc::S_ISUID | libc::S_ISGID) != 0 && !self.is_dir {
@@ -145,10 +140,10 @@ impl Union {
                 gid: self.ids.gid.store(caller.gid).ok_or(Error::INVAL)?,
             }
         };
-        let pfd_arc = self.upper_dir(parent)?;
-        let pfd = pfd_arc.as_fd();
-        let pst = sys::fstat(pfd)?;
-        let over_whiteout = whiteout::has_whiteout(pfd, name);
+        let pfd_dir = self.upper_dir(parent)?;
+        let pfd = pfd_dir.w();
+        let pst = sys::fstat(pfd.fd())?;
+        let over_whiteout = whiteout::has_whiteout(pfd.fd(), name);
         let is_dir = matches!(kind, NewKind::Dir);
         let owned = !matches!(kind, NewKind::Link { .. });
         let own = Ownership::new(caller, &pst, mode & 0o7777, is_dir);
@@ -157,7 +152,7 @@ impl Union {
         } else if let (false, NewKind::File { flags }) = (over_whiteout, &kind)
             && let Ok(tmp) = sys::open_tmpfile(pfd, open_flags(*flags), mode & 0o7777)
         {
-            self.own(&own, XTarget::Fd(tmp.as_fd()), None)?;
+            self.own(&own, WTarget::Fd(Writable::new(tmp.as_fd())), None)?;
             sys::link_tmpfile(tmp.as_fd(), pfd, name.as_cstr())?;
             Some(tmp)
         } else {
@@ -165,7 +160,7 @@ impl Union {
             let (sdir, sname) = (upper.staging(), staged.cstr());
             let fd = make(&kind, sdir, sname, mode)?;
             if owned {
-                self.own(&own, XTarget::At(sdir, sname), None)?;
+                self.own(&own, WTarget::At(sdir, sname), None)?;
             }
             if over_whiteout {
                 let from = StagingSlot {
@@ -188,7 +183,7 @@ impl Union {
             };
             sys::fchmodat(pfd, name.as_cstr(), (mode & 0o7777) | setgid)?;
         }
-        let st = sys::fstatat(pfd, name.as_cstr())?;
+        let st = sys::fstatat(pfd.fd(), name.as_cstr())?;
         if !owned {
             // A new name of an existing inode: the caller registers it.
             parent.changed();
@@ -292,7 +287,7 @@ impl Union {
                 perm,
                 false,
             );
-            self.own(&own, obj.xattr_target(), Some((kind, rdev)))?;
+            self.own(&own, obj.upper_target(), Some((kind, rdev)))?;
             return self.getattr(st.st_ino, None);
         }
         Ok(self
@@ -366,7 +361,7 @@ impl Union {
     /// Gives a new object its owner: recorded in the override xattr where
     /// overrides are on and the daemon cannot chown, else by chown. `kind`
     /// records a type the disk cannot hold (a device made by a user).
-    fn own(&self, own: &Ownership, t: XTarget<'_>, kind: Option<(u32, u64)>) -> Result<()> {
+    fn own(&self, own: &Ownership, t: WTarget<'_>, kind: Option<(u32, u64)>) -> Result<()> {
         if let Some(attr) = self.override_xattr
             && (kind.is_some() || (!self.upper()?.privileged && (own.uid, own.gid) != own.daemon))
         {

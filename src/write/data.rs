@@ -20,11 +20,12 @@ impl Union {
         }
         self.copy_up(&inode, flags & libc::O_TRUNC == 0)?;
         let obj = self.object(&inode)?;
-        let (dir, name) = obj.dir_and_name();
+        // Copied up above: the object is the upper's.
+        let (dir, name) = obj.upper_dir_and_name();
         // The kernel hands every write its offset (appends included), and
         // reads and writes go through the page cache or passthrough.
         let keep = libc::O_ACCMODE | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC;
-        let fd = sys::open_child_flags(dir, name, flags & keep)?;
+        let fd = sys::open_child_write(dir, name, flags & keep)?;
         Ok(self.handles.insert(Handle::File {
             fd,
             inode,

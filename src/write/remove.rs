@@ -73,7 +73,7 @@ impl Union {
     ) -> Result<()> {
         let upper = self.upper()?;
         let pfd = self.upper_dir(parent)?;
-        let pfd = pfd.as_fd();
+        let pfd = pfd.w();
         let hide = self.lower_has(parent, name)?;
         if !in_upper {
             return upper.format.write_whiteout(pfd, name);

@@ -9,7 +9,7 @@ use super::new_name;
 use crate::error::{Error, Result};
 use crate::inode::{Inode, Location};
 use crate::name::Name;
-use crate::sys::{self, XTarget};
+use crate::sys::{self, WTarget, Writable};
 use crate::union::Union;
 
 impl Union {
@@ -86,20 +86,21 @@ impl Union {
         }
         let pfd = self.upper_dir(&p)?;
         let npfd = self.upper_dir(&np)?;
-        let (pfd, npfd) = (pfd.as_fd(), npfd.as_fd());
+        let (pfd, npfd) = (pfd.w(), npfd.w());
         // A directory arriving where a lower layer holds the name must not
         // merge with it.
         if src_dir && self.lower_has(&np, &newname)? {
+            // Brought up above: the directory is the upper's.
             let fd = self.dir_fd(&src_inode, 0)?;
-            let t = XTarget::At(pfd, name.as_cstr());
-            upper.format.mark_opaque(t, fd.as_fd())?;
+            let t = WTarget::At(pfd, name.as_cstr());
+            upper.format.mark_opaque(t, Writable::new(fd.as_fd()))?;
         }
         if exchange {
             let d = dst_inode.as_ref().ok_or(Error::NOENT)?;
             if d.is_dir() && self.lower_has(&p, &name)? {
                 let fd = self.dir_fd(d, 0)?;
-                let t = XTarget::At(npfd, newname.as_cstr());
-                upper.format.mark_opaque(t, fd.as_fd())?;
+                let t = WTarget::At(npfd, newname.as_cstr());
+                upper.format.mark_opaque(t, Writable::new(fd.as_fd()))?;
             }
             sys::renameat2(
                 pfd,
