@@ -196,6 +196,27 @@ impl Inode {
         self.state.read().place.winner()
     }
 
+    /// A metadata-only copy (see [`Place::MetaCopy`]).
+    pub fn is_metacopy(&self) -> bool {
+        matches!(self.state.read().place, Place::MetaCopy { .. })
+    }
+
+    /// Every layer directory of a directory, when all are cached: one lock
+    /// and no extra allocation on the path every lookup takes.
+    pub fn cached_dir_fds(&self) -> Option<Vec<(LayerIdx, Arc<OwnedFd>)>> {
+        let st = self.state.read();
+        st.place
+            .dir_layers()
+            .iter()
+            .map(|&l| {
+                st.fds
+                    .iter()
+                    .find(|s| s.layer == l)
+                    .map(|s| (l, Arc::clone(&s.fd)))
+            })
+            .collect()
+    }
+
     /// The layers of a directory, top-most first.
     pub fn dir_layers(&self) -> Vec<LayerIdx> {
         self.state.read().place.dir_layers().to_vec()

@@ -195,6 +195,9 @@ impl Tree {
 
     /// Every layer directory of a merged directory, top-most first.
     pub(crate) fn dir_fds(&self, inode: &Arc<Inode>) -> Result<DirFds> {
+        if let Some(fds) = inode.cached_dir_fds() {
+            return Ok(fds);
+        }
         inode
             .dir_layers()
             .into_iter()
@@ -294,18 +297,19 @@ impl Tree {
         kind: u32,
         place: Place,
     ) -> (Arc<Inode>, bool) {
-        let mut fresh = false;
+        // Taken by a new inode; otherwise left for a dead one to take.
+        let mut place = Some(place);
         let inode = self.inodes.lookup(st_ino, kind, || {
-            fresh = true;
             let loc = Location {
                 parent: Arc::clone(parent),
                 name: name.clone(),
             };
-            Inode::new(st_ino, st_ino, kind, Some(loc), place.clone())
+            let place = place.take().unwrap_or(Place::Upper);
+            Inode::new(st_ino, st_ino, kind, Some(loc), place)
         });
-        if fresh {
+        let Some(place) = place else {
             return (inode, false);
-        }
+        };
         if inode.is_dead() {
             // A dead inode of the same type: another name of the same
             // object (a hard link the table never saw), or a new object

@@ -30,7 +30,7 @@ pub trait DirReplier {
 /// Receives directory entries with their attributes (readdirplus); returns
 /// `true` once its buffer is full and the entry was not taken.
 pub trait DirPlusReplier {
-    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat) -> bool;
+    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat, generation: u64) -> bool;
 }
 
 /// The merged filesystem: the shared tree, plus open handles and what
@@ -137,9 +137,11 @@ impl Union {
         self.tree.override_xattr = attr;
     }
 
-    /// Resolves `name` in `parent`; `Ok(None)` when nothing is visible there,
-    /// which the adapter may cache as a negative entry.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<libc::stat>> {
+    /// Resolves `name` in `parent`: its attributes and FUSE generation (see
+    /// [`Union::generation_of`]; known here without another table lookup).
+    /// `Ok(None)` when nothing is visible there, which the adapter may cache
+    /// as a negative entry.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<(libc::stat, u64)>> {
         let name = Name::new(name)?;
         let p = self.inodes.get(parent)?;
         if !p.is_dir() {
@@ -191,7 +193,7 @@ impl Union {
             st.st_nlink = self.dir_nlink(&inode, &st);
         }
         self.present(&inode, &mut st);
-        Ok(Some(st))
+        Ok(Some((st, self.generation().wrapping_add(inode.generation))))
     }
 
     /// Leaves the index's own link out of an indexed copy's `st_nlink`.
@@ -245,7 +247,7 @@ impl Union {
     /// A metadata-only copy shows the blocks its data occupies, as kernel
     /// overlayfs shows them.
     fn show_data_blocks(&self, inode: &Arc<Inode>, st: &mut libc::stat) {
-        if matches!(inode.place(), Place::MetaCopy { .. })
+        if inode.is_metacopy()
             && let Ok(d) = self.data_object(inode).and_then(|o| o.stat())
         {
             st.st_blocks = d.st_blocks;
@@ -427,15 +429,15 @@ impl Union {
                 let mut st = sys::zeroed_stat();
                 st.st_ino = e.ino;
                 st.st_mode = libc::S_IFDIR;
-                if out.add(e.off, name, &st) {
+                if out.add(e.off, name, &st, 0) {
                     return Ok(());
                 }
                 continue;
             }
             // An entry gone since the listing was taken, or unreadable, is
             // left out rather than failing the whole listing.
-            if let Ok(Some(st)) = self.lookup(dir.nodeid, OsStr::from_bytes(name))
-                && out.add(e.off, name, &st)
+            if let Ok(Some((st, generation))) = self.lookup(dir.nodeid, OsStr::from_bytes(name))
+                && out.add(e.off, name, &st, generation)
             {
                 self.forget(st.st_ino, 1);
                 return Ok(());

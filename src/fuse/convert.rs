@@ -11,7 +11,7 @@ use fuser::{
 use log::{debug, warn};
 
 use crate::error::Error;
-use crate::union::{DirPlusReplier, DirReplier, Union};
+use crate::union::{DirPlusReplier, DirReplier};
 use crate::write::{Caller, SetTime};
 
 pub(super) fn errno(e: Error) -> Errno {
@@ -100,11 +100,10 @@ impl DirReplier for DirOut<'_> {
 pub(super) struct DirPlusOut<'a> {
     pub(super) reply: &'a mut ReplyDirectoryPlus,
     pub(super) ttl: Duration,
-    pub(super) union: &'a Union,
 }
 
 impl DirPlusReplier for DirPlusOut<'_> {
-    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat) -> bool {
+    fn add(&mut self, offset: u64, name: &[u8], st: &libc::stat, generation: u64) -> bool {
         use std::os::unix::ffi::OsStrExt;
         let attr = file_attr(st);
         self.reply.add(
@@ -113,7 +112,7 @@ impl DirPlusReplier for DirPlusOut<'_> {
             OsStr::from_bytes(name),
             &self.ttl,
             &attr,
-            Generation(self.union.generation_of(st.st_ino)),
+            Generation(generation),
         )
     }
 }

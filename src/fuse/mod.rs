@@ -145,9 +145,9 @@ impl Filesystem for UnionFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _t = self.stats.time(const { Op::named("lookup") });
         match self.union.lookup(parent.0, name) {
-            Ok(Some(st)) => {
+            Ok(Some((st, generation))) => {
                 trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
-                reply.entry(&self.ttl, &file_attr(&st), self.generation(st.st_ino));
+                reply.entry(&self.ttl, &file_attr(&st), Generation(generation));
             }
             Ok(None) => {
                 // A negative entry: nodeid 0 with a timeout lets the kernel
@@ -307,7 +307,6 @@ impl Filesystem for UnionFs {
             &mut DirPlusOut {
                 reply: &mut reply,
                 ttl: self.ttl,
-                union: &self.union,
             },
         );
         match res {
