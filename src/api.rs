@@ -357,7 +357,18 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>, Failure> {
 /// Writes the upper directory `upper` as an OCI image layer tar to `out`
 /// (reproducible: the same upper gives the same bytes).
 pub fn export(upper: &Path, out: impl Write, compression: Compression) -> Result<(), Failure> {
-    crate::layerfile::export(upper, out, compression).map_err(Failure::Layer)
+    export_with(upper, out, compression, false)
+}
+
+/// [`export`]; with `mtime_seconds`, times in whole seconds only (docker's
+/// layers), else sub-second times kept in PAX records.
+pub fn export_with(
+    upper: &Path,
+    out: impl Write,
+    compression: Compression,
+    mtime_seconds: bool,
+) -> Result<(), Failure> {
+    crate::layerfile::export(upper, out, compression, mtime_seconds).map_err(Failure::Layer)
 }
 
 /// Unpacks an OCI image layer tar (plain, gzip or zstd) into the existing

@@ -45,26 +45,33 @@ fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
 }
 
 /// Writes the upper directory `upper` as an OCI layer tar to `out`.
-pub fn export(upper: &Path, out: impl Write, compression: Compression) -> Result<(), String> {
+pub fn export(
+    upper: &Path,
+    out: impl Write,
+    compression: Compression,
+    mtime_seconds: bool,
+) -> Result<(), String> {
     let root = sys::open_dir_path(upper).map_err(|e| err(upper.display(), e))?;
     match compression {
-        Compression::None => write_layer(root.as_fd(), out),
+        Compression::None => write_layer(root.as_fd(), out, mtime_seconds),
         Compression::Gzip => {
             let mut gz = flate2::GzBuilder::new()
                 .mtime(0)
                 .write(out, flate2::Compression::default());
-            write_layer(root.as_fd(), &mut gz)?;
+            write_layer(root.as_fd(), &mut gz, mtime_seconds)?;
             gz.try_finish().map_err(|e| err("gzip", e))
         }
         Compression::Zstd => {
             let mut z = zstd::Encoder::new(out, 3).map_err(|e| err("zstd", e))?;
-            write_layer(root.as_fd(), &mut z)?;
+            write_layer(root.as_fd(), &mut z, mtime_seconds)?;
             z.finish().map(|_| ()).map_err(|e| err("zstd", e))
         }
     }
 }
 
-fn write_layer(root: BorrowedFd<'_>, out: impl Write) -> Result<(), String> {
+/// `mtime_seconds`: whole-second times only, as docker writes them; else
+/// a time with a fraction also gets a PAX `mtime` record.
+fn write_layer(root: BorrowedFd<'_>, out: impl Write, mtime_seconds: bool) -> Result<(), String> {
     let mut b = tar::Builder::new(out);
     let mut links = HashMap::new();
     let root = std::sync::Arc::new(sys::open_child_dir(root, c".").map_err(|e| err("upper", e))?);
@@ -76,7 +83,7 @@ fn write_layer(root: BorrowedFd<'_>, out: impl Write) -> Result<(), String> {
         (),
         true,
         |e| {
-            export_entry(&mut b, e, &mut links).map_err(|m| {
+            export_entry(&mut b, e, &mut links, mtime_seconds).map_err(|m| {
                 failed = Some(m);
                 crate::error::Error::new(libc::ECANCELED)
             })
@@ -152,6 +159,7 @@ fn export_entry<W: Write>(
     b: &mut tar::Builder<W>,
     e: &crate::walk::Entry<'_, ()>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
+    mtime_seconds: bool,
 ) -> Result<crate::walk::Step<()>, String> {
     use crate::walk::Step;
     let (dir, name, path) = (e.dir, e.name, e.path);
@@ -176,9 +184,19 @@ fn export_entry<W: Write>(
         return Ok(Step::Next);
     }
     let t = XTarget::At(dir, name.as_cstr());
-    if kind != libc::S_IFLNK {
-        append_pax(b, &pax_xattrs(t))?;
+    let mut pax = if kind != libc::S_IFLNK {
+        pax_xattrs(t)
+    } else {
+        Vec::new()
+    };
+    if !mtime_seconds && st.st_mtime_nsec != 0 && st.st_mtime >= 0 {
+        // The ustar header holds whole seconds; what the mount showed goes
+        // in a PAX record (derived from the object alone: reproducible).
+        let v = format!("{}.{:09}", st.st_mtime, st.st_mtime_nsec);
+        pax.push(("mtime".into(), v.into_bytes()));
+        pax.sort();
     }
+    append_pax(b, &pax)?;
     match kind {
         libc::S_IFDIR => {
             let mut h = header(&st, tar::EntryType::Directory);
@@ -257,6 +275,24 @@ fn export_entry<W: Write>(
         _ => {}
     }
     Ok(Step::Next)
+}
+
+/// A PAX time (`SECONDS[.FRACTION]`, non-negative) as seconds and
+/// nanoseconds; `None` when it does not parse.
+fn parse_pax_time(v: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = sec.parse().ok()?;
+    if sec < 0 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = &frac[..frac.len().min(9)];
+    let nsec = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<i64>().ok()? * 10i64.pow(9 - digits.len() as u32)
+    };
+    Some((sec, nsec))
 }
 
 /// The path components of a tar entry, refusing anything that leaves the
@@ -346,6 +382,13 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         // Below the unpack target, which this verb creates or is given
         // empty: writable.
         let p = Writable::new(parent.as_fd());
+        let pax_mtime = match entry.pax_extensions() {
+            Ok(Some(exts)) => exts
+                .flatten()
+                .find(|e| e.key_bytes() == b"mtime")
+                .and_then(|e| parse_pax_time(e.value_bytes())),
+            _ => None,
+        };
         let xattrs: Vec<(Vec<u8>, Vec<u8>)> = match entry.pax_extensions() {
             Ok(Some(exts)) => exts
                 .flatten()
@@ -444,17 +487,12 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
                 }
             }
         }
-        let mtime = h.mtime().unwrap_or(0) as i64;
-        let times = [
-            libc::timespec {
-                tv_sec: mtime,
-                tv_nsec: 0,
-            },
-            libc::timespec {
-                tv_sec: mtime,
-                tv_nsec: 0,
-            },
-        ];
+        let (sec, nsec) = pax_mtime.unwrap_or((h.mtime().unwrap_or(0) as i64, 0));
+        let time = libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        };
+        let times = [time, time];
         if kind.is_dir() {
             dir_times.push((comps, times));
         } else {
@@ -480,7 +518,7 @@ pub fn commit(upper: &Path, dest: &Path, format: WhiteoutFormat) -> Result<(), S
         std::os::unix::net::UnixStream::pair().map_err(|e| err("socket pair", e))?;
     let up = upper.to_path_buf();
     let producer = std::thread::spawn(move || {
-        let res = export(&up, &writer, Compression::None);
+        let res = export(&up, &writer, Compression::None, false);
         // The reader sees the end of the stream.
         let _ = writer.shutdown(std::net::Shutdown::Write);
         res

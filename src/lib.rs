@@ -85,7 +85,7 @@ mod union;
 mod walk;
 mod write;
 
-pub use api::{Mount, MountBuilder, MountGuard, commit, diff, export, unpack};
+pub use api::{Mount, MountBuilder, MountGuard, commit, diff, export, export_with, unpack};
 pub use config::{DEFAULT_CACHE_TIMEOUT, MountConfig, MountConfigBuilder};
 pub use diff::{Change, ChangeKind};
 pub use failure::Failure;

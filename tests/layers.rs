@@ -274,3 +274,73 @@ fn unpack_refuses_escapes_and_never_follows_symlinks() {
     );
     let _ = fs::metadata(dir.join("escape")).map(|m| m.mode());
 }
+
+/// Sub-second modification times survive export and unpack (PAX `mtime`
+/// records), reproducibly; `--mtime-seconds` writes whole seconds only, as
+/// docker does.
+#[test]
+fn export_keeps_sub_second_mtimes_unless_asked_for_seconds() {
+    let s = Scratch::new();
+    let up = s.mkdir("upper");
+    write(&up, "f", "data");
+    write(&up, "d/g", "deeper");
+    let set = |rel: &str, sec: i64, nsec: i64| {
+        let p = std::ffi::CString::new(up.join(rel).to_str().unwrap()).unwrap();
+        let t = [libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        }; 2];
+        // SAFETY: p is a valid path and t holds two timespecs.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), t.as_ptr(), 0) };
+        assert_eq!(rc, 0, "utimensat {rel}");
+    };
+    set("d/g", 1_600_000_000, 5);
+    set("f", 1_600_000_001, 123_456_789);
+    set("d", 1_600_000_002, 900_000_000);
+    let layer = s.dir.path().join("layer.tar");
+    let again = s.dir.path().join("again.tar");
+    let whole = s.dir.path().join("whole.tar");
+    for (out, extra) in [
+        (&layer, None),
+        (&again, None),
+        (&whole, Some("--mtime-seconds")),
+    ] {
+        let mut args: Vec<&OsStr> = vec![
+            "export".as_ref(),
+            "--upper".as_ref(),
+            up.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(extra.map(OsStr::new));
+        let o = uf(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        fs::read(&layer).unwrap(),
+        fs::read(&again).unwrap(),
+        "reproducible"
+    );
+    let unpack = |tar: &Path, dir: &str| {
+        let d = s.mkdir(dir);
+        let o = uf(&["unpack".as_ref(), tar.as_os_str(), d.as_os_str()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let t = |rel: &str| {
+            let m = fs::symlink_metadata(d.join(rel)).unwrap();
+            (m.mtime(), m.mtime_nsec())
+        };
+        (t("f"), t("d"), t("d/g"))
+    };
+    assert_eq!(
+        unpack(&layer, "exact"),
+        (
+            (1_600_000_001, 123_456_789),
+            (1_600_000_002, 900_000_000),
+            (1_600_000_000, 5)
+        )
+    );
+    assert_eq!(
+        unpack(&whole, "seconds"),
+        ((1_600_000_001, 0), (1_600_000_002, 0), (1_600_000_000, 0))
+    );
+}

@@ -50,6 +50,11 @@ pub struct ExportArgs {
     pub output: PathBuf,
     #[arg(long, value_enum)]
     pub compress: Option<CompressArg>,
+    /// Whole-second modification times only, as docker writes layers (for
+    /// byte-for-byte comparison with other tools); by default a time with a
+    /// fraction is kept in a PAX record too.
+    #[arg(long)]
+    pub mtime_seconds: bool,
 }
 
 #[derive(Debug, Args)]
@@ -129,22 +134,27 @@ pub(super) fn export_cmd(args: &ExportArgs) -> Result<(), Failure> {
     };
     if args.output.as_os_str() == "-" {
         let out = std::io::BufWriter::new(std::io::stdout().lock());
-        return crate::api::export(&upper, out, comp);
+        return crate::api::export_with(&upper, out, comp, args.mtime_seconds);
     }
     // Written beside the target and renamed: a failed export leaves no
     // partial layer under the name.
     let tmp = args.output.with_extension("unionfuse-partial");
     let file = std::fs::File::create(&tmp)
         .map_err(|e| Failure::Layer(format!("cannot create {}: {e}", tmp.display())))?;
-    let res = crate::api::export(&upper, std::io::BufWriter::new(&file), comp)
-        .and_then(|()| {
-            file.sync_all()
-                .map_err(|e| Failure::Layer(format!("{}: {e}", tmp.display())))
-        })
-        .and_then(|()| {
-            std::fs::rename(&tmp, &args.output)
-                .map_err(|e| Failure::Layer(format!("cannot write {}: {e}", args.output.display())))
-        });
+    let res = crate::api::export_with(
+        &upper,
+        std::io::BufWriter::new(&file),
+        comp,
+        args.mtime_seconds,
+    )
+    .and_then(|()| {
+        file.sync_all()
+            .map_err(|e| Failure::Layer(format!("{}: {e}", tmp.display())))
+    })
+    .and_then(|()| {
+        std::fs::rename(&tmp, &args.output)
+            .map_err(|e| Failure::Layer(format!("cannot write {}: {e}", args.output.display())))
+    });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
