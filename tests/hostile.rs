@@ -11,8 +11,9 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, symlink};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -204,4 +205,139 @@ fn write_at(dir: &Fd, name: &str, flags: libc::c_int, data: &[u8]) {
         // SAFETY: data is valid for data.len() bytes.
         unsafe { libc::write(f.0, data.as_ptr().cast(), data.len()) };
     }
+}
+
+/// Snapshot of a directory tree: relative path -> (kind, content or target).
+fn snapshot(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read canary").flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let v = if md.is_dir() {
+                stack.push(p.clone());
+                format!("dir {:o}", md.mode() & 0o7777)
+            } else if md.file_type().is_symlink() {
+                format!("link {}", fs::read_link(&p).unwrap().display())
+            } else {
+                format!(
+                    "file {:o} {}",
+                    md.mode() & 0o7777,
+                    String::from_utf8_lossy(&fs::read(&p).unwrap())
+                )
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+/// An image full of symlinks that lead out (absolute, `..`, to a file and
+/// to a directory), in a lower and in the upper, put through every verb and
+/// through the changes that make the daemon walk and copy trees: nothing
+/// outside the layers ever changes.
+#[test]
+fn symlinks_in_layers_never_lead_any_verb_outside() {
+    let s = Scratch::new();
+    let canary = s.mkdir("canary");
+    write(&canary, "keep", "orig");
+    write(&canary, "sub/deeper", "orig");
+    let (l, u, w) = (s.mkdir("lower"), s.mkdir("upper"), s.mkdir("work"));
+    let mnt = s.mkdir("mnt");
+    let abs = canary.to_str().expect("utf-8");
+    write(&l, "a/file", "lower");
+    symlink(abs, l.join("a/evil")).unwrap();
+    symlink(format!("{abs}/keep"), l.join("a/evil-file")).unwrap();
+    symlink("../../../../../../../../..", l.join("a/up")).unwrap();
+    fs::create_dir_all(l.join("tree/x/y")).unwrap();
+    symlink(abs, l.join("tree/x/y/out")).unwrap();
+    fs::create_dir_all(u.join("a")).unwrap();
+    symlink(abs, u.join("a/evil2")).unwrap();
+    symlink(format!("{abs}/sub"), u.join("updir")).unwrap();
+    let before = snapshot(&canary);
+    let lower_before = snapshot(&l);
+    let wstr = w.to_str().unwrap();
+    {
+        let m = Mounted::new(&[&l], Some(&u), &mnt, &["--work", wstr]);
+        // Changes that copy, rename and remove the links themselves.
+        let _ = std::os::unix::fs::lchown(m.path("a/evil"), Some(1), Some(1));
+        fs::rename(m.path("tree"), m.path("tree-moved")).unwrap();
+        fs::rename(m.path("a/evil-file"), m.path("a/renamed")).unwrap();
+        fs::remove_file(m.path("a/up")).unwrap();
+        fs::remove_file(m.path("a/evil2")).unwrap();
+        fs::write(m.path("a/new"), "new").unwrap();
+        for verb in [&["checkpoint", "one"][..], &["reset"], &["restore", "one"]] {
+            let mut args: Vec<&OsStr> = vec![OsStr::new(verb[0]), m.mnt.as_os_str()];
+            args.extend(verb[1..].iter().map(OsStr::new));
+            let o = run(&args);
+            assert!(
+                o.status.success(),
+                "{verb:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let o = run(&[OsStr::new("diff"), m.mnt.as_os_str()]);
+        assert!(
+            o.status.success(),
+            "diff: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let layer = s.dir.path().join("layer.tar");
+    let (new, unpacked) = (s.dir.path().join("committed"), s.mkdir("unpacked"));
+    for args in [
+        vec![
+            "diff",
+            "--upper",
+            u.to_str().unwrap(),
+            "--lower",
+            l.to_str().unwrap(),
+        ],
+        vec![
+            "export",
+            "--upper",
+            u.to_str().unwrap(),
+            "-o",
+            layer.to_str().unwrap(),
+        ],
+        vec![
+            "unpack",
+            layer.to_str().unwrap(),
+            unpacked.to_str().unwrap(),
+        ],
+        vec![
+            "commit",
+            "--upper",
+            u.to_str().unwrap(),
+            "--lower",
+            l.to_str().unwrap(),
+            new.to_str().unwrap(),
+        ],
+        vec![
+            "check",
+            "--upper",
+            u.to_str().unwrap(),
+            "--lower",
+            l.to_str().unwrap(),
+            "--work",
+            wstr,
+            "--repair",
+        ],
+    ] {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let o = run(&args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(
+        snapshot(&canary),
+        before,
+        "something outside the layers changed"
+    );
+    assert_eq!(snapshot(&l), lower_before, "the lower is unchanged");
 }
