@@ -11,6 +11,11 @@
 # Then it edits a lower file, deletes one, renames a lower directory and
 # creates new files, and shows what landed in the upper: copies, whiteouts
 # (character devices 0:0) and nothing else; the lowers stay unchanged.
+# Then the container story: `unionfuse diff` lists the changes as `docker
+# diff` does; a second container from the same image sees none of them and
+# is removed by removing its upper; `unionfuse commit` turns the first
+# container's layer into an image layer, and a third container starts from
+# it.
 # Run from anywhere: examples/demo.sh. Needs fuse3 (installed via apt-get
 # when run as root). Set UNIONFUSE=/path/to/binary to skip the build.
 set -euo pipefail
@@ -40,9 +45,13 @@ mkdir -m 755 "$up" "$mnt"
 
 cleanup() {
     local rc=$?
-    if grep -qs " $mnt " /proc/mounts; then
-        "$bin" umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-    fi
+    # Every container of the demo is mounted below $base.
+    "$bin" umount --all --under "$base" 2>/dev/null || true
+    for m in "$mnt" "$base/mnt2"; do
+        if grep -qs " $m " /proc/mounts; then
+            umount -l "$m" 2>/dev/null || true
+        fi
+    done
     rm -rf --one-file-system "$base"
     exit "$rc"
 }
@@ -96,6 +105,45 @@ echo
 echo "The image layers are unchanged:"
 show cat "$image/lower1/etc/hostname"
 
+echo
+echo "==> what container 1 changed, as docker diff shows it"
+show "$bin" diff "$mnt"
+
+echo
+echo "==> container 2, from the same image, with a writable layer of its own"
+up2=$base/upper2
+mnt2=$base/mnt2
+mkdir -m 755 "$up2" "$mnt2"
+"$bin" mount --lower "$image/lower1" --lower "$image/lower2" --upper "$up2" "$mnt2"
+show cat "$mnt2/etc/hostname"
+show ls "$mnt2/usr/share/doc"
+show ls "$mnt2"
+echo "Container 2 sees the image, none of container 1's changes (no tmp/)."
+show "$bin" list
+echo
+echo "==> removing container 2 is unmounting it and removing its upper"
+"$bin" umount "$mnt2"
+rm -rf --one-file-system "$up2" "$base/.upper2.unionfuse-work"
+show ls -A "$base"
+
+echo
+echo "==> $bin umount $mnt"
+"$bin" umount "$mnt"
+
+echo
+echo "==> commit: container 1's writable layer becomes an image layer"
+show "$bin" commit --upper "$up" --lower "$image/lower1" --lower "$image/lower2" "$base/layer3"
+echo
+echo "==> container 3 starts from the image plus that layer"
+up3=$base/upper3
+mkdir -m 755 "$up3"
+"$bin" mount --lower "$base/layer3" --lower "$image/lower1" --lower "$image/lower2" \
+    --upper "$up3" "$mnt"
+show cat "$mnt/etc/hostname"
+show cat "$mnt/tmp/new-file.txt"
+show ls "$mnt/var"
+show "$bin" diff "$mnt"
+echo "Nothing is changed yet in container 3: its upper is empty."
 echo
 echo "==> $bin umount $mnt"
 "$bin" umount "$mnt"
