@@ -10,15 +10,18 @@
 #![allow(unsafe_code)]
 
 mod common;
+#[path = "support/tree.rs"]
+mod tree;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::symlink;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use tree::Opts;
 
 /// How long the race runs.
 const RACE: Duration = Duration::from_secs(3);
@@ -207,33 +210,6 @@ fn write_at(dir: &Fd, name: &str, flags: libc::c_int, data: &[u8]) {
     }
 }
 
-/// Snapshot of a directory tree: relative path -> (kind, content or target).
-fn snapshot(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("read canary").flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let md = fs::symlink_metadata(&p).unwrap();
-            let v = if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {:o}", md.mode() & 0o7777)
-            } else if md.file_type().is_symlink() {
-                format!("link {}", fs::read_link(&p).unwrap().display())
-            } else {
-                format!(
-                    "file {:o} {}",
-                    md.mode() & 0o7777,
-                    String::from_utf8_lossy(&fs::read(&p).unwrap())
-                )
-            };
-            out.insert(rel, v);
-        }
-    }
-    out
-}
-
 /// An image full of symlinks that lead out (absolute, `..`, to a file and
 /// to a directory), in a lower and in the upper, put through every verb and
 /// through the changes that make the daemon walk and copy trees: nothing
@@ -256,8 +232,8 @@ fn symlinks_in_layers_never_lead_any_verb_outside() {
     fs::create_dir_all(u.join("a")).unwrap();
     symlink(abs, u.join("a/evil2")).unwrap();
     symlink(format!("{abs}/sub"), u.join("updir")).unwrap();
-    let before = snapshot(&canary);
-    let lower_before = snapshot(&l);
+    let before = tree::manifest(&canary, &Opts::layer());
+    let lower_before = tree::manifest(&l, &Opts::layer());
     let wstr = w.to_str().unwrap();
     {
         let m = Mounted::new(&[&l], Some(&u), &mnt, &["--work", wstr]);
@@ -335,9 +311,13 @@ fn symlinks_in_layers_never_lead_any_verb_outside() {
         );
     }
     assert_eq!(
-        snapshot(&canary),
+        tree::manifest(&canary, &Opts::layer()),
         before,
         "something outside the layers changed"
     );
-    assert_eq!(snapshot(&l), lower_before, "the lower is unchanged");
+    assert_eq!(
+        tree::manifest(&l, &Opts::layer()),
+        lower_before,
+        "the lower is unchanged"
+    );
 }

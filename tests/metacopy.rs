@@ -135,6 +135,8 @@ fn metacopy_mounts_copy_attributes_only_until_the_first_write() {
     write(&l, "small", "small data");
     write(&l, "tagged", "tagged data");
     write(&l, "full", "full data");
+    write(&l, "linked", "linked data");
+    fs::hard_link(l.join("linked"), l.join("linked2")).unwrap();
     let w_s = w.to_str().unwrap();
     {
         let m = Mounted::new(&[&l], Some(&u), &mnt, &["--work", w_s, "--metacopy"]);
@@ -158,6 +160,14 @@ fn metacopy_mounts_copy_attributes_only_until_the_first_write() {
         assert!(
             fs::metadata(u.join("big")).unwrap().blocks() < 64,
             "big: no data copied"
+        );
+        // A hard-linked lower file goes through the index, data and all.
+        fs::set_permissions(m.path("linked"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(getxattr(&u.join("linked"), "trusted.overlay.metacopy").is_err());
+        assert_eq!(fs::read_to_string(u.join("linked")).unwrap(), "linked data");
+        assert_eq!(
+            fs::metadata(m.path("linked2")).unwrap().mode() & 0o7777,
+            0o600
         );
         assert!(
             fs::read(m.path("big")).unwrap() == big,

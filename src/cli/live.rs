@@ -69,11 +69,19 @@ pub(super) fn list_cmd(a: &ListArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Mount(format!("cannot read the mount table: {e}")))?;
     let records = crate::runtime::live_records();
     let now = crate::runtime::now_secs();
-    let mounts: Vec<_> = table.into_iter().filter(|e| e.is_unionfuse()).collect();
-    let rows: Vec<Listed<'_>> = mounts
-        .iter()
+    // Each mount with its record, found once.
+    let mounts: Vec<_> = table
+        .into_iter()
+        .filter(|e| e.is_unionfuse())
         .map(|e| {
             let rec = records.iter().find(|r| r.dev == e.dev);
+            (e, rec)
+        })
+        .collect();
+    let rows: Vec<Listed<'_>> = mounts
+        .iter()
+        .map(|(e, rec)| {
+            let rec = *rec;
             let dead = std::fs::symlink_metadata(&e.mountpoint)
                 .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
             Listed {
@@ -102,8 +110,7 @@ pub(super) fn list_cmd(a: &ListArgs) -> Result<(), Failure> {
         return out.write_all(line.as_bytes()).map_err(w);
     }
     writeln!(out, "MOUNTPOINT\tSTATE\tPID\tUPTIME\tRO\tUPPER\tLOWERS").map_err(w)?;
-    for (e, r) in mounts.iter().zip(&rows) {
-        let rec = records.iter().find(|x| x.dev == e.dev);
+    for ((e, rec), r) in mounts.iter().zip(&rows) {
         let dash = || "-".to_string();
         writeln!(
             out,

@@ -332,8 +332,12 @@ fn umount_all(under: Option<&Path>, timeout: Duration) -> Result<(), Failure> {
         .map(|e| e.mountpoint)
         .filter(|m| under.as_ref().is_none_or(|u| m.starts_with(u)))
         .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    mounts.dedup();
+    // Mounts stacked at one path stay one entry each: every unmount takes
+    // the one on top.
+    mounts.sort_by(|a, b| {
+        (std::cmp::Reverse(a.components().count()), a)
+            .cmp(&(std::cmp::Reverse(b.components().count()), b))
+    });
     let mut last = Ok(());
     for m in mounts {
         if let Err(e) = umount_one(&m, timeout) {
