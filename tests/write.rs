@@ -2667,3 +2667,94 @@ fn unlinked_open_file_keeps_working() {
         "from the lower\n"
     );
 }
+
+/// Set-user-ID and set-group-ID bits after writes, truncations and owner
+/// changes, by an ordinary user and by root, of files in a lower and in the
+/// upper: as on kernel overlayfs. The daemon clears them itself (the kernel
+/// leaves it to it), so this is where a missed case would show.
+#[test]
+fn set_id_bits_are_cleared_as_on_kernel_overlayfs() {
+    use std::os::unix::fs::PermissionsExt;
+    if skip_as_non_root("acting as another user (setuid needs root)") {
+        return;
+    }
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let modes = [0o4777, 0o2777, 0o2767, 0o6777, 0o777, 0o4755];
+    let actions = ["write", "otrunc", "truncate", "rootwrite", "chown"];
+    let mut names = Vec::new();
+    let build = |lower: &Path, upper: &Path, names: &mut Vec<String>| {
+        for (layer, root) in [("lo", lower), ("up", upper)] {
+            for a in actions {
+                for m in modes {
+                    let n = format!("{layer}_{a}_{m:o}");
+                    fs::write(root.join(&n), b"data").unwrap();
+                    lchown_(&root.join(&n), 1000, 1000).unwrap();
+                    chmod(&root.join(&n), m).unwrap();
+                    names.push(n);
+                }
+            }
+        }
+    };
+    let (fl, fu, fw, fm) = (s.mkdir("fl"), s.mkdir("fu"), s.mkdir("fw"), s.mkdir("fm"));
+    let (kl, ku, kw, km) = (s.mkdir("kl"), s.mkdir("ku"), s.mkdir("kw"), s.mkdir("km"));
+    build(&fl, &fu, &mut names);
+    build(&kl, &ku, &mut Vec::new());
+    let k = match KernelOverlay::new(&[&kl], Some((&ku, &kw)), &km, "") {
+        Ok(k) => k,
+        Err(e) => panic!("kernel overlayfs oracle unavailable: {e}"),
+    };
+    let f = mount_with_work(&[&fl], Some((&fu, &fw)), &fm);
+    let act = |root: &Path, name: &str| {
+        use std::os::unix::process::CommandExt;
+        let p = root.join(name);
+        let action = name.split('_').nth(1).unwrap();
+        let (cmd, user) = match action {
+            "write" => (format!("printf x >> '{}'", p.display()), true),
+            "otrunc" => (format!(": > '{}'", p.display()), true),
+            "truncate" => (format!("truncate -s 1 '{}'", p.display()), true),
+            "rootwrite" => (format!("printf x >> '{}'", p.display()), false),
+            "chown" => (format!("chown 1000:1000 '{}'", p.display()), false),
+            other => panic!("{other}"),
+        };
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(&cmd);
+        if user {
+            c.uid(1000).gid(1000);
+        }
+        let out = c.output().expect("run sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut diffs = Vec::new();
+    for n in &names {
+        act(&f.mnt, n);
+        act(&k.mnt, n);
+        let fuse = fs::symlink_metadata(f.path(n)).unwrap().mode() & 0o7777;
+        let kern = fs::symlink_metadata(k.mnt.join(n)).unwrap().mode() & 0o7777;
+        if fuse != kern {
+            diffs.push(format!(
+                "{n}: unionfuse {fuse:o}, kernel overlayfs {kern:o}"
+            ));
+        }
+    }
+    // And what reached the disk, once the daemon is gone.
+    drop(f);
+    for n in &names {
+        let fuse = fs::symlink_metadata(fu.join(n)).unwrap().mode() & 0o7777;
+        let kern = fs::symlink_metadata(ku.join(n)).unwrap().mode() & 0o7777;
+        if fuse != kern {
+            diffs.push(format!(
+                "upper {n}: unionfuse {fuse:o}, kernel overlayfs {kern:o}"
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "set-id bits differ:\n{}",
+        diffs.join("\n")
+    );
+}

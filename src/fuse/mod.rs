@@ -104,7 +104,12 @@ impl Filesystem for UnionFs {
             // Reading a directory needs no handle (offsets are name
             // hashes), so every opendir and closedir of a walk would be two
             // round trips for nothing.
-            | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT
+            // The daemon clears set-id bits itself (`Union::kill_suidgid`),
+            // and in return the kernel marks inodes S_NOSEC once it has
+            // seen no `security.capability` on them, instead of asking for
+            // it before every write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         // `--acl`: the kernel enforces ACLs, as kernel overlayfs does through
         // the real inodes. Not by default: it forgets an inode's cached ACLs
         // whenever it refreshes its attributes, and a tree walk then sends
@@ -190,7 +195,7 @@ impl Filesystem for UnionFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = self.stats.time(const { Op::named("open") });
         let fh = match self.union.open(ino.0, flags.0) {
             Ok(fh) => fh,
@@ -199,6 +204,16 @@ impl Filesystem for UnionFs {
                 return reply.error(errno(e));
             }
         };
+        // FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on: the
+        // truncation of an open by a caller without CAP_FSETID.
+        if flags.0 & libc::O_TRUNC != 0
+            && req.uid() != 0
+            && let Err(e) = self.union.kill_suidgid(ino.0, Some(fh))
+        {
+            log_failure("open", ino, None, e);
+            self.union.release(fh);
+            return reply.error(errno(e));
+        }
         match self.io_mode(ino.0, fh, &|fd| reply.open_backing(fd)) {
             IoMode::Passthrough(id) => {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
@@ -403,7 +418,7 @@ impl Filesystem for UnionFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -420,6 +435,14 @@ impl Filesystem for UnionFs {
         reply: ReplyAttr,
     ) {
         let _t = self.stats.time(const { Op::named("setattr") });
+        // What the kernel marks FATTR_KILL_SUIDGID, which fuser does not
+        // pass on: a change of owner, or a truncation by a caller without
+        // CAP_FSETID (taken to be any but root).
+        let kill = uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0);
+        if kill && let Err(e) = self.union.kill_suidgid(ino.0, fh.map(|f| f.0)) {
+            log_failure("setattr", ino, None, e);
+            return reply.error(errno(e));
+        }
         let a = SetAttr {
             mode,
             uid,
@@ -570,12 +593,18 @@ impl Filesystem for UnionFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _t = self.stats.time(const { Op::named("write") });
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.union.kill_suidgid(ino.0, Some(fh.0))
+        {
+            log_failure("write", ino, None, e);
+            return reply.error(errno(e));
+        }
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
@@ -721,6 +750,12 @@ impl UnionFs {
     ) -> IoMode {
         let stable = self.union.stable_backing(fh);
         let mut st = self.io.entry(ino).or_default();
+        // The kernel wants every open of an inode on the backing file it
+        // already has (a file made set-id since then included).
+        if let Some(id) = st.backing.upgrade() {
+            self.open_files.insert(fh, (ino, Some(Arc::clone(&id))));
+            return IoMode::Passthrough(id);
+        }
         if stable && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
             let id = match st.backing.upgrade() {
                 Some(id) => Some(id),

@@ -152,6 +152,32 @@ impl Union {
         self.getattr(nodeid, fh)
     }
 
+    /// Clears set-user-ID, and set-group-ID where group execution makes it
+    /// one (without it the bit marks mandatory locking and stays), as the
+    /// kernel does when a caller without CAP_FSETID writes or truncates a
+    /// file and when anyone changes its owner. With
+    /// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the daemon, which
+    /// is what spares every write a GETXATTR of `security.capability`.
+    pub fn kill_suidgid(&self, nodeid: u64, fh: Option<u64>) -> Result<()> {
+        let st = self.getattr(nodeid, fh)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Ok(());
+        }
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+            mode &= !libc::S_ISGID;
+        }
+        if mode == st.st_mode & 0o7777 {
+            return Ok(());
+        }
+        let a = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        self.setattr(nodeid, fh, a).map(drop)
+    }
+
     /// The host id to store for a container id from chown; `u32::MAX`
     /// (leave unchanged) for none.
     fn store_id(&self, id: Option<u32>, map: &crate::idmap::Map) -> Result<u32> {

@@ -75,7 +75,15 @@ impl Union {
             return true;
         }
         match self.handles.get(fh).as_deref() {
-            Ok(Handle::File { inode, .. }) => inode.in_upper(),
+            // The kernel clears set-id bits on passthrough writes only
+            // through the daemon (FUSE_HANDLE_KILLPRIV_V2), which never
+            // sees those writes: such files are served here.
+            Ok(Handle::File { inode, .. }) => {
+                inode.in_upper()
+                    && self
+                        .getattr(inode.nodeid, Some(fh))
+                        .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0)
+            }
             _ => false,
         }
     }
