@@ -54,9 +54,11 @@ pub struct UnionFs {
     no_opendir: AtomicBool,
     /// Per inode with open files: the kernel wants every open of an inode
     /// in one I/O mode (all through one backing file, or all cached).
-    io: DashMap<u64, IoState>,
+    /// Keyed by nodeid and generation: after a reset the kernel makes a new
+    /// inode for the same nodeid, with none of the old one's backing file.
+    io: DashMap<(u64, u64), IoState>,
     /// fh -> (inode, its backing file when passthrough).
-    open_files: DashMap<u64, (u64, Option<Arc<BackingId>>)>,
+    open_files: DashMap<u64, ((u64, u64), Option<Arc<BackingId>>)>,
     stats: Arc<Stats>,
 }
 
@@ -749,6 +751,7 @@ impl UnionFs {
         register: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> IoMode {
         let stable = self.union.stable_backing(fh);
+        let ino = (ino, self.union.generation_of(ino));
         let mut st = self.io.entry(ino).or_default();
         // The kernel wants every open of an inode on the backing file it
         // already has (a file made set-id since then included).
@@ -769,7 +772,7 @@ impl UnionFs {
                                 );
                                 self.passthrough.store(false, Ordering::Relaxed);
                             } else {
-                                debug!("passthrough for ino {ino}: {e}");
+                                debug!("passthrough for ino {}: {e}", ino.0);
                             }
                             None
                         }
