@@ -53,14 +53,18 @@ impl Union {
 
     /// Saves a copy of the upper as checkpoint `name` in the work directory
     /// (reflinked where the filesystem can).
-    pub fn checkpoint(&self, name: &Name) -> Result<()> {
-        let upper = self.upper()?;
+    /// Fails with a message naming the object that could not be copied.
+    pub fn checkpoint(&self, name: &Name) -> std::result::Result<(), String> {
+        let staging = |e: Error| format!("the work directory: {e}");
+        let upper = self.upper().map_err(|e| e.to_string())?;
         let _w = self.barrier.write();
-        let dir = upper.checkpoints()?;
+        let dir = upper.checkpoints().map_err(|e| staging(e.into()))?;
         let staged = Staged::new(upper);
-        sys::mkdirat(upper.staging(), staged.cstr(), 0o700)?;
-        let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())?;
-        copy_tree(self.layers.get(0).root.as_fd(), Writable::new(dst.as_fd()))?;
+        sys::mkdirat(upper.staging(), staged.cstr(), 0o700).map_err(|e| staging(e.into()))?;
+        let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())
+            .map_err(|e| staging(e.into()))?;
+        copy_tree(self.layers.get(0).root.as_fd(), Writable::new(dst.as_fd()))
+            .map_err(|(path, e)| format!("{}: {e}", String::from_utf8_lossy(&path)))?;
         // Replacing an older checkpoint of that name in one step.
         match sys::fstatat(dir.as_fd(), name.as_cstr()) {
             Ok(_) => {
@@ -70,7 +74,8 @@ impl Union {
                     Writable::new(dir.as_fd()),
                     name.as_cstr(),
                     libc::RENAME_EXCHANGE,
-                )?;
+                )
+                .map_err(|e| staging(e.into()))?;
                 drop(staged);
             }
             Err(_) => {
@@ -80,7 +85,8 @@ impl Union {
                     Writable::new(dir.as_fd()),
                     name.as_cstr(),
                     libc::RENAME_NOREPLACE,
-                )?;
+                )
+                .map_err(|e| staging(e.into()))?;
                 staged.keep();
             }
         }
@@ -133,9 +139,10 @@ impl Union {
                 let dir = upper.checkpoints()?;
                 let src =
                     sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
-                copy_tree(src.as_fd(), upper_w)?;
+                copy_tree(src.as_fd(), upper_w).map_err(|(_, e)| e)?;
                 self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             }
+            upper.forget_unrecorded();
             self.reresolve(&mut inval);
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
@@ -223,12 +230,16 @@ impl Union {
 
 /// Copies the tree in `src` into the empty directory `dst`: everything the
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
-/// data reflinked where possible.
-fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
+/// data reflinked where possible. Fails with the path, from `src`, of the
+/// object that could not be copied.
+fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> std::result::Result<(), (Vec<u8>, Error)> {
     let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
         std::collections::HashMap::new();
-    let src = Arc::new(sys::open_child_dir(src, c".")?);
-    let dst = Arc::new(sys::open_child_dir(dst.fd(), c".")?);
+    let top = |e: std::io::Error| (b".".to_vec(), Error::from(e));
+    let src = Arc::new(sys::open_child_dir(src, c".").map_err(top)?);
+    let dst = Arc::new(sys::open_child_dir(dst.fd(), c".").map_err(top)?);
+    // The path of the entry being copied, for the message if it fails.
+    let at = std::cell::RefCell::new(Vec::new());
     // A directory's context: where its copy is, and, for its attributes
     // once everything inside is copied, its copy's parent and its stat.
     type Ctx = (Arc<OwnedFd>, Option<(Arc<OwnedFd>, libc::stat)>);
@@ -237,6 +248,7 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
         (dst, None) as Ctx,
         false,
         |e| {
+            *at.borrow_mut() = e.path.to_vec();
             let dst = &e.ctx.0;
             // Everything the copy makes is below `dst`: writable.
             let w = Writable::new(dst.as_fd());
@@ -275,6 +287,9 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
         },
         |done, (_, attrs)| {
             if let (Some((src_parent, name)), Some((dst_parent, st))) = (done.parent, attrs) {
+                // The walk keeps no path for a directory it leaves; its
+                // name is what there is.
+                *at.borrow_mut() = name.as_bytes().to_vec();
                 crate::copyup::copy_attributes(
                     src_parent,
                     name.as_cstr(),
@@ -285,4 +300,5 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
             Ok(())
         },
     )
+    .map_err(|e| (at.into_inner(), e))
 }

@@ -321,3 +321,53 @@ fn symlinks_in_layers_never_lead_any_verb_outside() {
         "the lower is unchanged"
     );
 }
+
+/// Fifos and device nodes copied up keep the inode number they showed
+/// before, in `stat` and in `readdir`, also where the number cannot be
+/// recorded on the copy (no `user.*` xattrs on special files for an
+/// unprivileged daemon).
+#[test]
+fn special_files_keep_their_inode_numbers_through_copy_up() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scratch::new();
+    let (l, u, w, mnt) = (
+        s.mkdir("lower"),
+        s.mkdir("upper"),
+        s.mkdir("work"),
+        s.mkdir("mnt"),
+    );
+    mkfifo(&l, "fifo", 0o644);
+    let mut names = vec!["fifo"];
+    if is_root() {
+        mknod(&l, "null", libc::S_IFCHR | 0o644, 1, 3);
+        mknod(&l, "blk", libc::S_IFBLK | 0o644, 7, 200);
+        names.extend(["null", "blk"]);
+    } else {
+        eprintln!("skipped as non-root: device nodes (only the fifo is copied up)");
+    }
+    let m = Mounted::new(
+        &[&l],
+        Some(&u),
+        &mnt,
+        &["--work", w.to_str().unwrap(), "--cache-timeout", "0"],
+    );
+    let d_ino = |name: &str| {
+        readdir_raw(&m.mnt)
+            .into_iter()
+            .find(|e| e.name == name)
+            .map(|e| e.d_ino)
+    };
+    for name in names {
+        let before = fs::symlink_metadata(m.path(name)).unwrap().ino();
+        assert_eq!(d_ino(name), Some(before), "{name}: d_ino before copy-up");
+        fs::set_permissions(m.path(name), fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            fs::symlink_metadata(u.join(name)).is_ok(),
+            "{name} was not copied up"
+        );
+        let after = fs::symlink_metadata(m.path(name)).unwrap();
+        assert_eq!(after.mode() & 0o7777, 0o600, "{name}: mode");
+        assert_eq!(after.ino(), before, "{name}: st_ino changed at copy-up");
+        assert_eq!(d_ino(name), Some(before), "{name}: d_ino after copy-up");
+    }
+}
