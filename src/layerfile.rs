@@ -174,6 +174,18 @@ fn export_entry<W: Write>(
     let st = sys::fstatat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
     let kind = st.st_mode & libc::S_IFMT;
     if whiteout::is_whiteout(&st) {
+        if name.oci_whiteout().is_none() {
+            // `.wh.NAME` would be longer than any file name: the whiteout
+            // goes in as what it is, a 0:0 character device, which unpack
+            // and every overlayfs reader take for a whiteout.
+            let mut h = header(&st, tar::EntryType::Char);
+            h.set_mode(0o600);
+            let _ = h.set_device_major(0);
+            let _ = h.set_device_minor(0);
+            b.append_data(&mut h, as_path(path), std::io::empty())
+                .map_err(w)?;
+            return Ok(Step::Next);
+        }
         let mut wh = rel.to_vec();
         wh.extend_from_slice(WH_PREFIX);
         wh.extend_from_slice(n);
@@ -182,6 +194,17 @@ fn export_entry<W: Write>(
         b.append_data(&mut h, as_path(&wh), std::io::empty())
             .map_err(w)?;
         return Ok(Step::Next);
+    }
+    if kind != libc::S_IFDIR && st.st_nlink > 1 {
+        // Every kind but a directory may have several names; the layer
+        // keeps them one object.
+        if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
+            let mut h = header(&st, tar::EntryType::Link);
+            b.append_link(&mut h, as_path(path), as_path(first))
+                .map_err(w)?;
+            return Ok(Step::Next);
+        }
+        links.insert((st.st_dev, st.st_ino), path.to_vec());
     }
     let t = XTarget::At(dir, name.as_cstr());
     let mut pax = if kind != libc::S_IFLNK {
@@ -222,15 +245,6 @@ fn export_entry<W: Write>(
             return Ok(Step::DescendOpened((), std::sync::Arc::new(sub)));
         }
         libc::S_IFREG => {
-            if st.st_nlink > 1 {
-                if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
-                    let mut h = header(&st, tar::EntryType::Link);
-                    b.append_link(&mut h, as_path(path), as_path(first))
-                        .map_err(w)?;
-                    return Ok(Step::Next);
-                }
-                links.insert((st.st_dev, st.st_ino), path.to_vec());
-            }
             if whiteout::may_be_metacopy(&st, true) && whiteout::metacopy_marks(dir, name).is_some()
             {
                 // Its data is in a lower layer, which a layer file cannot
@@ -313,6 +327,125 @@ fn components(raw: &[u8]) -> Result<Vec<Name>, String> {
     Ok(out)
 }
 
+/// Every how many levels [`Dirs`] keeps a descriptor of the current path.
+const DIRS_STRIDE: usize = 32;
+
+/// The directories of the last entry's path, so that the next entry, most
+/// often in the same directory or one nearby, is reached in a few steps
+/// instead of from the root: walking every path from the root is quadratic
+/// in the depth of a tree, and trees in images nest thousands of levels.
+/// Descriptors are kept at every [`DIRS_STRIDE`]th level and at the deepest
+/// one, which bounds both the descriptors held and the steps per entry.
+struct Dirs {
+    names: Vec<Name>,
+    /// `fds[i]`: the directory `names[..=i]`, where kept.
+    fds: Vec<Option<OwnedFd>>,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        Dirs {
+            names: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+
+    /// Forgets what lies below directory `comps` (removed or emptied by the
+    /// entry being unpacked), and `comps` itself unless `keep_it`.
+    fn forget(&mut self, comps: &[Name], keep_it: bool) {
+        let below = self.names.len() >= comps.len()
+            && self
+                .names
+                .iter()
+                .zip(comps)
+                .all(|(a, b)| a.as_bytes() == b.as_bytes());
+        if below {
+            self.truncate(comps.len() - usize::from(!keep_it && !comps.is_empty()));
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.names.truncate(len);
+        self.fds.truncate(len);
+    }
+
+    /// The directory `comps`, reached without following a symlink from the
+    /// deepest kept descriptor on the way; missing directories are made
+    /// when `create`.
+    fn open(
+        &mut self,
+        root: BorrowedFd<'_>,
+        comps: &[Name],
+        create: bool,
+        shown: &str,
+    ) -> Result<OwnedFd, String> {
+        let common = self
+            .names
+            .iter()
+            .zip(comps)
+            .take_while(|(a, b)| a.as_bytes() == b.as_bytes())
+            .count();
+        self.truncate(common);
+        let from = self.fds.iter().rposition(Option::is_some);
+        let mut cur = match from {
+            Some(i) => self.fds[i]
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("a kept descriptor"))
+                .try_clone(),
+            None => sys::open_child_dir(root, c"."),
+        }
+        .map_err(|e| err(shown, e))?;
+        let start = from.map_or(0, |i| i + 1);
+        // Levels reached again below the last kept one were dropped before.
+        self.truncate(start);
+        for (i, c) in comps.iter().enumerate().skip(start) {
+            match sys::fstatat(cur.as_fd(), c.as_cstr()) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "entry {shown}: {c:?} is not a directory (symlinks are never followed)"
+                    ));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                    // Below the unpack target: writable.
+                    sys::mkdirat(Writable::new(cur.as_fd()), c.as_cstr(), 0o755)
+                        .map_err(|e| err(shown, e))?;
+                }
+                Err(e) => return Err(err(shown, e)),
+            }
+            cur = sys::open_child_dir(cur.as_fd(), c.as_cstr()).map_err(|e| err(shown, e))?;
+            self.names.push(c.clone());
+            let keep = (i + 1) % DIRS_STRIDE == 0 || i + 1 == comps.len();
+            self.fds.push(if keep {
+                Some(cur.try_clone().map_err(|e| err(shown, e))?)
+            } else {
+                None
+            });
+        }
+        // Only the deepest level between strides stays open.
+        if let Some(i) = from
+            && comps.len() > start
+            && (i + 1) % DIRS_STRIDE != 0
+        {
+            self.fds[i] = None;
+        }
+        Ok(cur)
+    }
+}
+
+/// For an OCI whiteout whose name is too long for a directory entry
+/// (`.wh.` and more than 251 bytes): the directory part and the hidden
+/// name.
+fn long_whiteout(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let trimmed = raw.strip_suffix(b"/").unwrap_or(raw);
+    let (dir, last) = match trimmed.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => (&b""[..], trimmed),
+    };
+    let hidden = last.strip_prefix(WH_PREFIX)?;
+    (last.len() > crate::name::NAME_MAX && !hidden.starts_with(WH_PREFIX)).then_some((dir, hidden))
+}
+
 /// The directory holding the last component, reached without following a
 /// symlink; missing directories are made when `create`.
 fn parent_of(
@@ -370,18 +503,40 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     let mut archive = tar::Archive::new(reader);
     // Directory times are set last: creating their entries moves them.
     let mut dir_times: Vec<(Vec<Name>, [libc::timespec; 2])> = Vec::new();
+    let mut dirs = Dirs::new();
     for entry in archive.entries().map_err(|e| err("reading the layer", e))? {
         let mut entry = entry.map_err(|e| err("reading the layer", e))?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        let comps = components(&raw)?;
+        let (comps, long_whiteout) = match long_whiteout(&raw) {
+            Some((dir, hidden)) => {
+                let mut comps = components(dir)?;
+                comps.push(Name::from_bytes(hidden).map_err(|e| err(format!("entry {shown}"), e))?);
+                (comps, true)
+            }
+            None => (components(&raw)?, false),
+        };
         let Some(name) = comps.last().cloned() else {
             continue;
         };
-        let parent = parent_of(root.as_fd(), &comps, true, &shown)?;
+        let parent = dirs.open(root.as_fd(), &comps[..comps.len() - 1], true, &shown)?;
         // Below the unpack target, which this verb creates or is given
         // empty: writable.
         let p = Writable::new(parent.as_fd());
+        if long_whiteout {
+            // `.wh.` and a name of more than 251 bytes fit in no directory
+            // entry: the whiteout can only be a 0:0 character device, in
+            // either format.
+            dirs.forget(&comps, false);
+            remove_tree(p, name.as_cstr()).map_err(|e| err(&shown, e))?;
+            sys::mknodat(p, name.as_cstr(), libc::S_IFCHR, 0).map_err(|e| {
+                err(
+                    &shown,
+                    format!("a whiteout of a name this long must be a 0:0 character device: {e}"),
+                )
+            })?;
+            continue;
+        }
         let pax_mtime = match entry.pax_extensions() {
             Ok(Some(exts)) => exts
                 .flatten()
@@ -401,22 +556,33 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         };
         let h = entry.header().clone();
         let n = name.as_bytes();
+        // What an entry removes or empties is no longer a directory to
+        // reach others through.
+        let dir_part = &comps[..comps.len() - 1];
         if whiteout::is_oci_opaque(n) {
+            dirs.forget(dir_part, true);
             if fmt().import_oci_opaque(p).map_err(|e| err(&shown, e))? {
                 continue;
             }
-        } else if let Some(hidden) = n.strip_prefix(WH_PREFIX)
-            && fmt()
+        } else if let Some(hidden) = n.strip_prefix(WH_PREFIX) {
+            if let Ok(hidden) = Name::from_bytes(hidden) {
+                let mut gone = dir_part.to_vec();
+                gone.push(hidden);
+                dirs.forget(&gone, false);
+            }
+            if fmt()
                 .import_oci_whiteout(p, hidden)
                 .map_err(|e| err(&shown, e))?
-        {
-            continue;
+            {
+                continue;
+            }
         }
         let kind = h.entry_type();
         let existing = sys::fstatat(p.fd(), name.as_cstr()).ok();
         let keep_dir =
             kind.is_dir() && existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         if existing.is_some() && !keep_dir {
+            dirs.forget(&comps, false);
             remove_tree(p, name.as_cstr()).map_err(|e| err(&shown, e))?;
         }
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
@@ -501,7 +667,7 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     }
     for (comps, times) in dir_times.iter().rev() {
         let shown = format!("{comps:?}");
-        let parent = parent_of(root.as_fd(), comps, false, &shown)?;
+        let parent = dirs.open(root.as_fd(), &comps[..comps.len() - 1], false, &shown)?;
         if let Some(n) = comps.last() {
             sys::utimensat(Writable::new(parent.as_fd()), n.as_cstr(), times)
                 .map_err(|e| err(&shown, e))?;

@@ -16,6 +16,7 @@ mod tree;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::symlink;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -369,5 +370,144 @@ fn special_files_keep_their_inode_numbers_through_copy_up() {
         assert_eq!(after.mode() & 0o7777, 0o600, "{name}: mode");
         assert_eq!(after.ino(), before, "{name}: st_ino changed at copy-up");
         assert_eq!(d_ino(name), Some(before), "{name}: d_ino after copy-up");
+    }
+}
+
+/// The layer's entries, path and kind, in order.
+fn layer_entries(tar: &std::path::Path) -> Vec<(Vec<u8>, tar::EntryType)> {
+    let mut a = tar::Archive::new(fs::File::open(tar).expect("layer"));
+    a.entries()
+        .expect("entries")
+        .map(|e| {
+            let e = e.expect("entry");
+            (e.path_bytes().into_owned(), e.header().entry_type())
+        })
+        .collect()
+}
+
+fn file_type_and_rdev(p: &std::path::Path) -> (u32, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.mode() & libc::S_IFMT, m.rdev())
+}
+
+/// A whiteout of a 255-byte name cannot be `.wh.NAME` (259 bytes): export
+/// writes it as a 0:0 character device, and unpack reads that, and a
+/// `.wh.NAME` longer than a name from another tool, back as a whiteout, in
+/// either format. Every multi-link non-directory stays one object.
+#[test]
+fn long_whiteouts_and_hard_links_of_every_kind_survive_export_and_unpack() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    let u = s.mkdir("upper");
+    let long = "w".repeat(255);
+    whiteout_chr(&u, &long);
+    mkdir(&u, "d");
+    whiteout_chr(&u, &format!("d/{long}"));
+    write(&u, "f", "data");
+    fs::hard_link(u.join("f"), u.join("f2")).unwrap();
+    symlink("/etc/passwd", u.join("s")).unwrap();
+    fs::hard_link(u.join("s"), u.join("s2")).unwrap();
+    mkfifo(&u, "p", 0o640);
+    fs::hard_link(u.join("p"), u.join("p2")).unwrap();
+    let layer = s.path("layer.tar");
+    let o = run(&[
+        OsStr::new("export"),
+        OsStr::new("--upper"),
+        u.as_os_str(),
+        OsStr::new("-o"),
+        layer.as_os_str(),
+    ]);
+    assert!(
+        o.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let entries = layer_entries(&layer);
+    for (name, kind) in [
+        (long.clone(), tar::EntryType::Char),
+        (format!("d/{long}"), tar::EntryType::Char),
+        ("f2".into(), tar::EntryType::Link),
+        ("p2".into(), tar::EntryType::Link),
+        ("s2".into(), tar::EntryType::Link),
+    ] {
+        assert!(
+            entries.contains(&(name.clone().into_bytes(), kind)),
+            "{name} is not a {kind:?} entry: {entries:?}"
+        );
+    }
+    for format in ["overlay", "oci"] {
+        let out = s.mkdir(&format!("unpacked-{format}"));
+        let o = run(&[
+            OsStr::new("unpack"),
+            OsStr::new("--whiteout"),
+            OsStr::new(format),
+            layer.as_os_str(),
+            out.as_os_str(),
+        ]);
+        assert!(
+            o.status.success(),
+            "unpack: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for w in [long.clone(), format!("d/{long}")] {
+            assert_eq!(
+                file_type_and_rdev(&out.join(&w)),
+                (libc::S_IFCHR, 0),
+                "{format}: {w} is not a whiteout"
+            );
+        }
+        for (a, b) in [("f", "f2"), ("s", "s2"), ("p", "p2")] {
+            let (ma, mb) = (
+                fs::symlink_metadata(out.join(a)).unwrap(),
+                fs::symlink_metadata(out.join(b)).unwrap(),
+            );
+            assert_eq!(ma.ino(), mb.ino(), "{format}: {a} and {b} are two objects");
+            assert_eq!(ma.nlink(), 2, "{format}: {a}");
+        }
+        assert_eq!(
+            fs::read_link(out.join("s2")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+    }
+
+    // Another tool's `.wh.` + 255 bytes, which no directory can hold.
+    let foreign = s.path("foreign.tar");
+    {
+        let mut b = tar::Builder::new(fs::File::create(&foreign).unwrap());
+        for (path, kind) in [
+            ("d/".to_string(), tar::EntryType::Directory),
+            (format!("d/.wh.{long}"), tar::EntryType::Regular),
+            (format!(".wh.{long}"), tar::EntryType::Regular),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, &path, std::io::empty()).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    for format in ["overlay", "oci"] {
+        let out = s.mkdir(&format!("foreign-{format}"));
+        let o = run(&[
+            OsStr::new("unpack"),
+            OsStr::new("--whiteout"),
+            OsStr::new(format),
+            foreign.as_os_str(),
+            out.as_os_str(),
+        ]);
+        assert!(
+            o.status.success(),
+            "unpack: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for w in [long.clone(), format!("d/{long}")] {
+            assert_eq!(
+                file_type_and_rdev(&out.join(&w)),
+                (libc::S_IFCHR, 0),
+                "{format}: {w} is not a whiteout"
+            );
+        }
     }
 }
