@@ -310,25 +310,39 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, i64)> {
 }
 
 /// The path components of a tar entry, refusing anything that leaves the
-/// target directory.
-fn components(raw: &[u8]) -> Result<Vec<Name>, String> {
-    let shown = String::from_utf8_lossy(raw);
+/// target directory or is no name. Slices of the entry's path: entries in
+/// deep trees have thousands of components, and copying them into
+/// [`Name`]s for every entry would be quadratic in the depth.
+fn components(raw: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let shown = || String::from_utf8_lossy(raw).into_owned();
     if raw.starts_with(b"/") {
-        return Err(format!("entry {shown}: absolute path refused"));
+        return Err(format!("entry {}: absolute path refused", shown()));
     }
     let mut out = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => continue,
-            b".." => return Err(format!("entry {shown}: '..' would leave the directory")),
-            _ => out.push(Name::from_bytes(c).map_err(|e| err(format!("entry {shown}"), e))?),
+            b".." => {
+                return Err(format!("entry {}: '..' would leave the directory", shown()));
+            }
+            _ if c.len() > crate::name::NAME_MAX || c.contains(&0) => {
+                let e = Name::from_bytes(c)
+                    .err()
+                    .unwrap_or(crate::error::Error::INVAL);
+                return Err(err(format!("entry {}", shown()), e));
+            }
+            _ => out.push(c),
         }
     }
     Ok(out)
 }
 
+fn name_of(c: &[u8], shown: &str) -> Result<Name, String> {
+    Name::from_bytes(c).map_err(|e| err(format!("entry {shown}"), e))
+}
+
 /// Every how many levels [`Dirs`] keeps a descriptor of the current path.
-const DIRS_STRIDE: usize = 32;
+const DIRS_STRIDE: usize = 16;
 
 /// The directories of the last entry's path, so that the next entry, most
 /// often in the same directory or one nearby, is reached in a few steps
@@ -337,7 +351,7 @@ const DIRS_STRIDE: usize = 32;
 /// Descriptors are kept at every [`DIRS_STRIDE`]th level and at the deepest
 /// one, which bounds both the descriptors held and the steps per entry.
 struct Dirs {
-    names: Vec<Name>,
+    names: Vec<Vec<u8>>,
     /// `fds[i]`: the directory `names[..=i]`, where kept.
     fds: Vec<Option<OwnedFd>>,
 }
@@ -352,13 +366,9 @@ impl Dirs {
 
     /// Forgets what lies below directory `comps` (removed or emptied by the
     /// entry being unpacked), and `comps` itself unless `keep_it`.
-    fn forget(&mut self, comps: &[Name], keep_it: bool) {
-        let below = self.names.len() >= comps.len()
-            && self
-                .names
-                .iter()
-                .zip(comps)
-                .all(|(a, b)| a.as_bytes() == b.as_bytes());
+    fn forget(&mut self, comps: &[&[u8]], keep_it: bool) {
+        let below =
+            self.names.len() >= comps.len() && self.names.iter().zip(comps).all(|(a, b)| a == b);
         if below {
             self.truncate(comps.len() - usize::from(!keep_it && !comps.is_empty()));
         }
@@ -375,7 +385,7 @@ impl Dirs {
     fn open(
         &mut self,
         root: BorrowedFd<'_>,
-        comps: &[Name],
+        comps: &[&[u8]],
         create: bool,
         shown: &str,
     ) -> Result<OwnedFd, String> {
@@ -383,7 +393,7 @@ impl Dirs {
             .names
             .iter()
             .zip(comps)
-            .take_while(|(a, b)| a.as_bytes() == b.as_bytes())
+            .take_while(|(a, b)| a == b)
             .count();
         self.truncate(common);
         let from = self.fds.iter().rposition(Option::is_some);
@@ -399,22 +409,25 @@ impl Dirs {
         // Levels reached again below the last kept one were dropped before.
         self.truncate(start);
         for (i, c) in comps.iter().enumerate().skip(start) {
-            match sys::fstatat(cur.as_fd(), c.as_cstr()) {
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "entry {shown}: {c:?} is not a directory (symlinks are never followed)"
-                    ));
-                }
+            let c = name_of(c, shown)?;
+            // Opened first, looked at only when that fails: one call per
+            // level in the common case.
+            cur = match sys::open_child_dir(cur.as_fd(), c.as_cstr()) {
+                Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                     // Below the unpack target: writable.
                     sys::mkdirat(Writable::new(cur.as_fd()), c.as_cstr(), 0o755)
                         .map_err(|e| err(shown, e))?;
+                    sys::open_child_dir(cur.as_fd(), c.as_cstr()).map_err(|e| err(shown, e))?
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    return Err(format!(
+                        "entry {shown}: {c:?} is not a directory (symlinks are never followed)"
+                    ));
                 }
                 Err(e) => return Err(err(shown, e)),
-            }
-            cur = sys::open_child_dir(cur.as_fd(), c.as_cstr()).map_err(|e| err(shown, e))?;
-            self.names.push(c.clone());
+            };
+            self.names.push(c.as_bytes().to_vec());
             let keep = (i + 1) % DIRS_STRIDE == 0 || i + 1 == comps.len();
             self.fds.push(if keep {
                 Some(cur.try_clone().map_err(|e| err(shown, e))?)
@@ -446,35 +459,6 @@ fn long_whiteout(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     (last.len() > crate::name::NAME_MAX && !hidden.starts_with(WH_PREFIX)).then_some((dir, hidden))
 }
 
-/// The directory holding the last component, reached without following a
-/// symlink; missing directories are made when `create`.
-fn parent_of(
-    root: BorrowedFd<'_>,
-    comps: &[Name],
-    create: bool,
-    shown: &str,
-) -> Result<OwnedFd, String> {
-    let mut cur = sys::open_child_dir(root, c".").map_err(|e| err(shown, e))?;
-    for c in &comps[..comps.len().saturating_sub(1)] {
-        match sys::fstatat(cur.as_fd(), c.as_cstr()) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-            Ok(_) => {
-                return Err(format!(
-                    "entry {shown}: {c:?} is not a directory (symlinks are never followed)"
-                ));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                // Below the unpack target: writable.
-                sys::mkdirat(Writable::new(cur.as_fd()), c.as_cstr(), 0o755)
-                    .map_err(|e| err(shown, e))?;
-            }
-            Err(e) => return Err(err(shown, e)),
-        }
-        cur = sys::open_child_dir(cur.as_fd(), c.as_cstr()).map_err(|e| err(shown, e))?;
-    }
-    Ok(cur)
-}
-
 /// Unpacks a layer tar (plain, gzip or zstd, told apart by their magic)
 /// into `dir`, writing whiteouts and opaque markers in `format`.
 pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<(), String> {
@@ -502,7 +486,7 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     };
     let mut archive = tar::Archive::new(reader);
     // Directory times are set last: creating their entries moves them.
-    let mut dir_times: Vec<(Vec<Name>, [libc::timespec; 2])> = Vec::new();
+    let mut dir_times: Vec<(Vec<u8>, [libc::timespec; 2])> = Vec::new();
     let mut dirs = Dirs::new();
     for entry in archive.entries().map_err(|e| err("reading the layer", e))? {
         let mut entry = entry.map_err(|e| err("reading the layer", e))?;
@@ -511,14 +495,15 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         let (comps, long_whiteout) = match long_whiteout(&raw) {
             Some((dir, hidden)) => {
                 let mut comps = components(dir)?;
-                comps.push(Name::from_bytes(hidden).map_err(|e| err(format!("entry {shown}"), e))?);
+                comps.push(hidden);
                 (comps, true)
             }
             None => (components(&raw)?, false),
         };
-        let Some(name) = comps.last().cloned() else {
+        let Some(name) = comps.last() else {
             continue;
         };
+        let name = name_of(name, &shown)?;
         let parent = dirs.open(root.as_fd(), &comps[..comps.len() - 1], true, &shown)?;
         // Below the unpack target, which this verb creates or is given
         // empty: writable.
@@ -565,11 +550,9 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
                 continue;
             }
         } else if let Some(hidden) = n.strip_prefix(WH_PREFIX) {
-            if let Ok(hidden) = Name::from_bytes(hidden) {
-                let mut gone = dir_part.to_vec();
-                gone.push(hidden);
-                dirs.forget(&gone, false);
-            }
+            let mut gone = dir_part.to_vec();
+            gone.push(hidden);
+            dirs.forget(&gone, false);
             if fmt()
                 .import_oci_whiteout(p, hidden)
                 .map_err(|e| err(&shown, e))?
@@ -614,7 +597,10 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
                 let tname = tcomps
                     .last()
                     .ok_or(format!("entry {shown}: empty link target"))?;
-                let tparent = parent_of(root.as_fd(), &tcomps, false, &shown)?;
+                let tname = name_of(tname, &shown)?;
+                // Apart from `dirs`: the target is anywhere in the tree.
+                let tparent =
+                    Dirs::new().open(root.as_fd(), &tcomps[..tcomps.len() - 1], false, &shown)?;
                 sys::linkat(tparent.as_fd(), tname.as_cstr(), p, c).map_err(fail)?;
                 continue;
             }
@@ -660,15 +646,17 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         };
         let times = [time, time];
         if kind.is_dir() {
-            dir_times.push((comps, times));
+            dir_times.push((raw.clone(), times));
         } else {
             sys::utimensat(p, c, &times).map_err(fail)?;
         }
     }
-    for (comps, times) in dir_times.iter().rev() {
-        let shown = format!("{comps:?}");
+    for (raw, times) in dir_times.iter().rev() {
+        let shown = String::from_utf8_lossy(raw);
+        let comps = components(raw)?;
         let parent = dirs.open(root.as_fd(), &comps[..comps.len() - 1], false, &shown)?;
         if let Some(n) = comps.last() {
+            let n = name_of(n, &shown)?;
             sys::utimensat(Writable::new(parent.as_fd()), n.as_cstr(), times)
                 .map_err(|e| err(&shown, e))?;
         }

@@ -31,15 +31,36 @@ pub enum Inval {
     Inode(u64),
 }
 
-/// Depth of an inode in the tree (the root is 0).
-fn depth(inode: &Inode) -> usize {
-    let mut d = 0;
-    let mut cur = inode.parent();
-    while let Some(p) = cur {
-        d += 1;
-        cur = p.parent();
+/// `inodes` ordered by their depth in the tree, parents first. Each depth
+/// is counted once, from the nearest ancestor already counted: walking to
+/// the root for every inode (let alone for every comparison of a sort) is
+/// quadratic in the depth of the tree, and trees nest thousands of levels.
+fn by_depth(inodes: Vec<Arc<Inode>>) -> Vec<Arc<Inode>> {
+    let mut depth: std::collections::HashMap<u64, usize> =
+        std::collections::HashMap::with_capacity(inodes.len());
+    let mut keyed: Vec<(usize, Arc<Inode>)> = Vec::with_capacity(inodes.len());
+    for inode in inodes {
+        let mut chain = vec![inode.nodeid];
+        let mut cur = inode.parent();
+        let base = loop {
+            match cur {
+                None => break 0,
+                Some(p) => {
+                    if let Some(d) = depth.get(&p.nodeid) {
+                        break *d + 1;
+                    }
+                    chain.push(p.nodeid);
+                    cur = p.parent();
+                }
+            }
+        };
+        for (i, id) in chain.iter().rev().enumerate() {
+            depth.insert(*id, base + i);
+        }
+        keyed.push((depth[&inode.nodeid], inode));
     }
-    d
+    keyed.sort_by_key(|(d, _)| *d);
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 impl Union {
@@ -198,9 +219,7 @@ impl Union {
     /// Looks every known inode up again, parents first, after the upper
     /// changed under them.
     fn reresolve(&self, out: &mut Vec<Inval>) {
-        let mut all = self.inodes.all();
-        all.sort_by_key(|i| depth(i));
-        for inode in all {
+        for inode in by_depth(self.inodes.all()) {
             self.fds.release(&inode);
             inode.changed();
             out.push(Inval::Inode(inode.nodeid));
