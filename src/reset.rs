@@ -84,8 +84,12 @@ impl Union {
         sys::mkdirat(upper.staging(), staged.cstr(), 0o700).map_err(|e| staging(e.into()))?;
         let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())
             .map_err(|e| staging(e.into()))?;
-        copy_tree(self.layers.get(0).root.as_fd(), Writable::new(dst.as_fd()))
-            .map_err(|(path, e)| format!("{}: {e}", String::from_utf8_lossy(&path)))?;
+        copy_tree(
+            self.layers.get(0).root.as_fd(),
+            Writable::new(dst.as_fd()),
+            None,
+        )
+        .map_err(|(path, e)| format!("{}: {e}", String::from_utf8_lossy(&path)))?;
         // Replacing an older checkpoint of that name in one step.
         match sys::fstatat(dir.as_fd(), name.as_cstr()) {
             Ok(_) => {
@@ -160,7 +164,7 @@ impl Union {
                 let dir = upper.checkpoints()?;
                 let src =
                     sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
-                copy_tree(src.as_fd(), upper_w).map_err(|(_, e)| e)?;
+                copy_tree(src.as_fd(), upper_w, Some(upper)).map_err(|(_, e)| e)?;
                 self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             }
             upper.forget_unrecorded();
@@ -251,7 +255,16 @@ impl Union {
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
 /// data reflinked where possible. Fails with the path, from `src`, of the
 /// object that could not be copied.
-fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> std::result::Result<(), (Vec<u8>, Error)> {
+///
+/// With `index` (a checkpoint restored as the upper), copies of lower hard
+/// links get their index entry back: the index lives in the work directory,
+/// outside what a checkpoint holds, and without it the other names of the
+/// copy would show the lower object again.
+fn copy_tree(
+    src: BorrowedFd<'_>,
+    dst: Writable<'_>,
+    index: Option<&crate::layer::upper::Upper>,
+) -> std::result::Result<(), (Vec<u8>, Error)> {
     let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
         std::collections::HashMap::new();
     let top = |e: std::io::Error| (b".".to_vec(), Error::from(e));
@@ -302,6 +315,17 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> std::result::Result<(), 
                 _ => sys::mknodat(w, c, st.st_mode, st.st_rdev)?,
             }
             crate::copyup::copy_attributes(e.dir, c, &st, w)?;
+            if let Some(upper) = index
+                && kind == libc::S_IFREG
+                && let Some(ino) = upper.index_ino_of(e.dir, c)
+            {
+                let name = crate::layer::upper::Upper::index_name(ino);
+                match sys::linkat(dst.as_fd(), c, upper.index_dir(), name.as_cstr()) {
+                    // Another name of the same copy put it back already.
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
+                    r => r?,
+                }
+            }
             Ok(Step::Next)
         },
         |done, (_, attrs)| {

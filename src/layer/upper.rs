@@ -291,6 +291,15 @@ impl Upper {
         std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
     }
 
+    /// The inode number under which the upper object `name` in `dir` was
+    /// indexed: a copy of a lower hard link carries both its number and
+    /// the link count record.
+    pub fn index_ino_of(&self, dir: BorrowedFd<'_>, name: &CStr) -> Option<u64> {
+        let mut buf = [0u8; 24];
+        sys::getxattr(XTarget::At(dir, name), self.nlink_xattr, &mut buf).ok()?;
+        self.recorded_ino(dir, name)
+    }
+
     /// `st_nlink` as the mount reports it for an indexed copy: the names
     /// the merged view has, counted since the copy (the lower's count,
     /// plus links made, minus names removed). Without a record: the upper
