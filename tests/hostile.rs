@@ -1054,3 +1054,96 @@ fn a_restored_checkpoint_keeps_copied_up_hard_links_whole() {
     ]);
     assert!(o.status.success());
 }
+
+/// The one line on stderr of a refused command, which must be exactly one.
+fn refused(args: &[&OsStr]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        err.trim_end_matches('\n').lines().count(),
+        1,
+        "{args:?}: not one line: {err:?}"
+    );
+    err
+}
+
+/// Refusals that name something holding a newline or an escape stay one
+/// line; id maps whose ranges overlap are refused before anything is
+/// mounted; a checkpoint that cannot copy an object names it.
+#[test]
+fn refusals_stay_one_line_and_name_what_failed() {
+    let s = Scratch::new();
+    let (l, mnt) = (s.mkdir("lower"), s.mkdir("mnt"));
+    write(&l, "f", "x");
+    let odd = s.path("missing\nsecond line\x1b[31m");
+    let err = refused(&[OsStr::new("export"), OsStr::new("--upper"), odd.as_os_str()]);
+    assert!(err.contains("missing\\nsecond line"), "{err:?}");
+
+    // A layer whose entry name holds a newline and leaves the directory.
+    let layer = s.path("evil.tar");
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_mode(0o644);
+        let name = b"../new\nline";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        let mut b = tar::Builder::new(fs::File::create(&layer).unwrap());
+        b.append(&h, std::io::empty()).unwrap();
+        b.finish().unwrap();
+    }
+    let out = s.mkdir("out");
+    let err = refused(&[OsStr::new("unpack"), layer.as_os_str(), out.as_os_str()]);
+    assert!(err.contains("new\\nline"), "{err:?}");
+    assert_eq!(
+        fs::read_dir(&out).unwrap().count(),
+        0,
+        "unpack changed the target"
+    );
+
+    for map in ["0:1000:10:5:2000:10", "0:1000:10:100:1005:1", "0:1000:0"] {
+        let err = refused(&[
+            OsStr::new("-o"),
+            OsStr::new(&format!("lowerdir={},uidmapping={map}", l.display())),
+            mnt.as_os_str(),
+        ]);
+        assert!(err.contains(map), "{map}: {err:?}");
+        assert!(!is_mountpoint(&mnt), "{map} was mounted");
+    }
+
+    // A checkpoint that cannot copy: as root, an upper file larger than the
+    // space left for the copy; otherwise a directory the daemon may not
+    // read.
+    let (u, w) = (s.mkdir("upper"), s.mkdir("work"));
+    let _space = if is_root() {
+        let t = Tmpfs::new(&s.path("small"), "3m");
+        Some(t)
+    } else {
+        None
+    };
+    let (u, w) = if is_root() {
+        (s.mkdir("small/upper"), s.mkdir("small/work"))
+    } else {
+        (u, w)
+    };
+    let culprit = "sub/bad\nname";
+    if is_root() {
+        mkdir(&u, "sub");
+        fs::write(u.join(culprit), vec![7u8; 2 << 20]).unwrap();
+    } else {
+        mkdir(&u, culprit);
+        chmod(&u, culprit, 0o000);
+    }
+    let m = Mounted::new(&[&l], Some(&u), &mnt, &["--work", w.to_str().unwrap()]);
+    let err = refused(&[OsStr::new("checkpoint"), m.mnt.as_os_str(), OsStr::new("c")]);
+    eprintln!("checkpoint refused: {err}");
+    assert!(err.contains("sub/bad\\nname"), "{err:?}");
+    // The mount still works, and a later checkpoint is possible.
+    assert_eq!(fs::read_to_string(m.path("f")).unwrap(), "x");
+    drop(m);
+    if !is_root() {
+        chmod(&u, culprit, 0o755);
+    }
+}
