@@ -1147,3 +1147,89 @@ fn refusals_stay_one_line_and_name_what_failed() {
         chmod(&u, culprit, 0o755);
     }
 }
+
+/// An upper in the OCI format hides a lower name of 255 bytes, for which
+/// `.wh.NAME` would be too long, with a 0:0 character device: unlink,
+/// rmdir and rename of such names work, a new object can take the name
+/// back, and the result survives a remount, `diff` and `export`.
+#[test]
+fn an_oci_upper_hides_names_too_long_for_wh_files() {
+    let s = Scratch::new();
+    let (l, u, w, mnt) = (
+        s.mkdir("lower"),
+        s.mkdir("upper"),
+        s.mkdir("work"),
+        s.mkdir("mnt"),
+    );
+    let (file, dir, moved, back) = (long(b'f'), long(b'd'), long(b'm'), long(b'b'));
+    fs::write(l.join(raw(&file)), "file\n").unwrap();
+    fs::create_dir(l.join(raw(&dir))).unwrap();
+    fs::write(l.join(raw(&dir)).join("inner"), "inner\n").unwrap();
+    fs::write(l.join(raw(&moved)), "moved\n").unwrap();
+    fs::write(l.join(raw(&back)), "old\n").unwrap();
+    let opts = ["--work", w.to_str().unwrap(), "--whiteout", "oci"];
+    let m = Mounted::new(&[&l], Some(&u), &mnt, &opts);
+    fs::remove_file(m.mnt.join(raw(&file))).expect("unlink a 255-byte name");
+    fs::remove_file(m.mnt.join(raw(&dir)).join("inner")).unwrap();
+    fs::remove_dir(m.mnt.join(raw(&dir))).expect("rmdir a 255-byte name");
+    fs::rename(m.mnt.join(raw(&moved)), m.path("short")).expect("rename a 255-byte name");
+    fs::remove_file(m.mnt.join(raw(&back))).unwrap();
+    fs::write(m.mnt.join(raw(&back)), "new\n").expect("a new file over the whiteout");
+    let view = tree::manifest(&m.mnt, &Opts::view());
+    drop(m);
+    let m = Mounted::new(&[&l], Some(&u), &mnt, &opts);
+    tree::assert_same(
+        "after a remount",
+        "before",
+        &view,
+        "after",
+        &tree::manifest(&m.mnt, &Opts::view()),
+    );
+    let names: Vec<Vec<u8>> = {
+        use std::os::unix::ffi::OsStrExt;
+        fs::read_dir(&m.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+            .collect()
+    };
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, vec![back.clone(), b"short".to_vec()]);
+    assert_eq!(fs::read_to_string(m.mnt.join(raw(&back))).unwrap(), "new\n");
+    drop(m);
+    // Nothing named `.wh.` in the upper could have held these names.
+    for n in [&file, &dir, &moved] {
+        assert_eq!(
+            file_type_and_rdev(&u.join(raw(n))),
+            (libc::S_IFCHR, 0),
+            "no device whiteout for a 255-byte name"
+        );
+    }
+    let o = verb_ok(&[
+        OsStr::new("diff"),
+        OsStr::new("--upper"),
+        u.as_os_str(),
+        OsStr::new("--lower"),
+        l.as_os_str(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    for n in [&file, &dir, &moved] {
+        let line = format!("D /{}", String::from_utf8_lossy(n));
+        assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+    }
+    let layer = s.path("layer.tar");
+    verb_ok(&[
+        OsStr::new("export"),
+        OsStr::new("--upper"),
+        u.as_os_str(),
+        OsStr::new("-o"),
+        layer.as_os_str(),
+    ]);
+    let entries = layer_entries(&layer);
+    for n in [&file, &dir, &moved] {
+        assert!(
+            entries.contains(&(n.clone(), tar::EntryType::Char)),
+            "{entries:?}"
+        );
+    }
+}
