@@ -694,8 +694,8 @@ fn apply_change(mnt: &Path, c: &Change) -> Result<(), i32> {
             Ok(())
         }
     };
-    // SAFETY (every call below): valid NUL-terminated paths and buffers of
-    // the lengths given; descriptors are closed once.
+    // SAFETY: every call below gets valid NUL-terminated paths and
+    // buffers of the lengths given; descriptors are closed once.
     unsafe {
         match c {
             Change::Append(r) => {
