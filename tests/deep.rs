@@ -231,9 +231,22 @@ fn cpu_of(pid: libc::pid_t) -> Duration {
 /// else the machine runs.
 fn verb(args: &[&OsStr], out: Option<&Path>) -> Duration {
     let t0 = std::time::Instant::now();
+    let mut cmd = std::process::Command::new(common::bin());
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            // The soft limit most shells start with, below the depth: the
+            // verb must raise it (or never hold a descriptor per level).
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_cur.min(1024);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        })
+    };
     // Reaped by wait4 below, which also tells the CPU time it used.
     #[allow(clippy::zombie_processes)]
-    let mut child = std::process::Command::new(common::bin())
+    let mut child = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         // Megabytes of paths: to a file, not a pipe nobody reads until exit.
