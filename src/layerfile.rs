@@ -446,6 +446,81 @@ impl Dirs {
     }
 }
 
+/// The largest extension header read: real ones hold a path or a few
+/// xattrs.
+const MAX_EXTENSION: u64 = 1 << 20;
+
+/// What the extension headers before an entry say about it: a GNU long
+/// name or link target, PAX records.
+#[derive(Debug, Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Extensions {
+    /// Takes in `entry` if it is an extension header for the next one.
+    fn read<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<bool, String> {
+        let ty = entry.header().entry_type();
+        if !(ty.is_pax_local_extensions() || ty.is_gnu_longname() || ty.is_gnu_longlink()) {
+            return Ok(false);
+        }
+        let mut data = Vec::new();
+        entry
+            .take(MAX_EXTENSION + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| err("reading the layer", e))?;
+        if data.len() as u64 > MAX_EXTENSION {
+            return Err("reading the layer: an extension header larger than 1 MiB".into());
+        }
+        if ty.is_pax_local_extensions() {
+            self.pax.extend(parse_pax(&data)?);
+        } else {
+            while data.last() == Some(&0) {
+                data.pop();
+            }
+            if ty.is_gnu_longname() {
+                self.path = Some(data);
+            } else {
+                self.link = Some(data);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The last PAX record for `key`.
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pax
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// PAX records, `LENGTH KEY=VALUE\n` each, LENGTH counting the whole
+/// record: a value may hold any byte, a newline too.
+fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    let bad = || "reading the layer: a malformed PAX record".to_string();
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let sp = data.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(bad());
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec.iter().position(|b| *b == b'=').ok_or_else(bad)?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
 /// For an OCI whiteout whose name is too long for a directory entry
 /// (`.wh.` and more than 251 bytes): the directory part and the hidden
 /// name.
@@ -488,10 +563,49 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     // Directory times are set last: creating their entries moves them.
     let mut dir_times: Vec<(Vec<u8>, [libc::timespec; 2])> = Vec::new();
     let mut dirs = Dirs::new();
-    for entry in archive.entries().map_err(|e| err("reading the layer", e))? {
+    // Extension headers are read here, not by the tar crate: its PAX
+    // reader splits records at newlines, and drops a record whose value
+    // holds one (binary xattrs such as ACLs often do) and every record after
+    // it.
+    let mut ext = Extensions::default();
+    let entries = archive
+        .entries()
+        .map_err(|e| err("reading the layer", e))?
+        .raw(true);
+    for entry in entries {
         let mut entry = entry.map_err(|e| err("reading the layer", e))?;
-        let raw = entry.path_bytes().into_owned();
+        let ty = entry.header().entry_type();
+        if ext.read(&mut entry)? {
+            continue;
+        }
+        if ty.is_pax_global_extensions() {
+            continue;
+        }
+        let ext = std::mem::take(&mut ext);
+        let raw = ext
+            .get(b"path")
+            .map(<[u8]>::to_vec)
+            .or(ext.path.clone())
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
         let shown = String::from_utf8_lossy(&raw).into_owned();
+        if ty.is_gnu_sparse() {
+            return Err(format!("entry {shown}: GNU sparse files are not supported"));
+        }
+        if let Some(size) = ext.get(b"size")
+            && std::str::from_utf8(size)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                != entry.header().entry_size().ok()
+        {
+            return Err(format!(
+                "entry {shown}: a size beyond what the tar header holds (PAX size) is not supported"
+            ));
+        }
+        let link_name = ext
+            .get(b"linkpath")
+            .map(<[u8]>::to_vec)
+            .or(ext.link.clone())
+            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
         let (comps, long_whiteout) = match long_whiteout(&raw) {
             Some((dir, hidden)) => {
                 let mut comps = components(dir)?;
@@ -522,23 +636,12 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
             })?;
             continue;
         }
-        let pax_mtime = match entry.pax_extensions() {
-            Ok(Some(exts)) => exts
-                .flatten()
-                .find(|e| e.key_bytes() == b"mtime")
-                .and_then(|e| parse_pax_time(e.value_bytes())),
-            _ => None,
-        };
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = match entry.pax_extensions() {
-            Ok(Some(exts)) => exts
-                .flatten()
-                .filter_map(|e| {
-                    let k = e.key_bytes().strip_prefix(b"SCHILY.xattr.")?.to_vec();
-                    Some((k, e.value_bytes().to_vec()))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let pax_mtime = ext.get(b"mtime").and_then(parse_pax_time);
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = ext
+            .pax
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(b"SCHILY.xattr.")?.to_vec(), v.clone())))
+            .collect();
         let h = entry.header().clone();
         let n = name.as_bytes();
         // What an entry removes or empties is no longer a directory to
@@ -582,17 +685,13 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
                 std::io::copy(&mut entry, &mut File::from(fd)).map_err(fail)?;
             }
             k if k.is_symlink() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(format!("entry {shown}: no target"))?;
-                let target = CString::new(target.into_owned())
-                    .map_err(|_| format!("entry {shown}: bad target"))?;
+                let target = link_name.ok_or(format!("entry {shown}: no target"))?;
+                let target =
+                    CString::new(target).map_err(|_| format!("entry {shown}: bad target"))?;
                 sys::symlinkat(&target, p, c).map_err(fail)?;
             }
             k if k.is_hard_link() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(format!("entry {shown}: no target"))?;
+                let target = link_name.ok_or(format!("entry {shown}: no target"))?;
                 let tcomps = components(&target)?;
                 let tname = tcomps
                     .last()

@@ -727,8 +727,10 @@ fn apply_change(mnt: &Path, c: &Change) -> Result<(), i32> {
             Change::Setxattr(r) => check(libc::lsetxattr(
                 p(r).as_ptr(),
                 c"user.hostile".as_ptr(),
-                b"value".as_ptr().cast(),
-                5,
+                // Binary, with newlines: PAX records must be read by
+                // their length.
+                b"value\n\0\n\xff".as_ptr().cast(),
+                9,
                 0,
             )),
             Change::Rename(a, b) => check(libc::rename(p(a).as_ptr(), p(b).as_ptr())),
