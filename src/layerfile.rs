@@ -456,8 +456,11 @@ const MAX_EXTENSION: u64 = 1 << 20;
 struct Extensions {
     path: Option<Vec<u8>>,
     link: Option<Vec<u8>>,
-    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    pax: Vec<PaxRecord>,
 }
+
+/// A PAX record's key and value.
+type PaxRecord = (Vec<u8>, Vec<u8>);
 
 impl Extensions {
     /// Takes in `entry` if it is an extension header for the next one.
@@ -501,7 +504,7 @@ impl Extensions {
 
 /// PAX records, `LENGTH KEY=VALUE\n` each, LENGTH counting the whole
 /// record: a value may hold any byte, a newline too.
-fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let bad = || "reading the layer: a malformed PAX record".to_string();
     let mut out = Vec::new();
     while !data.is_empty() {
