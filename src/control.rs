@@ -67,7 +67,12 @@ fn handle(
     match verb {
         "stats" => return Ok(Some(crate::stats::encode(&stats.rows()))),
         "reset" => apply(notifier, &union.reset().map_err(|e| e.to_string())?),
-        "checkpoint" => union.checkpoint(&name()?).map_err(|e| e.to_string())?,
+        "checkpoint" => {
+            let n = name()?;
+            union
+                .checkpoint(&n)
+                .map_err(|e| format!("checkpoint {}: {e}", String::from_utf8_lossy(n.as_bytes())))?
+        }
         "restore" => {
             let n = name()?;
             let inval = union.restore(&n).map_err(|e| match e.errno {
@@ -109,7 +114,8 @@ pub fn listen(
                     Ok(Some(payload)) => format!("ok {payload}\n"),
                     Err(e) => {
                         warn!("control request {:?}: {e}", line.trim());
-                        format!("error: {e}\n")
+                        // The protocol is one line per answer.
+                        format!("error: {}\n", crate::failure::one_line(&e))
                     }
                 };
                 let _ = (&stream).write_all(answer.as_bytes());

@@ -170,13 +170,25 @@ fn deleted_below(
     Ok(())
 }
 
-/// The diff as `docker diff` prints it: one `K /path` line each.
+/// The diff as `docker diff` prints it: one `K /path` line each. A name
+/// may hold a newline, which would make two changes of one: control
+/// characters are written C-style (`\n`, `\t`, `\x1b`) and a backslash as
+/// `\\`, so that every line is one change and reads back unambiguously.
 pub fn format_text(changes: &[Change]) -> Vec<u8> {
     let mut s = Vec::new();
     for c in changes {
         s.push(c.kind.letter() as u8);
         s.push(b' ');
-        s.extend_from_slice(&c.path);
+        for &b in &c.path {
+            match b {
+                b'\n' => s.extend_from_slice(b"\\n"),
+                b'\t' => s.extend_from_slice(b"\\t"),
+                b'\r' => s.extend_from_slice(b"\\r"),
+                b'\\' => s.extend_from_slice(b"\\\\"),
+                0..0x20 | 0x7f => s.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                _ => s.push(b),
+            }
+        }
         s.push(b'\n');
     }
     s

@@ -29,11 +29,35 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Invalid(m) | Failure::Layer(m) | Failure::Mount(m) | Failure::Daemon(m) => {
-                f.write_str(m)
+                write_one_line(f, m)
             }
-            Failure::Unmounted(p) => write!(f, "{} is unmounted", p.display()),
+            Failure::Unmounted(p) => write_one_line(f, &format!("{} is unmounted", p.display())),
         }
     }
+}
+
+/// `m` with control characters escaped, as [`Failure`] displays it.
+pub(crate) fn one_line(m: &str) -> String {
+    struct Line<'a>(&'a str);
+    impl fmt::Display for Line<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write_one_line(f, self.0)
+        }
+    }
+    Line(m).to_string()
+}
+
+/// Writes `m` with control characters escaped: names in layers may hold
+/// newlines, and a message must stay one line for whoever reads stderr.
+fn write_one_line(f: &mut fmt::Formatter<'_>, m: &str) -> fmt::Result {
+    for c in m.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_debug())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 impl std::error::Error for Failure {}

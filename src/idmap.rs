@@ -40,7 +40,7 @@ impl Map {
                 "invalid id mapping {v:?}: expected container:host:length triples"
             ));
         }
-        let ranges = nums
+        let ranges: Vec<Range> = nums
             .chunks(3)
             .map(|c| Range {
                 container: c[0],
@@ -48,6 +48,29 @@ impl Map {
                 len: c[2],
             })
             .collect();
+        // As the kernel refuses such a uid_map: an id mapped twice, either
+        // way, would show one owner and store another.
+        for (i, r) in ranges.iter().enumerate() {
+            let end = |start: u32| u64::from(start) + u64::from(r.len);
+            if r.len == 0 || end(r.container) > 1 << 32 || end(r.host) > 1 << 32 {
+                return Err(format!(
+                    "invalid id mapping {v:?}: range {}:{}:{} is empty or runs past 4294967295",
+                    r.container, r.host, r.len
+                ));
+            }
+            for o in &ranges[..i] {
+                let overlap = |a: u32, b: u32| {
+                    u64::from(a) < u64::from(b) + u64::from(o.len)
+                        && u64::from(b) < u64::from(a) + u64::from(r.len)
+                };
+                if overlap(r.container, o.container) || overlap(r.host, o.host) {
+                    return Err(format!(
+                        "invalid id mapping {v:?}: ranges {}:{}:{} and {}:{}:{} overlap",
+                        o.container, o.host, o.len, r.container, r.host, r.len
+                    ));
+                }
+            }
+        }
         Ok(Map {
             ranges,
             squash: None,
@@ -120,6 +143,12 @@ mod tests {
         assert_eq!(m.store(70_000), None);
         assert!(Map::parse("0:1000").is_err());
         assert!(Map::parse("a:b:c").is_err());
+        // Overlapping on the container side, then on the host side.
+        assert!(Map::parse("0:1000:10:5:2000:10").is_err());
+        assert!(Map::parse("0:1000:10:100:1005:1").is_err());
+        assert!(Map::parse("0:1000:0").is_err());
+        assert!(Map::parse("4294967295:0:2").is_err());
+        assert!(Map::parse("0:1000:10:10:1010:10").is_ok());
         assert_eq!(Map::squash(0).show(1234), 0);
     }
 }

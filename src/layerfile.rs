@@ -174,6 +174,18 @@ fn export_entry<W: Write>(
     let st = sys::fstatat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
     let kind = st.st_mode & libc::S_IFMT;
     if whiteout::is_whiteout(&st) {
+        if name.oci_whiteout().is_none() {
+            // `.wh.NAME` would be longer than any file name: the whiteout
+            // goes in as what it is, a 0:0 character device, which unpack
+            // and every overlayfs reader take for a whiteout.
+            let mut h = header(&st, tar::EntryType::Char);
+            h.set_mode(0o600);
+            let _ = h.set_device_major(0);
+            let _ = h.set_device_minor(0);
+            b.append_data(&mut h, as_path(path), std::io::empty())
+                .map_err(w)?;
+            return Ok(Step::Next);
+        }
         let mut wh = rel.to_vec();
         wh.extend_from_slice(WH_PREFIX);
         wh.extend_from_slice(n);
@@ -182,6 +194,17 @@ fn export_entry<W: Write>(
         b.append_data(&mut h, as_path(&wh), std::io::empty())
             .map_err(w)?;
         return Ok(Step::Next);
+    }
+    if kind != libc::S_IFDIR && st.st_nlink > 1 {
+        // Every kind but a directory may have several names; the layer
+        // keeps them one object.
+        if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
+            let mut h = header(&st, tar::EntryType::Link);
+            b.append_link(&mut h, as_path(path), as_path(first))
+                .map_err(w)?;
+            return Ok(Step::Next);
+        }
+        links.insert((st.st_dev, st.st_ino), path.to_vec());
     }
     let t = XTarget::At(dir, name.as_cstr());
     let mut pax = if kind != libc::S_IFLNK {
@@ -222,15 +245,6 @@ fn export_entry<W: Write>(
             return Ok(Step::DescendOpened((), std::sync::Arc::new(sub)));
         }
         libc::S_IFREG => {
-            if st.st_nlink > 1 {
-                if let Some(first) = links.get(&(st.st_dev, st.st_ino)) {
-                    let mut h = header(&st, tar::EntryType::Link);
-                    b.append_link(&mut h, as_path(path), as_path(first))
-                        .map_err(w)?;
-                    return Ok(Step::Next);
-                }
-                links.insert((st.st_dev, st.st_ino), path.to_vec());
-            }
             if whiteout::may_be_metacopy(&st, true) && whiteout::metacopy_marks(dir, name).is_some()
             {
                 // Its data is in a lower layer, which a layer file cannot
@@ -296,50 +310,231 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, i64)> {
 }
 
 /// The path components of a tar entry, refusing anything that leaves the
-/// target directory.
-fn components(raw: &[u8]) -> Result<Vec<Name>, String> {
-    let shown = String::from_utf8_lossy(raw);
+/// target directory or is no name. Slices of the entry's path: entries in
+/// deep trees have thousands of components, and copying them into
+/// [`Name`]s for every entry would be quadratic in the depth.
+fn components(raw: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let shown = || String::from_utf8_lossy(raw).into_owned();
     if raw.starts_with(b"/") {
-        return Err(format!("entry {shown}: absolute path refused"));
+        return Err(format!("entry {}: absolute path refused", shown()));
     }
     let mut out = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => continue,
-            b".." => return Err(format!("entry {shown}: '..' would leave the directory")),
-            _ => out.push(Name::from_bytes(c).map_err(|e| err(format!("entry {shown}"), e))?),
+            b".." => {
+                return Err(format!("entry {}: '..' would leave the directory", shown()));
+            }
+            _ if c.len() > crate::name::NAME_MAX || c.contains(&0) => {
+                let e = Name::from_bytes(c)
+                    .err()
+                    .unwrap_or(crate::error::Error::INVAL);
+                return Err(err(format!("entry {}", shown()), e));
+            }
+            _ => out.push(c),
         }
     }
     Ok(out)
 }
 
-/// The directory holding the last component, reached without following a
-/// symlink; missing directories are made when `create`.
-fn parent_of(
-    root: BorrowedFd<'_>,
-    comps: &[Name],
-    create: bool,
-    shown: &str,
-) -> Result<OwnedFd, String> {
-    let mut cur = sys::open_child_dir(root, c".").map_err(|e| err(shown, e))?;
-    for c in &comps[..comps.len().saturating_sub(1)] {
-        match sys::fstatat(cur.as_fd(), c.as_cstr()) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-            Ok(_) => {
-                return Err(format!(
-                    "entry {shown}: {c:?} is not a directory (symlinks are never followed)"
-                ));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                // Below the unpack target: writable.
-                sys::mkdirat(Writable::new(cur.as_fd()), c.as_cstr(), 0o755)
-                    .map_err(|e| err(shown, e))?;
-            }
-            Err(e) => return Err(err(shown, e)),
+fn name_of(c: &[u8], shown: &str) -> Result<Name, String> {
+    Name::from_bytes(c).map_err(|e| err(format!("entry {shown}"), e))
+}
+
+/// Every how many levels [`Dirs`] keeps a descriptor of the current path.
+const DIRS_STRIDE: usize = 16;
+
+/// The directories of the last entry's path, so that the next entry, most
+/// often in the same directory or one nearby, is reached in a few steps
+/// instead of from the root: walking every path from the root is quadratic
+/// in the depth of a tree, and trees in images nest thousands of levels.
+/// Descriptors are kept at every [`DIRS_STRIDE`]th level and at the deepest
+/// one, which bounds both the descriptors held and the steps per entry.
+struct Dirs {
+    names: Vec<Vec<u8>>,
+    /// `fds[i]`: the directory `names[..=i]`, where kept.
+    fds: Vec<Option<OwnedFd>>,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        Dirs {
+            names: Vec::new(),
+            fds: Vec::new(),
         }
-        cur = sys::open_child_dir(cur.as_fd(), c.as_cstr()).map_err(|e| err(shown, e))?;
     }
-    Ok(cur)
+
+    /// Forgets what lies below directory `comps` (removed or emptied by the
+    /// entry being unpacked), and `comps` itself unless `keep_it`.
+    fn forget(&mut self, comps: &[&[u8]], keep_it: bool) {
+        let below =
+            self.names.len() >= comps.len() && self.names.iter().zip(comps).all(|(a, b)| a == b);
+        if below {
+            self.truncate(comps.len() - usize::from(!keep_it && !comps.is_empty()));
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.names.truncate(len);
+        self.fds.truncate(len);
+    }
+
+    /// The directory `comps`, reached without following a symlink from the
+    /// deepest kept descriptor on the way; missing directories are made
+    /// when `create`.
+    fn open(
+        &mut self,
+        root: BorrowedFd<'_>,
+        comps: &[&[u8]],
+        create: bool,
+        shown: &str,
+    ) -> Result<OwnedFd, String> {
+        let common = self
+            .names
+            .iter()
+            .zip(comps)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.truncate(common);
+        let from = self.fds.iter().rposition(Option::is_some);
+        let mut cur = match from {
+            Some(i) => self.fds[i]
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("a kept descriptor"))
+                .try_clone(),
+            None => sys::open_child_dir(root, c"."),
+        }
+        .map_err(|e| err(shown, e))?;
+        let start = from.map_or(0, |i| i + 1);
+        // Levels reached again below the last kept one were dropped before.
+        self.truncate(start);
+        for (i, c) in comps.iter().enumerate().skip(start) {
+            let c = name_of(c, shown)?;
+            // Opened first, looked at only when that fails: one call per
+            // level in the common case.
+            cur = match sys::open_child_dir(cur.as_fd(), c.as_cstr()) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                    // Below the unpack target: writable.
+                    sys::mkdirat(Writable::new(cur.as_fd()), c.as_cstr(), 0o755)
+                        .map_err(|e| err(shown, e))?;
+                    sys::open_child_dir(cur.as_fd(), c.as_cstr()).map_err(|e| err(shown, e))?
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    return Err(format!(
+                        "entry {shown}: {c:?} is not a directory (symlinks are never followed)"
+                    ));
+                }
+                Err(e) => return Err(err(shown, e)),
+            };
+            self.names.push(c.as_bytes().to_vec());
+            let keep = (i + 1) % DIRS_STRIDE == 0 || i + 1 == comps.len();
+            self.fds.push(if keep {
+                Some(cur.try_clone().map_err(|e| err(shown, e))?)
+            } else {
+                None
+            });
+        }
+        // Only the deepest level between strides stays open.
+        if let Some(i) = from
+            && comps.len() > start
+            && (i + 1) % DIRS_STRIDE != 0
+        {
+            self.fds[i] = None;
+        }
+        Ok(cur)
+    }
+}
+
+/// The largest extension header read: real ones hold a path or a few
+/// xattrs.
+const MAX_EXTENSION: u64 = 1 << 20;
+
+/// What the extension headers before an entry say about it: a GNU long
+/// name or link target, PAX records.
+#[derive(Debug, Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    pax: Vec<PaxRecord>,
+}
+
+/// A PAX record's key and value.
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
+impl Extensions {
+    /// Takes in `entry` if it is an extension header for the next one.
+    fn read<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<bool, String> {
+        let ty = entry.header().entry_type();
+        if !(ty.is_pax_local_extensions() || ty.is_gnu_longname() || ty.is_gnu_longlink()) {
+            return Ok(false);
+        }
+        let mut data = Vec::new();
+        entry
+            .take(MAX_EXTENSION + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| err("reading the layer", e))?;
+        if data.len() as u64 > MAX_EXTENSION {
+            return Err("reading the layer: an extension header larger than 1 MiB".into());
+        }
+        if ty.is_pax_local_extensions() {
+            self.pax.extend(parse_pax(&data)?);
+        } else {
+            while data.last() == Some(&0) {
+                data.pop();
+            }
+            if ty.is_gnu_longname() {
+                self.path = Some(data);
+            } else {
+                self.link = Some(data);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The last PAX record for `key`.
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pax
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// PAX records, `LENGTH KEY=VALUE\n` each, LENGTH counting the whole
+/// record: a value may hold any byte, a newline too.
+fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
+    let bad = || "reading the layer: a malformed PAX record".to_string();
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let sp = data.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(bad());
+        }
+        let rec = &data[sp + 1..len - 1];
+        let eq = rec.iter().position(|b| *b == b'=').ok_or_else(bad)?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
+/// For an OCI whiteout whose name is too long for a directory entry
+/// (`.wh.` and more than 251 bytes): the directory part and the hidden
+/// name.
+fn long_whiteout(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let trimmed = raw.strip_suffix(b"/").unwrap_or(raw);
+    let (dir, last) = match trimmed.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+        None => (&b""[..], trimmed),
+    };
+    let hidden = last.strip_prefix(WH_PREFIX)?;
+    (last.len() > crate::name::NAME_MAX && !hidden.starts_with(WH_PREFIX)).then_some((dir, hidden))
 }
 
 /// Unpacks a layer tar (plain, gzip or zstd, told apart by their magic)
@@ -369,54 +564,114 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
     };
     let mut archive = tar::Archive::new(reader);
     // Directory times are set last: creating their entries moves them.
-    let mut dir_times: Vec<(Vec<Name>, [libc::timespec; 2])> = Vec::new();
-    for entry in archive.entries().map_err(|e| err("reading the layer", e))? {
+    let mut dir_times: Vec<(Vec<u8>, [libc::timespec; 2])> = Vec::new();
+    let mut dirs = Dirs::new();
+    // Extension headers are read here, not by the tar crate: its PAX
+    // reader splits records at newlines, and drops a record whose value
+    // holds one (binary xattrs such as ACLs often do) and every record after
+    // it.
+    let mut ext = Extensions::default();
+    let entries = archive
+        .entries()
+        .map_err(|e| err("reading the layer", e))?
+        .raw(true);
+    for entry in entries {
         let mut entry = entry.map_err(|e| err("reading the layer", e))?;
-        let raw = entry.path_bytes().into_owned();
+        let ty = entry.header().entry_type();
+        if ext.read(&mut entry)? {
+            continue;
+        }
+        if ty.is_pax_global_extensions() {
+            continue;
+        }
+        let ext = std::mem::take(&mut ext);
+        let raw = ext
+            .get(b"path")
+            .map(<[u8]>::to_vec)
+            .or(ext.path.clone())
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        let comps = components(&raw)?;
-        let Some(name) = comps.last().cloned() else {
+        if ty.is_gnu_sparse() {
+            return Err(format!("entry {shown}: GNU sparse files are not supported"));
+        }
+        if let Some(size) = ext.get(b"size")
+            && std::str::from_utf8(size)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                != entry.header().entry_size().ok()
+        {
+            return Err(format!(
+                "entry {shown}: a size beyond what the tar header holds (PAX size) is not supported"
+            ));
+        }
+        let link_name = ext
+            .get(b"linkpath")
+            .map(<[u8]>::to_vec)
+            .or(ext.link.clone())
+            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+        let (comps, long_whiteout) = match long_whiteout(&raw) {
+            Some((dir, hidden)) => {
+                let mut comps = components(dir)?;
+                comps.push(hidden);
+                (comps, true)
+            }
+            None => (components(&raw)?, false),
+        };
+        let Some(name) = comps.last() else {
             continue;
         };
-        let parent = parent_of(root.as_fd(), &comps, true, &shown)?;
+        let name = name_of(name, &shown)?;
+        let parent = dirs.open(root.as_fd(), &comps[..comps.len() - 1], true, &shown)?;
         // Below the unpack target, which this verb creates or is given
         // empty: writable.
         let p = Writable::new(parent.as_fd());
-        let pax_mtime = match entry.pax_extensions() {
-            Ok(Some(exts)) => exts
-                .flatten()
-                .find(|e| e.key_bytes() == b"mtime")
-                .and_then(|e| parse_pax_time(e.value_bytes())),
-            _ => None,
-        };
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = match entry.pax_extensions() {
-            Ok(Some(exts)) => exts
-                .flatten()
-                .filter_map(|e| {
-                    let k = e.key_bytes().strip_prefix(b"SCHILY.xattr.")?.to_vec();
-                    Some((k, e.value_bytes().to_vec()))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        if long_whiteout {
+            // `.wh.` and a name of more than 251 bytes fit in no directory
+            // entry: the whiteout can only be a 0:0 character device, in
+            // either format.
+            dirs.forget(&comps, false);
+            remove_tree(p, name.as_cstr()).map_err(|e| err(&shown, e))?;
+            sys::mknodat(p, name.as_cstr(), libc::S_IFCHR, 0).map_err(|e| {
+                err(
+                    &shown,
+                    format!("a whiteout of a name this long must be a 0:0 character device: {e}"),
+                )
+            })?;
+            continue;
+        }
+        let pax_mtime = ext.get(b"mtime").and_then(parse_pax_time);
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = ext
+            .pax
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(b"SCHILY.xattr.")?.to_vec(), v.clone())))
+            .collect();
         let h = entry.header().clone();
         let n = name.as_bytes();
+        // What an entry removes or empties is no longer a directory to
+        // reach others through.
+        let dir_part = &comps[..comps.len() - 1];
         if whiteout::is_oci_opaque(n) {
+            dirs.forget(dir_part, true);
             if fmt().import_oci_opaque(p).map_err(|e| err(&shown, e))? {
                 continue;
             }
-        } else if let Some(hidden) = n.strip_prefix(WH_PREFIX)
-            && fmt()
+        } else if let Some(hidden) = n.strip_prefix(WH_PREFIX) {
+            let mut gone = dir_part.to_vec();
+            gone.push(hidden);
+            dirs.forget(&gone, false);
+            if fmt()
                 .import_oci_whiteout(p, hidden)
                 .map_err(|e| err(&shown, e))?
-        {
-            continue;
+            {
+                continue;
+            }
         }
         let kind = h.entry_type();
         let existing = sys::fstatat(p.fd(), name.as_cstr()).ok();
         let keep_dir =
             kind.is_dir() && existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         if existing.is_some() && !keep_dir {
+            dirs.forget(&comps, false);
             remove_tree(p, name.as_cstr()).map_err(|e| err(&shown, e))?;
         }
         let mode = h.mode().unwrap_or(0o644) & 0o7777;
@@ -433,22 +688,21 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
                 std::io::copy(&mut entry, &mut File::from(fd)).map_err(fail)?;
             }
             k if k.is_symlink() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(format!("entry {shown}: no target"))?;
-                let target = CString::new(target.into_owned())
-                    .map_err(|_| format!("entry {shown}: bad target"))?;
+                let target = link_name.ok_or(format!("entry {shown}: no target"))?;
+                let target =
+                    CString::new(target).map_err(|_| format!("entry {shown}: bad target"))?;
                 sys::symlinkat(&target, p, c).map_err(fail)?;
             }
             k if k.is_hard_link() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(format!("entry {shown}: no target"))?;
+                let target = link_name.ok_or(format!("entry {shown}: no target"))?;
                 let tcomps = components(&target)?;
                 let tname = tcomps
                     .last()
                     .ok_or(format!("entry {shown}: empty link target"))?;
-                let tparent = parent_of(root.as_fd(), &tcomps, false, &shown)?;
+                let tname = name_of(tname, &shown)?;
+                // Apart from `dirs`: the target is anywhere in the tree.
+                let tparent =
+                    Dirs::new().open(root.as_fd(), &tcomps[..tcomps.len() - 1], false, &shown)?;
                 sys::linkat(tparent.as_fd(), tname.as_cstr(), p, c).map_err(fail)?;
                 continue;
             }
@@ -494,15 +748,17 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
         };
         let times = [time, time];
         if kind.is_dir() {
-            dir_times.push((comps, times));
+            dir_times.push((raw.clone(), times));
         } else {
             sys::utimensat(p, c, &times).map_err(fail)?;
         }
     }
-    for (comps, times) in dir_times.iter().rev() {
-        let shown = format!("{comps:?}");
-        let parent = parent_of(root.as_fd(), comps, false, &shown)?;
+    for (raw, times) in dir_times.iter().rev() {
+        let shown = String::from_utf8_lossy(raw);
+        let comps = components(raw)?;
+        let parent = dirs.open(root.as_fd(), &comps[..comps.len() - 1], false, &shown)?;
         if let Some(n) = comps.last() {
+            let n = name_of(n, &shown)?;
             sys::utimensat(Writable::new(parent.as_fd()), n.as_cstr(), times)
                 .map_err(|e| err(&shown, e))?;
         }

@@ -31,15 +31,36 @@ pub enum Inval {
     Inode(u64),
 }
 
-/// Depth of an inode in the tree (the root is 0).
-fn depth(inode: &Inode) -> usize {
-    let mut d = 0;
-    let mut cur = inode.parent();
-    while let Some(p) = cur {
-        d += 1;
-        cur = p.parent();
+/// `inodes` ordered by their depth in the tree, parents first. Each depth
+/// is counted once, from the nearest ancestor already counted: walking to
+/// the root for every inode (let alone for every comparison of a sort) is
+/// quadratic in the depth of the tree, and trees nest thousands of levels.
+fn by_depth(inodes: Vec<Arc<Inode>>) -> Vec<Arc<Inode>> {
+    let mut depth: std::collections::HashMap<u64, usize> =
+        std::collections::HashMap::with_capacity(inodes.len());
+    let mut keyed: Vec<(usize, Arc<Inode>)> = Vec::with_capacity(inodes.len());
+    for inode in inodes {
+        let mut chain = vec![inode.nodeid];
+        let mut cur = inode.parent();
+        let base = loop {
+            match cur {
+                None => break 0,
+                Some(p) => {
+                    if let Some(d) = depth.get(&p.nodeid) {
+                        break *d + 1;
+                    }
+                    chain.push(p.nodeid);
+                    cur = p.parent();
+                }
+            }
+        };
+        for (i, id) in chain.iter().rev().enumerate() {
+            depth.insert(*id, base + i);
+        }
+        keyed.push((depth[&inode.nodeid], inode));
     }
-    d
+    keyed.sort_by_key(|(d, _)| *d);
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 impl Union {
@@ -53,14 +74,22 @@ impl Union {
 
     /// Saves a copy of the upper as checkpoint `name` in the work directory
     /// (reflinked where the filesystem can).
-    pub fn checkpoint(&self, name: &Name) -> Result<()> {
-        let upper = self.upper()?;
+    /// Fails with a message naming the object that could not be copied.
+    pub fn checkpoint(&self, name: &Name) -> std::result::Result<(), String> {
+        let staging = |e: Error| format!("the work directory: {e}");
+        let upper = self.upper().map_err(|e| e.to_string())?;
         let _w = self.barrier.write();
-        let dir = upper.checkpoints()?;
+        let dir = upper.checkpoints().map_err(|e| staging(e.into()))?;
         let staged = Staged::new(upper);
-        sys::mkdirat(upper.staging(), staged.cstr(), 0o700)?;
-        let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())?;
-        copy_tree(self.layers.get(0).root.as_fd(), Writable::new(dst.as_fd()))?;
+        sys::mkdirat(upper.staging(), staged.cstr(), 0o700).map_err(|e| staging(e.into()))?;
+        let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())
+            .map_err(|e| staging(e.into()))?;
+        copy_tree(
+            self.layers.get(0).root.as_fd(),
+            Writable::new(dst.as_fd()),
+            None,
+        )
+        .map_err(|(path, e)| format!("{}: {e}", String::from_utf8_lossy(&path)))?;
         // Replacing an older checkpoint of that name in one step.
         match sys::fstatat(dir.as_fd(), name.as_cstr()) {
             Ok(_) => {
@@ -70,7 +99,8 @@ impl Union {
                     Writable::new(dir.as_fd()),
                     name.as_cstr(),
                     libc::RENAME_EXCHANGE,
-                )?;
+                )
+                .map_err(|e| staging(e.into()))?;
                 drop(staged);
             }
             Err(_) => {
@@ -80,7 +110,8 @@ impl Union {
                     Writable::new(dir.as_fd()),
                     name.as_cstr(),
                     libc::RENAME_NOREPLACE,
-                )?;
+                )
+                .map_err(|e| staging(e.into()))?;
                 staged.keep();
             }
         }
@@ -133,9 +164,10 @@ impl Union {
                 let dir = upper.checkpoints()?;
                 let src =
                     sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
-                copy_tree(src.as_fd(), upper_w)?;
+                copy_tree(src.as_fd(), upper_w, Some(upper)).map_err(|(_, e)| e)?;
                 self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             }
+            upper.forget_unrecorded();
             self.reresolve(&mut inval);
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
@@ -191,9 +223,7 @@ impl Union {
     /// Looks every known inode up again, parents first, after the upper
     /// changed under them.
     fn reresolve(&self, out: &mut Vec<Inval>) {
-        let mut all = self.inodes.all();
-        all.sort_by_key(|i| depth(i));
-        for inode in all {
+        for inode in by_depth(self.inodes.all()) {
             self.fds.release(&inode);
             inode.changed();
             out.push(Inval::Inode(inode.nodeid));
@@ -223,12 +253,25 @@ impl Union {
 
 /// Copies the tree in `src` into the empty directory `dst`: everything the
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
-/// data reflinked where possible.
-fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
+/// data reflinked where possible. Fails with the path, from `src`, of the
+/// object that could not be copied.
+///
+/// With `index` (a checkpoint restored as the upper), copies of lower hard
+/// links get their index entry back: the index lives in the work directory,
+/// outside what a checkpoint holds, and without it the other names of the
+/// copy would show the lower object again.
+fn copy_tree(
+    src: BorrowedFd<'_>,
+    dst: Writable<'_>,
+    index: Option<&crate::layer::upper::Upper>,
+) -> std::result::Result<(), (Vec<u8>, Error)> {
     let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
         std::collections::HashMap::new();
-    let src = Arc::new(sys::open_child_dir(src, c".")?);
-    let dst = Arc::new(sys::open_child_dir(dst.fd(), c".")?);
+    let top = |e: std::io::Error| (b".".to_vec(), Error::from(e));
+    let src = Arc::new(sys::open_child_dir(src, c".").map_err(top)?);
+    let dst = Arc::new(sys::open_child_dir(dst.fd(), c".").map_err(top)?);
+    // The path of the entry being copied, for the message if it fails.
+    let at = std::cell::RefCell::new(Vec::new());
     // A directory's context: where its copy is, and, for its attributes
     // once everything inside is copied, its copy's parent and its stat.
     type Ctx = (Arc<OwnedFd>, Option<(Arc<OwnedFd>, libc::stat)>);
@@ -237,6 +280,7 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
         (dst, None) as Ctx,
         false,
         |e| {
+            *at.borrow_mut() = e.path.to_vec();
             let dst = &e.ctx.0;
             // Everything the copy makes is below `dst`: writable.
             let w = Writable::new(dst.as_fd());
@@ -271,10 +315,24 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
                 _ => sys::mknodat(w, c, st.st_mode, st.st_rdev)?,
             }
             crate::copyup::copy_attributes(e.dir, c, &st, w)?;
+            if let Some(upper) = index
+                && kind == libc::S_IFREG
+                && let Some(ino) = upper.index_ino_of(e.dir, c)
+            {
+                let name = crate::layer::upper::Upper::index_name(ino);
+                match sys::linkat(dst.as_fd(), c, upper.index_dir(), name.as_cstr()) {
+                    // Another name of the same copy put it back already.
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
+                    r => r?,
+                }
+            }
             Ok(Step::Next)
         },
         |done, (_, attrs)| {
             if let (Some((src_parent, name)), Some((dst_parent, st))) = (done.parent, attrs) {
+                // The walk keeps no path for a directory it leaves; its
+                // name is what there is.
+                *at.borrow_mut() = name.as_bytes().to_vec();
                 crate::copyup::copy_attributes(
                     src_parent,
                     name.as_cstr(),
@@ -285,4 +343,5 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
             Ok(())
         },
     )
+    .map_err(|e| (at.into_inner(), e))
 }

@@ -7,12 +7,13 @@
 
 mod common;
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
+use std::time::Duration;
 
-use common::{Mounted, Scratch};
+use common::{Mounted, Scratch, daemon_pids};
 
 /// Levels of the deep chain; its full path is about twice as many bytes.
 const DEPTH: usize = 4000;
@@ -39,6 +40,17 @@ fn mkdirat(dir: &File, name: &CStr) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A descriptor cache far smaller than the depth, for every daemon the
+/// tests start: every level is re-opened from its parent's descriptor
+/// again and again.
+fn small_fd_budget() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: every test of this binary calls this before it starts a
+    // thread or a process, and the others wait on the Once meanwhile, so
+    // nothing reads the environment while it changes.
+    ONCE.call_once(|| unsafe { std::env::set_var("UNIONFUSE_FD_BUDGET", "64") });
 }
 
 /// `root/top/d/d/.../d` (DEPTH levels below `top`); returns the bottom.
@@ -102,11 +114,7 @@ fn read_at(dir: &File, name: &CStr) -> Vec<u8> {
 /// right after a remount, and `diff` walks it.
 #[test]
 fn a_tree_thousands_of_levels_deep_is_written_renamed_and_diffed() {
-    // A descriptor cache far smaller than the depth: every level is
-    // re-opened from its parent's descriptor again and again.
-    // SAFETY: the only test of this binary, so no other thread reads the
-    // environment while it changes; the daemons it starts inherit it.
-    unsafe { std::env::set_var("UNIONFUSE_FD_BUDGET", "64") };
+    small_fd_budget();
     let s = Scratch::new();
     let lower = s.mkdir("lower");
     let bottom = make_chain(&lower);
@@ -170,4 +178,294 @@ fn a_tree_thousands_of_levels_deep_is_written_renamed_and_diffed() {
     // The lower is untouched.
     let bottom = walk_chain(&lower, c"top").expect("lower chain");
     assert_eq!(read_at(&bottom, c"leaf"), b"lower leaf\n");
+}
+
+/// Levels of the chain of long names, and their length: a path of more
+/// than PATH_MAX (4096) bytes in few levels.
+const LONG_LEVELS: usize = 24;
+const LONG_NAME: usize = 250;
+
+fn long_name(i: usize) -> CString {
+    CString::new(format!("{i:03}{}", "n".repeat(LONG_NAME - 3))).expect("name")
+}
+
+/// `root/long/NNN.../NNN...` (LONG_LEVELS levels); returns the bottom.
+fn make_long_chain(root: &Path) -> File {
+    let mut dir = File::open(root).expect("open root");
+    mkdirat(&dir, c"long").expect("mkdir long");
+    dir = openat_dir(&dir, c"long").expect("open long");
+    for i in 0..LONG_LEVELS {
+        let n = long_name(i);
+        mkdirat(&dir, &n).expect("mkdir");
+        dir = openat_dir(&dir, &n).expect("open");
+    }
+    dir
+}
+
+fn walk_long_chain(root: &Path, top: &CStr) -> std::io::Result<File> {
+    let mut dir = openat_dir(&File::open(root)?, top)?;
+    for i in 0..LONG_LEVELS {
+        dir = openat_dir(&dir, &long_name(i))?;
+    }
+    Ok(dir)
+}
+
+/// CPU time of process `pid` so far, user and system.
+fn cpu_of(pid: libc::pid_t) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat of the daemon");
+    let rest = stat.rsplit_once(") ").expect("stat format").1;
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("ticks"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[0] + f[1]) * 1000 / hz)
+}
+
+/// `unionfuse ARGS`, which must succeed, in its own process (a normal
+/// stack, a fresh one); stdout goes to `out` when given. Returns the CPU
+/// time it used, which, unlike the time it took, does not depend on what
+/// else the machine runs.
+fn verb(args: &[&OsStr], out: Option<&Path>) -> Duration {
+    let t0 = std::time::Instant::now();
+    let mut cmd = std::process::Command::new(common::bin());
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            // The soft limit most shells start with, below the depth: the
+            // verb must raise it (or never hold a descriptor per level).
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_cur.min(1024);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        })
+    };
+    // Reaped by wait4 below, which also tells the CPU time it used.
+    #[allow(clippy::zombie_processes)]
+    let mut child = cmd
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        // Megabytes of paths: to a file, not a pipe nobody reads until exit.
+        .stdout(match out {
+            Some(out) => std::process::Stdio::from(File::create(out).expect("output file")),
+            None => std::process::Stdio::null(),
+        })
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run unionfuse");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    let (mut status, mut usage) = (0, unsafe_zeroed_rusage());
+    // SAFETY: the child is ours and not waited for elsewhere; status and
+    // usage are valid for writes.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "unionfuse {args:?}: {stderr}"
+    );
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    eprintln!(
+        "unionfuse {:?}: {:.2} s, {:.2} s of CPU",
+        args[0],
+        t0.elapsed().as_secs_f64(),
+        cpu.as_secs_f64()
+    );
+    cpu
+}
+
+fn unsafe_zeroed_rusage() -> libc::rusage {
+    // SAFETY: rusage is plain data, valid all zeroes.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Runs a live verb, which the daemon carries out: the daemon's CPU time.
+fn live_verb(daemon: libc::pid_t, args: &[&OsStr]) -> Duration {
+    let before = cpu_of(daemon);
+    verb(args, None);
+    cpu_of(daemon) - before
+}
+
+/// A lower 4,000 directories deep and one whose full path is longer than
+/// PATH_MAX go through the mount and every verb: `find` walks them, the
+/// tops are renamed (the whole trees copied up), and diff, check, export,
+/// unpack and a live reset handle the result quickly and without a crash
+/// (each verb in its own process, on a normal stack).
+#[test]
+fn deep_and_overlong_trees_go_through_find_and_every_verb() {
+    small_fd_budget();
+    let start = std::time::Instant::now();
+    let s = Scratch::new();
+    let lower = s.mkdir("lower");
+    create_at(&make_chain(&lower), c"leaf", b"deep leaf\n");
+    create_at(&make_long_chain(&lower), c"leaf", b"long leaf\n");
+    let (upper, work, mnt) = (s.mkdir("upper"), s.mkdir("work"), s.mkdir("mnt"));
+    let m = Mounted::new(
+        &[&lower],
+        Some(&upper),
+        &mnt,
+        &["--work", work.to_str().expect("utf-8")],
+    );
+    eprintln!("setup: {:.2} s", start.elapsed().as_secs_f64());
+    let daemon = *daemon_pids(&m.mnt).first().expect("the daemon's pid");
+    // CPU time of each step, in the process doing the work.
+    let mut took = Vec::new();
+
+    let (t0, cpu0) = (std::time::Instant::now(), cpu_of(daemon));
+    let found = s.path("find.txt");
+    let o = std::process::Command::new("find")
+        .arg(&m.mnt)
+        .stdout(File::create(&found).expect("find output"))
+        .output()
+        .expect("run find");
+    assert!(
+        o.status.success(),
+        "find: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let listing = std::fs::read(&found).expect("find output");
+    let lines = listing.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    // The root, top, DEPTH levels and the leaf; long, its levels and leaf.
+    assert_eq!(lines.count(), 1 + 1 + DEPTH + 1 + 1 + LONG_LEVELS + 1);
+    eprintln!("find: {:.2} s", t0.elapsed().as_secs_f64());
+    took.push(("lookups for find", cpu_of(daemon) - cpu0));
+
+    let (t0, cpu0) = (std::time::Instant::now(), cpu_of(daemon));
+    std::fs::rename(m.path("top"), m.path("moved")).expect("rename the deep tree");
+    std::fs::rename(m.path("long"), m.path("long-moved")).expect("rename the long tree");
+    eprintln!("rename: {:.2} s", t0.elapsed().as_secs_f64());
+    took.push(("rename", cpu_of(daemon) - cpu0));
+    assert_eq!(
+        read_at(&walk_chain(&m.mnt, c"moved").expect("walk"), c"leaf"),
+        b"deep leaf\n"
+    );
+    assert_eq!(
+        read_at(
+            &walk_long_chain(&m.mnt, c"long-moved").expect("walk"),
+            c"leaf"
+        ),
+        b"long leaf\n"
+    );
+
+    took.push((
+        "diff (live)",
+        verb(
+            &[OsStr::new("diff"), m.mnt.as_os_str()],
+            Some(&s.path("diff.txt")),
+        ),
+    ));
+    let layer = s.path("layer.tar");
+    took.push((
+        "export",
+        verb(
+            &[
+                OsStr::new("export"),
+                OsStr::new("--upper"),
+                upper.as_os_str(),
+                OsStr::new("-o"),
+                layer.as_os_str(),
+            ],
+            None,
+        ),
+    ));
+    let unpacked = s.mkdir("unpacked");
+    took.push((
+        "unpack",
+        verb(
+            &[
+                OsStr::new("unpack"),
+                layer.as_os_str(),
+                unpacked.as_os_str(),
+            ],
+            None,
+        ),
+    ));
+    assert_eq!(
+        read_at(&walk_chain(&unpacked, c"moved").expect("walk"), c"leaf"),
+        b"deep leaf\n"
+    );
+    assert_eq!(
+        read_at(
+            &walk_long_chain(&unpacked, c"long-moved").expect("walk"),
+            c"leaf"
+        ),
+        b"long leaf\n"
+    );
+    took.push((
+        "checkpoint",
+        live_verb(
+            daemon,
+            &[OsStr::new("checkpoint"), m.mnt.as_os_str(), OsStr::new("c")],
+        ),
+    ));
+    took.push((
+        "reset",
+        live_verb(daemon, &[OsStr::new("reset"), m.mnt.as_os_str()]),
+    ));
+    assert_eq!(
+        read_at(
+            &walk_chain(&m.mnt, c"top").expect("walk after reset"),
+            c"leaf"
+        ),
+        b"deep leaf\n"
+    );
+    assert!(
+        walk_chain(&m.mnt, c"moved").is_err(),
+        "reset kept the rename"
+    );
+    took.push((
+        "restore",
+        live_verb(
+            daemon,
+            &[OsStr::new("restore"), m.mnt.as_os_str(), OsStr::new("c")],
+        ),
+    ));
+    assert_eq!(
+        read_at(
+            &walk_long_chain(&m.mnt, c"long-moved").expect("walk"),
+            c"leaf"
+        ),
+        b"long leaf\n"
+    );
+    let t0 = std::time::Instant::now();
+    drop(m);
+    eprintln!("unmount: {:.2} s", t0.elapsed().as_secs_f64());
+    took.push((
+        "check",
+        verb(
+            &[
+                OsStr::new("check"),
+                OsStr::new("--upper"),
+                upper.as_os_str(),
+                OsStr::new("--lower"),
+                lower.as_os_str(),
+                OsStr::new("--work"),
+                work.as_os_str(),
+            ],
+            None,
+        ),
+    ));
+    for (what, t) in &took {
+        eprintln!("{what}: {:.2} s of CPU", t.as_secs_f64());
+    }
+    eprintln!(
+        "all but the clean-up: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    // Walks that rebuild paths, or descend from the root, for every entry
+    // are quadratic in the depth: tens of seconds of CPU here, where a
+    // linear one takes a few (debug build).
+    for (what, t) in &took {
+        assert!(
+            t.as_secs() < 10,
+            "{what} took {:.1} s of CPU for {DEPTH} levels",
+            t.as_secs_f64()
+        );
+    }
 }

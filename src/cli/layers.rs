@@ -125,7 +125,15 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+/// The walks of these verbs hold a descriptor per level of the path, and
+/// trees in images nest thousands of levels, past the usual soft limit of
+/// 1024 open files: raised as far as allowed, as the daemon does.
+fn allow_deep_walks() {
+    crate::sys::raise_nofile_limit();
+}
+
 pub(super) fn export_cmd(args: &ExportArgs) -> Result<(), Failure> {
+    allow_deep_walks();
     let upper = existing_dir("upper layer", &args.upper)?;
     let comp = match args.compress {
         None => Compression::None,
@@ -162,6 +170,7 @@ pub(super) fn export_cmd(args: &ExportArgs) -> Result<(), Failure> {
 }
 
 pub(super) fn unpack_cmd(args: &UnpackArgs) -> Result<(), Failure> {
+    allow_deep_walks();
     let dir = existing_dir("target directory", &args.dir)?;
     let fmt = args.whiteout.format();
     if args.layer.as_os_str() == "-" {
@@ -174,6 +183,7 @@ pub(super) fn unpack_cmd(args: &UnpackArgs) -> Result<(), Failure> {
 }
 
 pub(super) fn commit_cmd(args: &CommitArgs) -> Result<(), Failure> {
+    allow_deep_walks();
     let upper = existing_dir("upper layer", &args.upper)?;
     if crate::sys::stat_path(&args.newdir).is_ok() {
         return Err(Failure::Invalid(format!(
@@ -199,6 +209,7 @@ pub(super) fn commit_cmd(args: &CommitArgs) -> Result<(), Failure> {
 const CHECK_FINDINGS: i32 = 3;
 
 pub(super) fn check_cmd(args: &CheckArgs) -> Result<i32, Failure> {
+    allow_deep_walks();
     let upper = existing_dir("upper layer", &args.upper)?;
     let lowers = lower_dirs(&args.lower)?;
     let work = match &args.work {
@@ -235,6 +246,7 @@ pub(super) fn check_cmd(args: &CheckArgs) -> Result<i32, Failure> {
 }
 
 pub(super) fn diff_cmd(args: &DiffArgs) -> Result<(), Failure> {
+    allow_deep_walks();
     let (upper, lowers) = match (&args.mountpoint, &args.upper) {
         (Some(mnt), _) => {
             let rec = super::live::live(mnt)?.record;

@@ -58,9 +58,13 @@ pub struct UnionFs {
     /// inode for the same nodeid, with none of the old one's backing file.
     io: DashMap<(u64, u64), IoState>,
     /// fh -> (inode, its backing file when passthrough).
-    open_files: DashMap<u64, ((u64, u64), Option<Arc<BackingId>>)>,
+    open_files: DashMap<u64, OpenFile>,
     stats: Arc<Stats>,
 }
+
+/// An open file: its inode (nodeid and generation) and its backing file
+/// when passthrough.
+type OpenFile = ((u64, u64), Option<Arc<BackingId>>);
 
 /// The I/O mode of an inode's open files.
 #[derive(Debug, Default)]

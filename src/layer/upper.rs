@@ -2,6 +2,7 @@
 //! new objects are built out of sight, whiteouts and opaque markers in the
 //! format the upper uses, and unionfuse's private per-object xattrs.
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -60,6 +61,33 @@ pub struct Upper {
     nlink_xattr: &'static CStr,
     nlink_lock: parking_lot::Mutex<()>,
     next: AtomicU64,
+    /// Inode numbers of copies that cannot carry [`Upper::ino_xattr`]
+    /// (fifos, sockets and device nodes take no `user.*` xattrs), by the
+    /// copy's identity: numbers stay stable for the life of the mount, and
+    /// after a remount the copy shows its own, as kernel overlayfs without
+    /// `xino` does.
+    unrecorded: parking_lot::Mutex<HashMap<CopyId, u64>>,
+}
+
+/// What tells an upper object from one that later reuses its inode number:
+/// the device and number, the type and the device it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CopyId {
+    dev: u64,
+    ino: u64,
+    kind: u32,
+    rdev: u64,
+}
+
+impl CopyId {
+    fn of(st: &libc::stat) -> CopyId {
+        CopyId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+            rdev: st.st_rdev,
+        }
+    }
 }
 
 impl Upper {
@@ -134,6 +162,7 @@ impl Upper {
             nlink_xattr,
             nlink_lock: parking_lot::Mutex::new(()),
             next: AtomicU64::new(0),
+            unrecorded: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -202,16 +231,39 @@ impl Upper {
     /// The inode number recorded on an upper object at copy-up.
     pub fn recorded_ino(&self, dir: BorrowedFd<'_>, name: &CStr) -> Option<u64> {
         let mut buf = [0u8; 24];
-        let n = sys::getxattr(XTarget::At(dir, name), self.ino_xattr, &mut buf).ok()?;
-        std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+        match sys::getxattr(XTarget::At(dir, name), self.ino_xattr, &mut buf) {
+            Ok(n) => std::str::from_utf8(&buf[..n]).ok()?.parse().ok(),
+            Err(_) => {
+                let unrecorded = self.unrecorded.lock();
+                if unrecorded.is_empty() {
+                    return None;
+                }
+                let st = sys::fstatat(dir, name).ok()?;
+                unrecorded.get(&CopyId::of(&st)).copied()
+            }
+        }
     }
 
-    /// Records `ino` on a staged object. Best effort: where the xattr cannot
-    /// be set (user xattrs on a symlink), the copy reports its own number
-    /// after a remount, as kernel overlayfs without `xino` does.
+    /// Records `ino` on a staged object; where the xattr cannot be set
+    /// (`user.*` xattrs on a symlink or a special file), in memory only.
     pub fn record_ino(&self, t: WTarget<'_>, ino: u64) {
         let v = ino.to_string();
-        let _ = sys::setxattr(t, self.ino_xattr, v.as_bytes(), 0);
+        if sys::setxattr(t, self.ino_xattr, v.as_bytes(), 0).is_ok() {
+            return;
+        }
+        let st = match t {
+            WTarget::Fd(w) => sys::fstat(w.fd()),
+            WTarget::At(w, name) => sys::fstatat(w.fd(), name),
+        };
+        if let Ok(st) = st {
+            self.unrecorded.lock().insert(CopyId::of(&st), ino);
+        }
+    }
+
+    /// Forgets the numbers kept in memory, once the upper was replaced: its
+    /// new objects may reuse the inode numbers of the old.
+    pub fn forget_unrecorded(&self) {
+        self.unrecorded.lock().clear();
     }
 
     /// The index entry's name for inode number `ino`.
@@ -237,6 +289,15 @@ impl Upper {
         let t = XTarget::At(self.index.as_fd(), name.as_cstr());
         let n = sys::getxattr(t, self.nlink_xattr, &mut buf).ok()?;
         std::str::from_utf8(&buf[..n]).ok()?.parse().ok()
+    }
+
+    /// The inode number under which the upper object `name` in `dir` was
+    /// indexed: a copy of a lower hard link carries both its number and
+    /// the link count record.
+    pub fn index_ino_of(&self, dir: BorrowedFd<'_>, name: &CStr) -> Option<u64> {
+        let mut buf = [0u8; 24];
+        sys::getxattr(XTarget::At(dir, name), self.nlink_xattr, &mut buf).ok()?;
+        self.recorded_ino(dir, name)
     }
 
     /// `st_nlink` as the mount reports it for an indexed copy: the names

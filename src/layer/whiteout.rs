@@ -17,7 +17,7 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::upper::remove_tree;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::name::{Name, WH_PREFIX};
 use crate::sys::{self, WTarget, Writable, XTarget};
 
@@ -129,6 +129,13 @@ impl UpperFormat {
         self.kind == WhiteoutFormat::Overlay
     }
 
+    /// Whether the whiteout of `name` is a 0:0 character device: always in
+    /// the overlay format, and in the OCI format for a name too long for
+    /// `.wh.NAME` (more than 251 bytes), the one way to hide it there.
+    fn device_whiteout(self, name: &Name) -> bool {
+        self.overlay() || name.oci_whiteout().is_none()
+    }
+
     /// The opaque xattr this convention writes.
     fn opaque_xattr(self) -> &'static CStr {
         if self.trusted {
@@ -141,14 +148,9 @@ impl UpperFormat {
     /// Hides the lower `name` in upper directory `dir`, where nothing of that
     /// name exists yet.
     pub fn write_whiteout(self, dir: Writable<'_>, name: &Name) -> Result<()> {
-        match self.kind {
-            WhiteoutFormat::Overlay => {
-                sys::mknodat(dir, name.as_cstr(), libc::S_IFCHR, 0)?;
-            }
-            WhiteoutFormat::Oci => {
-                let wh = name.oci_whiteout().ok_or(Error::NAMETOOLONG)?;
-                create_marker(dir, wh.as_cstr())?;
-            }
+        match name.oci_whiteout() {
+            Some(wh) if !self.overlay() => create_marker(dir, wh.as_cstr())?,
+            _ => sys::mknodat(dir, name.as_cstr(), libc::S_IFCHR, 0)?,
         }
         Ok(())
     }
@@ -166,7 +168,7 @@ impl UpperFormat {
         hide: bool,
         slot: StagingSlot<'_>,
     ) -> Result<bool> {
-        if hide && self.overlay() {
+        if hide && self.device_whiteout(name) {
             sys::mknodat(slot.dir, slot.name, libc::S_IFCHR, 0)?;
             // rename(2) will not put a device node over a directory: swap
             // them, and the directory leaves with the slot's name.
@@ -204,7 +206,8 @@ impl UpperFormat {
         slot: StagingSlot<'_>,
     ) -> Result<bool> {
         let ((dir, name), (newdir, newname)) = (from, to);
-        let overlay = self.overlay();
+        // How the old name is hidden.
+        let overlay = self.device_whiteout(name);
         let target = sys::fstatat(newdir.fd(), newname.as_cstr()).ok();
         let target_dir = target.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
         let target_wh = target.is_some_and(|st| is_whiteout(&st));
@@ -266,7 +269,12 @@ impl UpperFormat {
             let d = sys::open_child_dir(from.dir.fd(), from.name)?;
             self.mark_opaque(WTarget::At(from.dir, from.name), Writable::new(d.as_fd()))?;
         }
-        match self.kind {
+        let kind = if self.device_whiteout(name) {
+            WhiteoutFormat::Overlay
+        } else {
+            WhiteoutFormat::Oci
+        };
+        match kind {
             WhiteoutFormat::Overlay if is_dir => {
                 // rename(2) will not put a directory over a device node:
                 // swap them, then drop the whiteout.

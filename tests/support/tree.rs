@@ -237,22 +237,15 @@ pub fn manifest(root: &Path, opts: &Opts) -> Manifest {
     let mut out = Manifest::new();
     let md = fs::symlink_metadata(root).unwrap_or_else(|e| panic!("lstat {}: {e}", root.display()));
     out.insert(String::new(), entry(root, &md, opts));
-    let mut stack = vec![String::new()];
+    // Relative paths as they are: names need not be UTF-8 (the keys show
+    // them lossily).
+    let mut stack = vec![std::path::PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let dir = if rel.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(&rel)
-        };
+        let dir = root.join(&rel);
         let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
         for de in rd {
             let de = de.unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()));
-            let name = de.file_name().to_string_lossy().into_owned();
-            let r = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
+            let r = rel.join(de.file_name());
             let p = root.join(&r);
             let md = match fs::symlink_metadata(&p) {
                 Ok(md) => md,
@@ -268,7 +261,7 @@ pub fn manifest(root: &Path, opts: &Opts) -> Manifest {
             if md.is_dir() {
                 stack.push(r.clone());
             }
-            out.insert(r, entry(&p, &md, opts));
+            out.insert(r.to_string_lossy().into_owned(), entry(&p, &md, opts));
         }
     }
     out
