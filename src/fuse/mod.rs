@@ -57,10 +57,13 @@ pub struct UnionFs {
     /// Keyed by nodeid and generation: after a reset the kernel makes a new
     /// inode for the same nodeid, with none of the old one's backing file.
     io: DashMap<(u64, u64), IoState>,
-    /// fh -> (inode, its backing file when passthrough).
-    open_files: DashMap<u64, ((u64, u64), Option<Arc<BackingId>>)>,
+    open_files: DashMap<u64, OpenFile>,
     stats: Arc<Stats>,
 }
+
+/// What an fh stands for: its inode (nodeid and generation), and its
+/// backing file when passthrough.
+type OpenFile = ((u64, u64), Option<Arc<BackingId>>);
 
 /// The I/O mode of an inode's open files.
 #[derive(Debug, Default)]
