@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::inode::{Inode, ROOT};
 use crate::layer::upper::clear_dir;
 use crate::name::Name;
+use crate::progress::{NoProgress, Progress};
 use crate::resolve::{self};
 use crate::sys::{self, Writable};
 use crate::union::Union;
@@ -48,19 +49,24 @@ impl Union {
     /// this returns (never while changes are held up: the kernel may be
     /// waiting on one of them for the very directory it must invalidate).
     pub fn reset(&self) -> Result<Vec<Inval>> {
-        self.replace_upper(None)
+        self.replace_upper(None, &NoProgress)
     }
 
     /// Saves a copy of the upper as checkpoint `name` in the work directory
-    /// (reflinked where the filesystem can).
-    pub fn checkpoint(&self, name: &Name) -> Result<()> {
+    /// (reflinked where the filesystem can), counting each entry copied
+    /// into `progress`.
+    pub fn checkpoint(&self, name: &Name, progress: &dyn Progress) -> Result<()> {
         let upper = self.upper()?;
         let _w = self.barrier.write();
         let dir = upper.checkpoints()?;
         let staged = Staged::new(upper);
         sys::mkdirat(upper.staging(), staged.cstr(), 0o700)?;
         let dst = sys::open_child_dir(upper.staging().fd(), staged.cstr())?;
-        copy_tree(self.layers.get(0).root.as_fd(), Writable::new(dst.as_fd()))?;
+        copy_tree(
+            self.layers.get(0).root.as_fd(),
+            Writable::new(dst.as_fd()),
+            progress,
+        )?;
         // Replacing an older checkpoint of that name in one step.
         match sys::fstatat(dir.as_fd(), name.as_cstr()) {
             Ok(_) => {
@@ -88,12 +94,12 @@ impl Union {
     }
 
     /// Brings back checkpoint `name` as the upper, as [`Union::reset`] does
-    /// with an empty one.
-    pub fn restore(&self, name: &Name) -> Result<Vec<Inval>> {
-        self.replace_upper(Some(name))
+    /// with an empty one, counting each entry copied into `progress`.
+    pub fn restore(&self, name: &Name, progress: &dyn Progress) -> Result<Vec<Inval>> {
+        self.replace_upper(Some(name), progress)
     }
 
-    fn replace_upper(&self, from: Option<&Name>) -> Result<Vec<Inval>> {
+    fn replace_upper(&self, from: Option<&Name>, progress: &dyn Progress) -> Result<Vec<Inval>> {
         let upper = self.upper()?;
         let mut inval = Vec::new();
         let trash = Staged::new(upper);
@@ -133,7 +139,7 @@ impl Union {
                 let dir = upper.checkpoints()?;
                 let src =
                     sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
-                copy_tree(src.as_fd(), upper_w)?;
+                copy_tree(src.as_fd(), upper_w, progress)?;
                 self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             }
             self.reresolve(&mut inval);
@@ -224,7 +230,7 @@ impl Union {
 /// Copies the tree in `src` into the empty directory `dst`: everything the
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
 /// data reflinked where possible.
-fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
+fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>, progress: &dyn Progress) -> Result<()> {
     let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
         std::collections::HashMap::new();
     let src = Arc::new(sys::open_child_dir(src, c".")?);
@@ -243,6 +249,11 @@ fn copy_tree(src: BorrowedFd<'_>, dst: Writable<'_>) -> Result<()> {
             let c = e.name.as_cstr();
             let st = sys::fstatat(e.dir, c)?;
             let kind = st.st_mode & libc::S_IFMT;
+            progress.item(if kind == libc::S_IFREG {
+                st.st_size as u64
+            } else {
+                0
+            });
             if kind != libc::S_IFDIR && st.st_nlink > 1 {
                 if let Some((d, n)) = links.get(&(st.st_dev, st.st_ino)) {
                     sys::linkat(d.as_fd(), n.as_cstr(), w, c)?;
