@@ -556,9 +556,14 @@ const TREE_LOG_ENTRIES: u64 = 10_000;
 /// How often a tree copy-up logs how far it got.
 const TREE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Entries from which a tree copy-up ends with a line of totals, however
+/// fast it went.
+const TREE_SUMMARY_ENTRIES: u64 = 1000;
+
 /// The info lines of one tree copy-up: none for a small tree, a line
-/// every [`TREE_LOG_ENTRIES`] entries or [`TREE_LOG_EVERY`] for a big
-/// one, and a last line with the totals after any of those.
+/// every [`TREE_LOG_ENTRIES`] entries or [`TREE_LOG_EVERY`] for a slow
+/// one, and a last line with the totals after any of those or for a tree
+/// of [`TREE_SUMMARY_ENTRIES`] or more.
 struct TreeLog {
     dir: String,
     started: std::time::Instant,
@@ -601,7 +606,7 @@ impl TreeLog {
     }
 
     fn done(&self) {
-        if self.logged {
+        if self.logged || self.entries >= TREE_SUMMARY_ENTRIES {
             info!(
                 "copied up {}: {} entries, {} in {:.1} s",
                 self.dir,

@@ -410,3 +410,59 @@ fn a_refusal_on_a_terminal_is_one_line_without_progress() {
     assert!(!tty.contains("entries"), "{tty:?}");
     assert_eq!(count_entries(&dest), 0);
 }
+
+#[test]
+fn renaming_a_big_lower_tree_logs_the_copy_up() {
+    let s = Scratch::new();
+    let l = s.mkdir("l");
+    // Enough entries for the daemon to sum the copy up at the end (a copy
+    // that takes over a second also says how far it got every second).
+    let files = 1000;
+    fs::create_dir(l.join("big")).expect("mkdir");
+    for i in 0..files {
+        fs::File::create(l.join(format!("big/f{i}"))).expect("create");
+    }
+    fs::write(l.join("big/data"), vec![7u8; 3 << 20]).expect("data");
+    let up = s.mkdir("u");
+    let mnt = s.mkdir("m");
+    let log = s.path("daemon.log");
+    let mut daemon = Command::new(bin())
+        .args(mount_args(&[&l], Some(&up), &mnt, &["-f"]))
+        .env("RUST_LOG", "unionfuse=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn the daemon");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_mountpoint(&mnt) {
+        assert!(Instant::now() < deadline, "the daemon never mounted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = Mounted { mnt: mnt.clone() };
+    let started = Instant::now();
+    fs::rename(m.path("big"), m.path("moved")).expect("rename");
+    let took = started.elapsed();
+    assert_eq!(count_entries(&m.path("moved")), files + 1);
+    drop(m);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            daemon.kill().ok();
+            panic!("the daemon outlived its mount");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = fs::read_to_string(&log).expect("log");
+    let total = format!("copied up /big: {} entries, 3.0 MiB in ", files + 1);
+    assert!(
+        text.contains(&total),
+        "no {total:?} in the daemon's log: {text}"
+    );
+    if took > Duration::from_millis(1500) {
+        assert!(
+            text.contains("copying up /big: "),
+            "a copy up of {took:?} said nothing on the way: {text}"
+        );
+    }
+}
