@@ -33,7 +33,8 @@
 //!
 //! ```text
 //! sys                       every unsafe block and raw syscall
-//!  -> name, layer           one path component; layer roots, whiteouts
+//!  -> name, layer, progress one path component; layer roots, whiteouts;
+//!                           the counts long work reports
 //!  -> snapshot              merged directory listings frozen at one moment
 //!  -> resolve, inode,       which layer wins, merged listings; the inode
 //!     handle                table; open files and directories
@@ -50,8 +51,8 @@
 //! ```
 //!
 //! Only `sys` contains `unsafe`; only `fuse`, `mount`, `control` and `api`
-//! know fuser; only `cli` knows clap. Internal modules are private; this
-//! page shows the whole public API.
+//! know fuser; only `cli` knows clap and indicatif. Internal modules are
+//! private; this page shows the whole public API.
 
 mod api;
 mod check;
