@@ -65,6 +65,11 @@ fn open_pty() -> Pty {
 /// Runs `unionfuse ARGS` with stderr on a terminal (stdout to /dev/null);
 /// returns its status and everything it wrote to the terminal.
 fn on_terminal(args: &[&OsStr]) -> (ExitStatus, String) {
+    on_terminal_as(args, "xterm")
+}
+
+/// [`on_terminal`] with `TERM` set to `term`.
+fn on_terminal_as(args: &[&OsStr], term: &str) -> (ExitStatus, String) {
     let Pty {
         mut master,
         terminal,
@@ -74,7 +79,7 @@ fn on_terminal(args: &[&OsStr]) -> (ExitStatus, String) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(terminal))
-        .env("TERM", "xterm");
+        .env("TERM", term);
     let mut child = cmd.spawn().expect("spawn unionfuse");
     // The reader sees the end (EIO) once the child is the only holder of
     // the terminal and exits.
@@ -231,6 +236,10 @@ fn export_shows_entries_and_bytes_on_a_terminal_only() {
         assert_ok(st, &a, &tty);
         assert_quiet_terminal(&tty, &a);
     }
+    // A terminal that cannot redraw a line gets nothing either.
+    let (st, tty) = on_terminal_as(&args, "dumb");
+    assert_ok(st, &args, &tty);
+    assert_quiet_terminal(&tty, &args);
     // To stdout, the tar is untouched by the spinner on stderr.
     let out = Command::new(bin())
         .args(["export", "--upper"])

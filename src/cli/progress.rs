@@ -1,6 +1,7 @@
 //! Progress of the long verbs on a terminal: a spinner on stderr with the
 //! entries and bytes done so far and the time taken. Nothing is drawn when
-//! stderr is not a terminal or with `--quiet`, and nothing before the work
+//! stderr is not a terminal (indicatif also counts a `TERM` unset or
+//! `dumb` as none) or with `--quiet`, and nothing before the work
 //! reports its first entry (a refusal stays one line).
 
 use std::io::IsTerminal;
