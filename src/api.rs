@@ -28,6 +28,7 @@ use crate::failure::Failure;
 use crate::layer::upper::WhiteoutFormat;
 use crate::layerfile::Compression;
 use crate::mount::{self, Started};
+use crate::progress::{NoProgress, Progress};
 
 /// Entry point of the library API; see [`Mount::builder`].
 #[derive(Debug)]
@@ -213,8 +214,14 @@ impl MountGuard {
     /// What the writable layer changes so far (`docker diff`); empty for a
     /// read-only mount.
     pub fn diff(&self) -> Result<Vec<Change>, Failure> {
+        self.diff_with_progress(&NoProgress)
+    }
+
+    /// [`MountGuard::diff`], counting each entry of the upper visited into
+    /// `progress`.
+    pub fn diff_with_progress(&self, progress: &dyn Progress) -> Result<Vec<Change>, Failure> {
         match &self.upper {
-            Some(u) => diff(u, &self.lowers),
+            Some(u) => diff_with_progress(u, &self.lowers, progress),
             None => Ok(Vec::new()),
         }
     }
@@ -241,18 +248,37 @@ impl MountGuard {
 
     /// Saves the writable layer as checkpoint `name`.
     pub fn checkpoint(&self, name: &str) -> Result<(), Failure> {
+        self.checkpoint_with_progress(name, &NoProgress)
+    }
+
+    /// [`MountGuard::checkpoint`], counting each entry copied into
+    /// `progress`.
+    pub fn checkpoint_with_progress(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), Failure> {
         let n = checkpoint_name(name)?;
         self.union()?
-            .checkpoint(&n)
+            .checkpoint(&n, progress)
             .map_err(|e| Failure::Layer(format!("checkpoint: {e}")))
     }
 
     /// Brings checkpoint `name` back as the writable layer.
     pub fn restore(&self, name: &str) -> Result<(), Failure> {
+        self.restore_with_progress(name, &NoProgress)
+    }
+
+    /// [`MountGuard::restore`], counting each entry copied into `progress`.
+    pub fn restore_with_progress(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), Failure> {
         let n = checkpoint_name(name)?;
         let inval = self
             .union()?
-            .restore(&n)
+            .restore(&n, progress)
             .map_err(|e| Failure::Layer(format!("restore {name}: {e}")))?;
         self.forget(&inval);
         Ok(())
@@ -349,9 +375,19 @@ fn checkpoint_name(name: &str) -> Result<crate::name::Name, Failure> {
 /// What the upper `upper` changes over `lowers` (top-most first), as
 /// `unionfuse diff` prints it; the layers need not be mounted.
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>, Failure> {
+    diff_with_progress(upper, lowers, &NoProgress)
+}
+
+/// [`diff()`], counting each entry of the upper visited into `progress`.
+pub fn diff_with_progress(
+    upper: &Path,
+    lowers: &[PathBuf],
+    progress: &dyn Progress,
+) -> Result<Vec<Change>, Failure> {
     let layers = crate::diff::open_layers(upper, lowers)
         .map_err(|e| Failure::Layer(format!("cannot open layers: {e}")))?;
-    crate::diff::diff(&layers).map_err(|e| Failure::Layer(format!("cannot walk the upper: {e}")))
+    crate::diff::diff(&layers, progress)
+        .map_err(|e| Failure::Layer(format!("cannot walk the upper: {e}")))
 }
 
 /// Writes the upper directory `upper` as an OCI image layer tar to `out`
@@ -368,18 +404,50 @@ pub fn export_with(
     compression: Compression,
     mtime_seconds: bool,
 ) -> Result<(), Failure> {
-    crate::layerfile::export(upper, out, compression, mtime_seconds).map_err(Failure::Layer)
+    export_with_progress(upper, out, compression, mtime_seconds, &NoProgress)
+}
+
+/// [`export_with`], counting each entry written into `progress`.
+pub fn export_with_progress(
+    upper: &Path,
+    out: impl Write,
+    compression: Compression,
+    mtime_seconds: bool,
+    progress: &dyn Progress,
+) -> Result<(), Failure> {
+    crate::layerfile::export(upper, out, compression, mtime_seconds, progress)
+        .map_err(Failure::Layer)
 }
 
 /// Unpacks an OCI image layer tar (plain, gzip or zstd) into the existing
 /// directory `dir`, writing deletions in `format`. An entry that would land
 /// outside `dir` is refused.
 pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<(), Failure> {
-    crate::layerfile::unpack(input, dir, format).map_err(Failure::Layer)
+    unpack_with_progress(input, dir, format, &NoProgress)
+}
+
+/// [`unpack`], counting each entry of the layer into `progress`.
+pub fn unpack_with_progress(
+    input: impl Read,
+    dir: &Path,
+    format: WhiteoutFormat,
+    progress: &dyn Progress,
+) -> Result<(), Failure> {
+    crate::layerfile::unpack(input, dir, format, progress).map_err(Failure::Layer)
 }
 
 /// Writes the changes of the upper `upper` as a new layer directory `dest`
 /// (an existing empty directory), to stack as a lower.
 pub fn commit(upper: &Path, dest: &Path, format: WhiteoutFormat) -> Result<(), Failure> {
-    crate::layerfile::commit(upper, dest, format).map_err(Failure::Layer)
+    commit_with_progress(upper, dest, format, &NoProgress)
+}
+
+/// [`commit`], counting each entry written to `dest` into `progress`.
+pub fn commit_with_progress(
+    upper: &Path,
+    dest: &Path,
+    format: WhiteoutFormat,
+    progress: &dyn Progress,
+) -> Result<(), Failure> {
+    crate::layerfile::commit(upper, dest, format, progress).map_err(Failure::Layer)
 }

@@ -2,18 +2,25 @@
 //! `checkpoint` and `restore` talk to the daemon through a unix socket
 //! beside its runtime record (a directory only the mount's owner may
 //! enter), one line per request and one line of answer.
+//!
+//! A `checkpoint` or `restore` request ending in the word `progress` gets
+//! `progress ENTRIES BYTES` lines (running totals, a few a second) before
+//! its answer. Words are separated by spaces, so names holding whitespace
+//! or control characters cannot be sent; the command line refuses them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fuser::{INodeNo, Notifier};
 use log::warn;
 
 use crate::failure::Failure;
 use crate::name::Name;
+use crate::progress::{Counts, NoProgress, Progress};
 use crate::reset::Inval;
 use crate::stats::Stats;
 use crate::union::Union;
@@ -50,32 +57,99 @@ pub fn apply(notifier: &Notifier, inval: &[Inval]) {
     }
 }
 
+/// How often a client asking for progress hears of it.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the daemon waits for a client to take a progress line: one
+/// that stopped reading must not hold changes up for long.
+const PROGRESS_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Progress sent to a client as `progress ENTRIES BYTES` lines.
+struct Streamed<'a> {
+    stream: &'a UnixStream,
+    counts: Counts,
+    /// When the last line went out; `None` once the client stopped taking
+    /// them (the work goes on regardless).
+    last: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl<'a> Streamed<'a> {
+    fn new(stream: &'a UnixStream) -> Streamed<'a> {
+        let _ = stream.set_write_timeout(Some(PROGRESS_WRITE_TIMEOUT));
+        Streamed {
+            stream,
+            counts: Counts::default(),
+            last: parking_lot::Mutex::new(Some(Instant::now())),
+        }
+    }
+
+    fn send(&self, last: &mut Option<Instant>) {
+        let (entries, bytes) = self.counts.get();
+        let line = format!("progress {entries} {bytes}\n");
+        let mut stream = self.stream;
+        *last = match stream.write_all(line.as_bytes()) {
+            Ok(()) => Some(Instant::now()),
+            Err(_) => None,
+        };
+    }
+
+    /// Sends the final totals, so that the client ends on exact figures.
+    fn flush(&self) {
+        let mut last = self.last.lock();
+        if last.is_some() {
+            self.send(&mut last);
+        }
+    }
+}
+
+impl Progress for Streamed<'_> {
+    fn advance(&self, entries: u64, bytes: u64) {
+        self.counts.add(entries, bytes);
+        let mut last = self.last.lock();
+        if last.is_some_and(|t| t.elapsed() >= PROGRESS_EVERY) {
+            self.send(&mut last);
+        }
+    }
+}
+
 /// Answers one request: `Ok(Some(payload))` for a query, `Ok(None)` for
-/// an action done.
+/// an action done. Progress lines, when asked for, go to `stream` first.
 fn handle(
     union: &Union,
     notifier: &Notifier,
     stats: &Stats,
     line: &str,
+    stream: &UnixStream,
 ) -> Result<Option<String>, String> {
     let mut words = line.split_whitespace();
     let verb = words.next().unwrap_or("");
-    let name = || -> Result<Name, String> {
-        let n = words.clone().next().ok_or("a checkpoint name is missing")?;
-        Name::from_bytes(n.as_bytes()).map_err(|e| format!("checkpoint name {n:?}: {e}"))
+    let named = matches!(verb, "checkpoint" | "restore");
+    let name = if named {
+        let n = words.next().ok_or("a checkpoint name is missing")?;
+        Some(Name::from_bytes(n.as_bytes()).map_err(|e| format!("checkpoint name {n:?}: {e}"))?)
+    } else {
+        None
     };
-    match verb {
-        "stats" => return Ok(Some(crate::stats::encode(&stats.rows()))),
-        "reset" => apply(notifier, &union.reset().map_err(|e| e.to_string())?),
-        "checkpoint" => {
-            let n = name()?;
-            union
-                .checkpoint(&n)
-                .map_err(|e| format!("checkpoint {}: {e}", String::from_utf8_lossy(n.as_bytes())))?
-        }
-        "restore" => {
-            let n = name()?;
-            let inval = union.restore(&n).map_err(|e| match e.errno {
+    let streamed = match words.next() {
+        None => None,
+        Some("progress") if named => Some(Streamed::new(stream)),
+        Some(w) => return Err(format!("unexpected {w:?} in a {verb:?} request")),
+    };
+    if let Some(w) = words.next() {
+        return Err(format!("unexpected {w:?} in a {verb:?} request"));
+    }
+    let progress: &dyn Progress = match &streamed {
+        Some(s) => s,
+        None => &NoProgress,
+    };
+    match (verb, name) {
+        ("stats", _) => return Ok(Some(crate::stats::encode(&stats.rows()))),
+        ("reset", _) => apply(notifier, &union.reset().map_err(|e| e.to_string())?),
+        ("checkpoint", Some(n)) => union
+            .checkpoint(&n, progress)
+            .map_err(|e| format!("checkpoint {}: {e}", String::from_utf8_lossy(n.as_bytes())))?,
+        ("restore", Some(n)) => {
+            let inval = union.restore(&n, progress).map_err(|e| match e.errno {
                 libc::ENOENT => format!(
                     "no checkpoint named {:?}",
                     String::from_utf8_lossy(n.as_bytes())
@@ -85,6 +159,9 @@ fn handle(
             apply(notifier, &inval);
         }
         _ => return Err(format!("unknown request {verb:?}")),
+    }
+    if let Some(s) = &streamed {
+        s.flush();
     }
     Ok(None)
 }
@@ -109,7 +186,7 @@ pub fn listen(
                 if r.read_line(&mut line).is_err() {
                     continue;
                 }
-                let answer = match handle(&union, &notifier, &stats, line.trim()) {
+                let answer = match handle(&union, &notifier, &stats, line.trim(), &stream) {
                     Ok(None) => "ok\n".to_string(),
                     Ok(Some(payload)) => format!("ok {payload}\n"),
                     Err(e) => {
@@ -127,20 +204,50 @@ pub fn listen(
 /// Sends one request to the daemon listening on `sock`; returns what it
 /// answered after `ok` (empty for an action).
 pub fn request(sock: &Path, line: &str) -> Result<String, Failure> {
-    exchange(sock, line).map_err(Failure::Daemon)
+    exchange(sock, line, None).map_err(Failure::Daemon)
 }
 
-fn exchange(sock: &Path, line: &str) -> Result<String, String> {
+/// [`request`] for a `checkpoint` or `restore`, asking the daemon for
+/// progress lines and passing what they say on to `progress`.
+pub fn request_with_progress(
+    sock: &Path,
+    line: &str,
+    progress: &dyn Progress,
+) -> Result<String, Failure> {
+    exchange(sock, line, Some(progress)).map_err(Failure::Daemon)
+}
+
+fn exchange(sock: &Path, line: &str, progress: Option<&dyn Progress>) -> Result<String, String> {
     let unreachable =
         |e: std::io::Error| format!("cannot reach the mount's daemon at {}: {e}", sock.display());
     let (_dir, short) = short_path(sock).map_err(unreachable)?;
     let mut s = UnixStream::connect(&short).map_err(unreachable)?;
-    s.write_all(format!("{line}\n").as_bytes())
+    let sent = match progress {
+        Some(_) => format!("{line} progress\n"),
+        None => format!("{line}\n"),
+    };
+    s.write_all(sent.as_bytes())
         .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
+    let mut r = BufReader::new(&s);
     let mut answer = String::new();
-    BufReader::new(&s)
-        .read_line(&mut answer)
-        .map_err(|e| format!("no answer from the daemon: {e}"))?;
+    // Running totals, turned back into steps for `progress`.
+    let mut seen = (0u64, 0u64);
+    loop {
+        answer.clear();
+        r.read_line(&mut answer)
+            .map_err(|e| format!("no answer from the daemon: {e}"))?;
+        let Some(totals) = answer.trim().strip_prefix("progress ") else {
+            break;
+        };
+        let mut n = totals.split(' ').map(|w| w.parse::<u64>());
+        let (Some(Ok(entries)), Some(Ok(bytes)), None) = (n.next(), n.next(), n.next()) else {
+            return Err(format!("unexpected answer {:?}", answer.trim()));
+        };
+        if let Some(p) = progress {
+            p.advance(entries.saturating_sub(seen.0), bytes.saturating_sub(seen.1));
+        }
+        seen = (entries.max(seen.0), bytes.max(seen.1));
+    }
     let answer = answer.trim();
     if let Some(e) = answer.strip_prefix("error: ") {
         return Err(e.to_string());

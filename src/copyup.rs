@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use log::debug;
+use log::{debug, info};
 
 use crate::error::{Error, Result};
 use crate::inode::Inode;
@@ -466,15 +466,18 @@ impl Tree {
         if dir.upper_only() {
             return Ok(());
         }
+        // A rename of a big lower tree can take minutes, in which the
+        // renaming process just waits: the log says what it waits for.
+        let mut log = TreeLog::new(dir);
         // Depth first over an explicit stack (trees in images nest
         // thousands of levels deep): a directory is sealed once every
         // directory below it is.
-        let mut stack = vec![self.copy_up_entries(dir)?];
+        let mut stack = vec![self.copy_up_entries(dir, &mut log)?];
         while let Some((top, subdirs)) = stack.last_mut() {
             match subdirs.pop() {
                 Some(child) if child.upper_only() => {}
                 Some(child) => {
-                    let next = self.copy_up_entries(&child)?;
+                    let next = self.copy_up_entries(&child, &mut log)?;
                     stack.push(next);
                 }
                 None => {
@@ -484,12 +487,17 @@ impl Tree {
                 }
             }
         }
+        log.done();
         Ok(())
     }
 
     /// Copies up every non-directory of merged directory `dir` (and `dir`
     /// itself); returns its subdirectories, still to be copied.
-    fn copy_up_entries(&self, dir: &Arc<Inode>) -> Result<(Arc<Inode>, Vec<Arc<Inode>>)> {
+    fn copy_up_entries(
+        &self,
+        dir: &Arc<Inode>,
+        log: &mut TreeLog,
+    ) -> Result<(Arc<Inode>, Vec<Arc<Inode>>)> {
         self.upper_dir(dir)?;
         let dirs = self.dir_fds(dir)?;
         let snap = resolve::list(&self.layers, &dirs, 0, 0, None)?;
@@ -503,12 +511,17 @@ impl Tree {
             let Some(found) = resolve::lookup(&self.layers, &dirs, &name)? else {
                 continue;
             };
+            let size = match found.stat.st_mode & libc::S_IFMT {
+                libc::S_IFREG => found.stat.st_size as u64,
+                _ => 0,
+            };
             let child = self.inode_of(dir, &name, &dirs, found);
             if child.is_dir() {
                 subdirs.push(child);
             } else {
                 self.copy_up(&child, true)?;
             }
+            log.entry(size);
         }
         Ok((Arc::clone(dir), subdirs))
     }
@@ -534,6 +547,87 @@ impl Tree {
         dir.changed();
         Ok(())
     }
+}
+
+/// Entries after which a tree copy-up logs how far it got, even within
+/// [`TREE_LOG_EVERY`].
+const TREE_LOG_ENTRIES: u64 = 10_000;
+
+/// How often a tree copy-up logs how far it got.
+const TREE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Entries from which a tree copy-up ends with a line of totals, however
+/// fast it went.
+const TREE_SUMMARY_ENTRIES: u64 = 1000;
+
+/// The info lines of one tree copy-up: none for a small tree, a line
+/// every [`TREE_LOG_ENTRIES`] entries or [`TREE_LOG_EVERY`] for a slow
+/// one, and a last line with the totals after any of those or for a tree
+/// of [`TREE_SUMMARY_ENTRIES`] or more.
+struct TreeLog {
+    dir: String,
+    started: std::time::Instant,
+    last: std::time::Instant,
+    entries: u64,
+    since_last: u64,
+    bytes: u64,
+    logged: bool,
+}
+
+impl TreeLog {
+    fn new(dir: &Arc<Inode>) -> TreeLog {
+        let now = std::time::Instant::now();
+        TreeLog {
+            dir: merged_path(dir),
+            started: now,
+            last: now,
+            entries: 0,
+            since_last: 0,
+            bytes: 0,
+            logged: false,
+        }
+    }
+
+    fn entry(&mut self, bytes: u64) {
+        self.entries += 1;
+        self.since_last += 1;
+        self.bytes += bytes;
+        if self.since_last >= TREE_LOG_ENTRIES || self.last.elapsed() >= TREE_LOG_EVERY {
+            info!(
+                "copying up {}: {} entries, {}",
+                self.dir,
+                self.entries,
+                crate::progress::human_bytes(self.bytes)
+            );
+            self.last = std::time::Instant::now();
+            self.since_last = 0;
+            self.logged = true;
+        }
+    }
+
+    fn done(&self) {
+        if self.logged || self.entries >= TREE_SUMMARY_ENTRIES {
+            info!(
+                "copied up {}: {} entries, {} in {:.1} s",
+                self.dir,
+                self.entries,
+                crate::progress::human_bytes(self.bytes),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Where `inode` is in the merged tree (its first name), for a log line.
+fn merged_path(inode: &Arc<Inode>) -> String {
+    let mut names = Vec::new();
+    let mut cur = Arc::clone(inode);
+    while let Ok(Some(loc)) = cur.location() {
+        names.push(String::from_utf8_lossy(loc.name.as_bytes()).into_owned());
+        cur = loc.parent;
+    }
+    names.reverse();
+    format!("/{}", names.join("/"))
 }
 
 /// Puts a parent directory's times back after a copy-up renamed a child

@@ -51,8 +51,8 @@ impl ChangeKind {
 }
 
 /// The changes the upper of `layers` (layer 0) makes to its lowers, sorted
-/// by path.
-pub fn diff(layers: &Layers) -> Result<Vec<Change>> {
+/// by path. Each entry of the upper visited is counted into `progress`.
+pub fn diff(layers: &Layers, progress: &dyn crate::progress::Progress) -> Result<Vec<Change>> {
     let mut out = Vec::new();
     let upper = Arc::clone(&layers.get(0).root);
     let lowers: DirFds = layers
@@ -64,7 +64,10 @@ pub fn diff(layers: &Layers) -> Result<Vec<Change>> {
         upper,
         lowers,
         false,
-        |e| visit(layers, e, &mut out),
+        |e| {
+            progress.item(0);
+            visit(layers, e, &mut out)
+        },
         |_, _| Ok(()),
     )?;
     out.sort();

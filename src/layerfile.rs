@@ -23,6 +23,7 @@ use std::path::Path;
 use crate::layer::upper::{WhiteoutFormat, remove_tree};
 use crate::layer::whiteout::{self, OCI_OPAQUE, UpperFormat, is_private_xattr};
 use crate::name::{Name, WH_PREFIX};
+use crate::progress::{NoProgress, Progress};
 use crate::sys::{self, WTarget, Writable, XTarget};
 
 /// Compression of a layer tar.
@@ -44,26 +45,28 @@ fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-/// Writes the upper directory `upper` as an OCI layer tar to `out`.
+/// Writes the upper directory `upper` as an OCI layer tar to `out`,
+/// counting each entry written into `progress`.
 pub fn export(
     upper: &Path,
     out: impl Write,
     compression: Compression,
     mtime_seconds: bool,
+    progress: &dyn Progress,
 ) -> Result<(), String> {
     let root = sys::open_dir_path(upper).map_err(|e| err(upper.display(), e))?;
     match compression {
-        Compression::None => write_layer(root.as_fd(), out, mtime_seconds),
+        Compression::None => write_layer(root.as_fd(), out, mtime_seconds, progress),
         Compression::Gzip => {
             let mut gz = flate2::GzBuilder::new()
                 .mtime(0)
                 .write(out, flate2::Compression::default());
-            write_layer(root.as_fd(), &mut gz, mtime_seconds)?;
+            write_layer(root.as_fd(), &mut gz, mtime_seconds, progress)?;
             gz.try_finish().map_err(|e| err("gzip", e))
         }
         Compression::Zstd => {
             let mut z = zstd::Encoder::new(out, 3).map_err(|e| err("zstd", e))?;
-            write_layer(root.as_fd(), &mut z, mtime_seconds)?;
+            write_layer(root.as_fd(), &mut z, mtime_seconds, progress)?;
             z.finish().map(|_| ()).map_err(|e| err("zstd", e))
         }
     }
@@ -71,7 +74,12 @@ pub fn export(
 
 /// `mtime_seconds`: whole-second times only, as docker writes them; else
 /// a time with a fraction also gets a PAX `mtime` record.
-fn write_layer(root: BorrowedFd<'_>, out: impl Write, mtime_seconds: bool) -> Result<(), String> {
+fn write_layer(
+    root: BorrowedFd<'_>,
+    out: impl Write,
+    mtime_seconds: bool,
+    progress: &dyn Progress,
+) -> Result<(), String> {
     let mut b = tar::Builder::new(out);
     let mut links = HashMap::new();
     let root = std::sync::Arc::new(sys::open_child_dir(root, c".").map_err(|e| err("upper", e))?);
@@ -83,7 +91,7 @@ fn write_layer(root: BorrowedFd<'_>, out: impl Write, mtime_seconds: bool) -> Re
         (),
         true,
         |e| {
-            export_entry(&mut b, e, &mut links, mtime_seconds).map_err(|m| {
+            export_entry(&mut b, e, &mut links, mtime_seconds, progress).map_err(|m| {
                 failed = Some(m);
                 crate::error::Error::new(libc::ECANCELED)
             })
@@ -160,6 +168,7 @@ fn export_entry<W: Write>(
     e: &crate::walk::Entry<'_, ()>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
     mtime_seconds: bool,
+    progress: &dyn Progress,
 ) -> Result<crate::walk::Step<()>, String> {
     use crate::walk::Step;
     let (dir, name, path) = (e.dir, e.name, e.path);
@@ -173,6 +182,11 @@ fn export_entry<W: Write>(
     let shown = String::from_utf8_lossy(path).into_owned();
     let st = sys::fstatat(dir, name.as_cstr()).map_err(|e| err(&shown, e))?;
     let kind = st.st_mode & libc::S_IFMT;
+    progress.item(if kind == libc::S_IFREG {
+        st.st_size as u64
+    } else {
+        0
+    });
     if whiteout::is_whiteout(&st) {
         if name.oci_whiteout().is_none() {
             // `.wh.NAME` would be longer than any file name: the whiteout
@@ -538,8 +552,14 @@ fn long_whiteout(raw: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// Unpacks a layer tar (plain, gzip or zstd, told apart by their magic)
-/// into `dir`, writing whiteouts and opaque markers in `format`.
-pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<(), String> {
+/// into `dir`, writing whiteouts and opaque markers in `format`, counting
+/// each entry into `progress`.
+pub fn unpack(
+    input: impl Read,
+    dir: &Path,
+    format: WhiteoutFormat,
+    progress: &dyn Progress,
+) -> Result<(), String> {
     let mut r = BufReader::new(input);
     let magic = r.fill_buf().map_err(|e| err("reading the layer", e))?;
     let reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
@@ -646,6 +666,11 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
             .filter_map(|(k, v)| Some((k.strip_prefix(b"SCHILY.xattr.")?.to_vec(), v.clone())))
             .collect();
         let h = entry.header().clone();
+        progress.item(if h.entry_type().is_file() {
+            entry.size()
+        } else {
+            0
+        });
         let n = name.as_bytes();
         // What an entry removes or empties is no longer a directory to
         // reach others through.
@@ -768,18 +793,23 @@ pub fn unpack(input: impl Read, dir: &Path, format: WhiteoutFormat) -> Result<()
 
 /// Writes the changes of `upper` as a new lower layer directory `dest`
 /// (created, empty), whiteouts in `format`: the next container stacks it on
-/// the image.
-pub fn commit(upper: &Path, dest: &Path, format: WhiteoutFormat) -> Result<(), String> {
+/// the image. Entries are counted into `progress` as they land in `dest`.
+pub fn commit(
+    upper: &Path,
+    dest: &Path,
+    format: WhiteoutFormat,
+    progress: &dyn Progress,
+) -> Result<(), String> {
     let (reader, writer) =
         std::os::unix::net::UnixStream::pair().map_err(|e| err("socket pair", e))?;
     let up = upper.to_path_buf();
     let producer = std::thread::spawn(move || {
-        let res = export(&up, &writer, Compression::None, false);
+        let res = export(&up, &writer, Compression::None, false, &NoProgress);
         // The reader sees the end of the stream.
         let _ = writer.shutdown(std::net::Shutdown::Write);
         res
     });
-    let res = unpack(&reader, dest, format);
+    let res = unpack(&reader, dest, format, progress);
     let exported = producer
         .join()
         .map_err(|_| "export thread panicked".to_string())?;

@@ -21,6 +21,8 @@
 //!   mount`, for [`Mount::start`].
 //! - [`diff()`] lists what an upper changes ([`Change`]); [`export`],
 //!   [`unpack`] and [`commit`] write and read OCI image layers.
+//! - Long verbs have a `_with_progress` twin that counts entries and bytes
+//!   into a [`Progress`] as it goes; the plain ones pass [`NoProgress`].
 //! - Every verb fails with a [`Failure`]: a kind to match and a one-line
 //!   message.
 //!
@@ -31,7 +33,8 @@
 //!
 //! ```text
 //! sys                       every unsafe block and raw syscall
-//!  -> name, layer           one path component; layer roots, whiteouts
+//!  -> name, layer, progress one path component; layer roots, whiteouts;
+//!                           the counts long work reports
 //!  -> snapshot              merged directory listings frozen at one moment
 //!  -> resolve, inode,       which layer wins, merged listings; the inode
 //!     handle                table; open files and directories
@@ -48,8 +51,8 @@
 //! ```
 //!
 //! Only `sys` contains `unsafe`; only `fuse`, `mount`, `control` and `api`
-//! know fuser; only `cli` knows clap. Internal modules are private; this
-//! page shows the whole public API.
+//! know fuser; only `cli` knows clap and indicatif. Internal modules are
+//! private; this page shows the whole public API.
 
 mod api;
 mod check;
@@ -74,6 +77,7 @@ mod mount;
 mod mountinfo;
 mod name;
 mod override_stat;
+mod progress;
 mod reset;
 mod resolve;
 mod run;
@@ -85,12 +89,16 @@ mod union;
 mod walk;
 mod write;
 
-pub use api::{Mount, MountBuilder, MountGuard, commit, diff, export, export_with, unpack};
+pub use api::{
+    Mount, MountBuilder, MountGuard, commit, commit_with_progress, diff, diff_with_progress,
+    export, export_with, export_with_progress, unpack, unpack_with_progress,
+};
 pub use config::{DEFAULT_CACHE_TIMEOUT, MountConfig, MountConfigBuilder};
 pub use diff::{Change, ChangeKind};
 pub use failure::Failure;
 pub use layer::upper::WhiteoutFormat;
 pub use layerfile::Compression;
+pub use progress::{NoProgress, Progress};
 pub use stats::Row as StatsRow;
 
 /// Parsers of untrusted input, reachable for the randomized tests

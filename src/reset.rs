@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::inode::{Inode, ROOT};
 use crate::layer::upper::clear_dir;
 use crate::name::Name;
+use crate::progress::{NoProgress, Progress};
 use crate::resolve::{self};
 use crate::sys::{self, Writable};
 use crate::union::Union;
@@ -69,13 +70,18 @@ impl Union {
     /// this returns (never while changes are held up: the kernel may be
     /// waiting on one of them for the very directory it must invalidate).
     pub fn reset(&self) -> Result<Vec<Inval>> {
-        self.replace_upper(None)
+        self.replace_upper(None, &NoProgress)
     }
 
     /// Saves a copy of the upper as checkpoint `name` in the work directory
-    /// (reflinked where the filesystem can).
-    /// Fails with a message naming the object that could not be copied.
-    pub fn checkpoint(&self, name: &Name) -> std::result::Result<(), String> {
+    /// (reflinked where the filesystem can), counting each entry copied
+    /// into `progress`. Fails with a message naming the object that could
+    /// not be copied.
+    pub fn checkpoint(
+        &self,
+        name: &Name,
+        progress: &dyn Progress,
+    ) -> std::result::Result<(), String> {
         let staging = |e: Error| format!("the work directory: {e}");
         let upper = self.upper().map_err(|e| e.to_string())?;
         let _w = self.barrier.write();
@@ -88,6 +94,7 @@ impl Union {
             self.layers.get(0).root.as_fd(),
             Writable::new(dst.as_fd()),
             None,
+            progress,
         )
         .map_err(|(path, e)| format!("{}: {e}", String::from_utf8_lossy(&path)))?;
         // Replacing an older checkpoint of that name in one step.
@@ -119,12 +126,12 @@ impl Union {
     }
 
     /// Brings back checkpoint `name` as the upper, as [`Union::reset`] does
-    /// with an empty one.
-    pub fn restore(&self, name: &Name) -> Result<Vec<Inval>> {
-        self.replace_upper(Some(name))
+    /// with an empty one, counting each entry copied into `progress`.
+    pub fn restore(&self, name: &Name, progress: &dyn Progress) -> Result<Vec<Inval>> {
+        self.replace_upper(Some(name), progress)
     }
 
-    fn replace_upper(&self, from: Option<&Name>) -> Result<Vec<Inval>> {
+    fn replace_upper(&self, from: Option<&Name>, progress: &dyn Progress) -> Result<Vec<Inval>> {
         let upper = self.upper()?;
         let mut inval = Vec::new();
         let trash = Staged::new(upper);
@@ -164,7 +171,7 @@ impl Union {
                 let dir = upper.checkpoints()?;
                 let src =
                     sys::open_child_dir(dir.as_fd(), name.as_cstr()).map_err(|_| Error::NOENT)?;
-                copy_tree(src.as_fd(), upper_w, Some(upper)).map_err(|(_, e)| e)?;
+                copy_tree(src.as_fd(), upper_w, Some(upper), progress).map_err(|(_, e)| e)?;
                 self.names_in_upper(&root, upper_root.as_fd(), &mut inval)?;
             }
             upper.forget_unrecorded();
@@ -253,8 +260,8 @@ impl Union {
 
 /// Copies the tree in `src` into the empty directory `dst`: everything the
 /// upper may hold, whiteouts and private xattrs included, hard links kept,
-/// data reflinked where possible. Fails with the path, from `src`, of the
-/// object that could not be copied.
+/// data reflinked where possible, each entry counted into `progress`.
+/// Fails with the path, from `src`, of the object that could not be copied.
 ///
 /// With `index` (a checkpoint restored as the upper), copies of lower hard
 /// links get their index entry back: the index lives in the work directory,
@@ -264,6 +271,7 @@ fn copy_tree(
     src: BorrowedFd<'_>,
     dst: Writable<'_>,
     index: Option<&crate::layer::upper::Upper>,
+    progress: &dyn Progress,
 ) -> std::result::Result<(), (Vec<u8>, Error)> {
     let mut links: std::collections::HashMap<(u64, u64), (Arc<OwnedFd>, Name)> =
         std::collections::HashMap::new();
@@ -287,6 +295,11 @@ fn copy_tree(
             let c = e.name.as_cstr();
             let st = sys::fstatat(e.dir, c)?;
             let kind = st.st_mode & libc::S_IFMT;
+            progress.item(if kind == libc::S_IFREG {
+                st.st_size as u64
+            } else {
+                0
+            });
             if kind != libc::S_IFDIR && st.st_nlink > 1 {
                 if let Some((d, n)) = links.get(&(st.st_dev, st.st_ino)) {
                     sys::linkat(d.as_fd(), n.as_cstr(), w, c)?;

@@ -15,6 +15,7 @@ use std::process::Command;
 use crate::api::Mount;
 use crate::failure::Failure;
 use crate::name::Name;
+use crate::progress::Progress;
 use crate::sys::{self, RootSetup};
 
 /// A `run` request: the layers, the volumes and the command.
@@ -135,11 +136,12 @@ fn make_target(
 }
 
 /// Runs the command; returns its exit status (128 + signal when killed).
-pub fn run(args: &RunOptions) -> Result<i32, Failure> {
-    run_checked(args).map_err(Failure::Mount)
+/// The walk of `--diff` counts its entries into `progress`.
+pub fn run(args: &RunOptions, progress: &dyn Progress) -> Result<i32, Failure> {
+    run_checked(args, progress).map_err(Failure::Mount)
 }
 
-fn run_checked(args: &RunOptions) -> Result<i32, String> {
+fn run_checked(args: &RunOptions, progress: &dyn Progress) -> Result<i32, String> {
     let mut volumes = Vec::new();
     for v in &args.volumes {
         let (host, path) = v
@@ -150,7 +152,7 @@ fn run_checked(args: &RunOptions) -> Result<i32, String> {
         volumes.push((host, PathBuf::from(path)));
     }
     let base = temp_base()?;
-    let res = run_in(args, &base, &volumes);
+    let res = run_in(args, &base, &volumes, progress);
     // The base holds the root and, without --upper, the temporary layer.
     if let Err(e) = std::fs::remove_dir_all(&base) {
         log::warn!("cannot remove {}: {e}", base.display());
@@ -158,7 +160,12 @@ fn run_checked(args: &RunOptions) -> Result<i32, String> {
     res
 }
 
-fn run_in(args: &RunOptions, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Result<i32, String> {
+fn run_in(
+    args: &RunOptions,
+    base: &Path,
+    volumes: &[(PathBuf, PathBuf)],
+    progress: &dyn Progress,
+) -> Result<i32, String> {
     let root = base.join("root");
     let upper = match &args.upper {
         Some(u) => u.clone(),
@@ -229,10 +236,15 @@ fn run_in(args: &RunOptions, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Res
         }
     }
     if args.diff {
-        let changes = mount.diff().map_err(|e| e.to_string())?;
+        let changes = mount
+            .diff_with_progress(progress)
+            .map_err(|e| e.to_string())?;
         use std::io::Write;
         let _ = std::io::stdout().write_all(&crate::diff::format_text(&changes));
     }
+    // Descriptors inside the root would keep the unmount busy.
+    drop(made);
+    drop(root_fd);
     if mount.unmount().is_err() {
         // Something the command left running still uses the root.
         drop(mount);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use super::progress::{Counting, Spinner};
 use super::{existing_dir, lower_dirs};
 use crate::config::describe;
 use crate::failure::Failure;
@@ -132,8 +133,17 @@ fn allow_deep_walks() {
     crate::sys::raise_nofile_limit();
 }
 
-pub(super) fn export_cmd(args: &ExportArgs) -> Result<(), Failure> {
+pub(super) fn export_cmd(args: &ExportArgs, quiet: bool) -> Result<(), Failure> {
     allow_deep_walks();
+    let spinner = Spinner::new("exporting", Counting::Bytes, quiet);
+    let res = export_to(args, &spinner);
+    if res.is_ok() {
+        spinner.finish();
+    }
+    res
+}
+
+fn export_to(args: &ExportArgs, progress: &Spinner) -> Result<(), Failure> {
     let upper = existing_dir("upper layer", &args.upper)?;
     let comp = match args.compress {
         None => Compression::None,
@@ -142,18 +152,19 @@ pub(super) fn export_cmd(args: &ExportArgs) -> Result<(), Failure> {
     };
     if args.output.as_os_str() == "-" {
         let out = std::io::BufWriter::new(std::io::stdout().lock());
-        return crate::api::export_with(&upper, out, comp, args.mtime_seconds);
+        return crate::api::export_with_progress(&upper, out, comp, args.mtime_seconds, progress);
     }
     // Written beside the target and renamed: a failed export leaves no
     // partial layer under the name.
     let tmp = args.output.with_extension("unionfuse-partial");
     let file = std::fs::File::create(&tmp)
         .map_err(|e| Failure::Layer(format!("cannot create {}: {e}", tmp.display())))?;
-    let res = crate::api::export_with(
+    let res = crate::api::export_with_progress(
         &upper,
         std::io::BufWriter::new(&file),
         comp,
         args.mtime_seconds,
+        progress,
     )
     .and_then(|()| {
         file.sync_all()
@@ -169,20 +180,24 @@ pub(super) fn export_cmd(args: &ExportArgs) -> Result<(), Failure> {
     res
 }
 
-pub(super) fn unpack_cmd(args: &UnpackArgs) -> Result<(), Failure> {
+pub(super) fn unpack_cmd(args: &UnpackArgs, quiet: bool) -> Result<(), Failure> {
     allow_deep_walks();
     let dir = existing_dir("target directory", &args.dir)?;
     let fmt = args.whiteout.format();
-    if args.layer.as_os_str() == "-" {
-        return crate::api::unpack(std::io::stdin().lock(), &dir, fmt);
-    }
-    let f = std::fs::File::open(&args.layer).map_err(|e| {
-        Failure::Invalid(format!("layer {} {}", args.layer.display(), describe(&e)))
-    })?;
-    crate::api::unpack(f, &dir, fmt)
+    let input: Box<dyn std::io::Read> = if args.layer.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(&args.layer).map_err(|e| {
+            Failure::Invalid(format!("layer {} {}", args.layer.display(), describe(&e)))
+        })?)
+    };
+    let spinner = Spinner::new("unpacking", Counting::Bytes, quiet);
+    crate::api::unpack_with_progress(input, &dir, fmt, &spinner)?;
+    spinner.finish();
+    Ok(())
 }
 
-pub(super) fn commit_cmd(args: &CommitArgs) -> Result<(), Failure> {
+pub(super) fn commit_cmd(args: &CommitArgs, quiet: bool) -> Result<(), Failure> {
     allow_deep_walks();
     let upper = existing_dir("upper layer", &args.upper)?;
     if crate::sys::stat_path(&args.newdir).is_ok() {
@@ -195,12 +210,18 @@ pub(super) fn commit_cmd(args: &CommitArgs) -> Result<(), Failure> {
     let tmp = args.newdir.with_extension("unionfuse-partial");
     std::fs::create_dir(&tmp)
         .map_err(|e| Failure::Layer(format!("cannot create {}: {e}", tmp.display())))?;
-    let res = crate::api::commit(&upper, &tmp, args.whiteout.format()).and_then(|()| {
-        std::fs::rename(&tmp, &args.newdir)
-            .map_err(|e| Failure::Layer(format!("cannot create {}: {e}", args.newdir.display())))
-    });
-    if res.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+    let spinner = Spinner::new("committing", Counting::Bytes, quiet);
+    let res = crate::api::commit_with_progress(&upper, &tmp, args.whiteout.format(), &spinner)
+        .and_then(|()| {
+            std::fs::rename(&tmp, &args.newdir).map_err(|e| {
+                Failure::Layer(format!("cannot create {}: {e}", args.newdir.display()))
+            })
+        });
+    match &res {
+        Ok(()) => spinner.finish(),
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
     }
     res
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::progress::{Counting, Spinner};
 use crate::failure::Failure;
 use crate::json::JsonPath;
 use crate::runtime::Watch;
@@ -157,16 +158,27 @@ pub(super) fn live(mnt: &Path) -> Result<Watch, Failure> {
     Watch::at(&super::mount::mountpoint_path(mnt)?)
 }
 
-/// Sends a request to the daemon of the live mount at `mnt`.
-pub(super) fn control_cmd(mnt: &Path, line: String) -> Result<(), Failure> {
-    if line
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|n| n.contains('/') || n == "." || n == "..")
-    {
-        return Err(Failure::Invalid(
-            "a checkpoint name is a plain name, without '/'".into(),
-        ));
+/// Sends `verb` (and the checkpoint `name` it takes) to the daemon of the
+/// live mount at `mnt`; a checkpoint or restore shows the daemon's progress
+/// unless `quiet`.
+pub(super) fn control_cmd(
+    mnt: &Path,
+    verb: &str,
+    name: Option<&str>,
+    quiet: bool,
+) -> Result<(), Failure> {
+    if let Some(n) = name {
+        if n.contains('/') || n == "." || n == ".." {
+            return Err(Failure::Invalid(
+                "a checkpoint name is a plain name, without '/'".into(),
+            ));
+        }
+        // The request is one line of words: such a name would be cut.
+        if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Failure::Invalid(format!(
+                "checkpoint name {n:?}: empty, or holds spaces or control characters"
+            )));
+        }
     }
     let w = live(mnt)?;
     if w.record.upper.is_none() || w.record.read_only {
@@ -175,7 +187,20 @@ pub(super) fn control_cmd(mnt: &Path, line: String) -> Result<(), Failure> {
             mnt.display()
         )));
     }
-    control_request(&w, &line).map(drop)
+    let Some(n) = name else {
+        return control_request(&w, verb).map(drop);
+    };
+    let line = format!("{verb} {n}");
+    let what = if verb == "restore" {
+        "restoring"
+    } else {
+        "checkpointing"
+    };
+    let spinner = Spinner::new(what, Counting::Bytes, quiet);
+    let sock = crate::control::socket_path(&w.dir, w.record.dev, w.record.pid);
+    crate::control::request_with_progress(&sock, &line, &spinner)?;
+    spinner.finish();
+    Ok(())
 }
 
 /// Sends one control request to the daemon behind `w`.

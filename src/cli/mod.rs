@@ -4,7 +4,8 @@
 //! arguments into library calls, and errors come back as one line for
 //! `main` to print. One file per group of verbs: `mount` (mount, umount),
 //! `layers` (diff, export, unpack, commit, check), `live` (stats, reset,
-//! checkpoint, restore), `run`.
+//! checkpoint, restore), `run`; `progress` draws the long ones on a
+//! terminal.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -17,6 +18,7 @@ use crate::failure::Failure;
 mod layers;
 mod live;
 mod mount;
+mod progress;
 mod run;
 
 use layers::{CheckArgs, CommitArgs, DiffArgs, ExportArgs, UnpackArgs};
@@ -34,6 +36,10 @@ Whiteouts and opaque directories are read in both the kernel overlayfs format (c
 device 0:0, trusted.overlay.opaque) and the OCI layer format (.wh.NAME, .wh..wh..opq)."
 )]
 pub struct Cli {
+    /// Draw no progress on stderr, even on a terminal (export, unpack,
+    /// commit, checkpoint, restore and run --diff draw it there).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -149,7 +155,11 @@ impl Cli {
 /// Whether `argv` (without the program name) is the fuse-overlayfs form
 /// rather than a `unionfuse` subcommand.
 pub fn is_compat(argv: &[OsString]) -> bool {
-    let Some(first) = argv.first() else {
+    // The global flag may come before the verb.
+    let Some(first) = argv
+        .iter()
+        .find(|a| !matches!(a.as_bytes(), b"-q" | b"--quiet"))
+    else {
         return false;
     };
     if matches!(
@@ -173,26 +183,31 @@ pub fn run_compat(argv: &[OsString]) -> Result<i32, Failure> {
 /// died and said why itself); `Err` is a one-line message, exit status 1.
 pub fn run(cli: Cli) -> Result<i32, Failure> {
     let done = |r: Result<(), Failure>| r.map(|()| 0);
+    let quiet = cli.quiet;
     match cli.command {
         Cmd::Mount(args) => mount::mount_cmd(args),
         Cmd::Umount(args) => done(mount::umount_cmd(&args)),
         Cmd::List(a) => done(live::list_cmd(&a)),
         Cmd::Diff(args) => done(layers::diff_cmd(&args)),
-        Cmd::Export(args) => done(layers::export_cmd(&args)),
-        Cmd::Unpack(args) => done(layers::unpack_cmd(&args)),
-        Cmd::Commit(args) => done(layers::commit_cmd(&args)),
+        Cmd::Export(args) => done(layers::export_cmd(&args, quiet)),
+        Cmd::Unpack(args) => done(layers::unpack_cmd(&args, quiet)),
+        Cmd::Commit(args) => done(layers::commit_cmd(&args, quiet)),
         Cmd::Check(a) => layers::check_cmd(&a),
         Cmd::Stats(a) => done(live::stats_cmd(&a)),
-        Cmd::Reset(a) => done(live::control_cmd(&a.mountpoint, "reset".into())),
+        Cmd::Reset(a) => done(live::control_cmd(&a.mountpoint, "reset", None, quiet)),
         Cmd::Checkpoint(a) => done(live::control_cmd(
             &a.mountpoint,
-            format!("checkpoint {}", a.name),
+            "checkpoint",
+            Some(&a.name),
+            quiet,
         )),
         Cmd::Restore(a) => done(live::control_cmd(
             &a.mountpoint,
-            format!("restore {}", a.name),
+            "restore",
+            Some(&a.name),
+            quiet,
         )),
-        Cmd::Run(args) => run::run_cmd(args),
+        Cmd::Run(args) => run::run_cmd(args, quiet),
     }
 }
 
@@ -227,5 +242,8 @@ mod tests {
         assert!(!is_compat(&os(&["diff", "/m"])));
         assert!(is_compat(&os(&["-o", "lowerdir=/l", "/m"])));
         assert!(is_compat(&os(&["/src", "/m"])));
+        assert!(!is_compat(&os(&["-q", "export", "--upper", "/u"])));
+        assert!(!is_compat(&os(&["--quiet", "checkpoint", "/m", "c"])));
+        assert!(is_compat(&os(&["-q", "-o", "lowerdir=/l", "/m"])));
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::progress::{Counting, Spinner};
 use crate::failure::Failure;
 use crate::run::RunOptions;
 
@@ -31,17 +32,27 @@ pub struct RunArgs {
 }
 
 /// Runs the command; `Ok` is its exit status.
-pub(super) fn run_cmd(args: RunArgs) -> Result<i32, Failure> {
+pub(super) fn run_cmd(args: RunArgs, quiet: bool) -> Result<i32, Failure> {
     let lowers = args
         .lower
         .iter()
         .flat_map(|v| crate::config::split_lowers(v))
         .collect();
-    crate::run::run(&RunOptions {
-        lowers,
-        upper: args.upper,
-        volumes: args.volume,
-        diff: args.diff,
-        command: args.command,
-    })
+    // Drawn once the diff starts, after the command is done with the
+    // terminal.
+    let spinner = Spinner::new("comparing", Counting::Entries, quiet);
+    let res = crate::run::run(
+        &RunOptions {
+            lowers,
+            upper: args.upper,
+            volumes: args.volume,
+            diff: args.diff,
+            command: args.command,
+        },
+        &spinner,
+    );
+    if res.is_ok() {
+        spinner.finish();
+    }
+    res
 }
