@@ -228,6 +228,10 @@ fn run_in(args: &RunOptions, base: &Path, volumes: &[(PathBuf, PathBuf)]) -> Res
             log::debug!("cannot remove a bind target: {e}");
         }
     }
+    // A descriptor into the root keeps the mount busy: the unmount below
+    // would then wait for it and detach the mount instead of ending it.
+    drop(made);
+    drop(root_fd);
     if args.diff {
         let changes = mount.diff().map_err(|e| e.to_string())?;
         use std::io::Write;
