@@ -122,6 +122,31 @@ fn run_with_an_upper_keeps_the_changes() {
         String::from_utf8_lossy(&out.stderr).trim().lines().count(),
         1
     );
+    // Nor does it leave the mountpoints made for /proc, /dev, /sys and its
+    // volumes in a kept upper.
+    let vol = s.mkdir("vol");
+    let v = format!("{}:/data/x", vol.display());
+    let opts = tree::Opts {
+        mtime: false,
+        ctime: false,
+        ..tree::Opts::layer()
+    };
+    let before = tree::manifest(&up, &opts);
+    let out = unionfuse_run(
+        &[
+            "--lower",
+            r,
+            "--upper",
+            u,
+            "--volume",
+            &v,
+            "--",
+            "/no/such/program",
+        ],
+        &tmp,
+    );
+    assert!(!out.status.success());
+    assert_eq!(tree::manifest(&up, &opts), before, "the upper changed");
 }
 
 /// An image whose /proc, /dev and volume parents are symlinks pointing out
