@@ -265,16 +265,18 @@ impl Daemon {
     fn signal(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
         // SAFETY: our own child, not yet reaped.
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+        self.wait()
+    }
+
+    /// Its exit status, within 30 s.
+    fn wait(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = child.try_wait().expect("wait") {
                 return st;
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon still running after signal {sig}"
-            );
+            assert!(Instant::now() < deadline, "daemon still running after 30 s");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -334,16 +336,24 @@ fn ready_and_serving(notify: &NotifySocket, d: &Daemon, mnt: &Path, log: &Path) 
 fn unit_commands_clear_a_dead_mount_notify_and_stop_on_sigterm() {
     let s = Scratch::new();
     let base = s.mkdir("var-lib-unionfuse");
-    write(&base.join("image"), "etc/motd", "image\n");
     let mnt = base.join("root");
     let upper = base.join("upper");
     let unit = unit_at(&base);
     let notify = NotifySocket::new(s.path("notify"));
     let log = s.path("daemon.log");
 
-    // First boot: nothing there yet.
+    // First boot: nothing there yet, not even the image, which fails the
+    // start with one line and no READY=1.
     run_pre(&unit);
     assert!(mnt.is_dir() && upper.is_dir(), "ExecStartPre made no dirs");
+    let mut no_image = Daemon::start(&unit, &notify, &log, &mnt);
+    let st = no_image.wait();
+    let err = fs::read_to_string(&log).expect("log");
+    assert!(!st.success() && err.lines().count() == 1, "{st}: {err}");
+    assert!(!is_mountpoint(&mnt));
+    drop(no_image);
+
+    write(&base.join("image"), "etc/motd", "image\n");
     let mut first = Daemon::start(&unit, &notify, &log, &mnt);
     ready_and_serving(&notify, &first, &mnt, &log);
 
