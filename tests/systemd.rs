@@ -317,10 +317,10 @@ fn fresh_stat_errno(p: &Path) -> i32 {
 
 fn ready_and_serving(notify: &NotifySocket, d: &Daemon, mnt: &Path, log: &Path) {
     let (msg, pid) = notify.recv();
-    assert_eq!(
-        msg.lines().collect::<Vec<_>>(),
-        ["READY=1"],
-        "log: {}",
+    // One datagram may carry other assignments beside READY=1.
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "notification {msg:?}; log: {}",
         fs::read_to_string(log).unwrap_or_default()
     );
     // NotifyAccess=main, the default, takes messages of the main process only.
