@@ -15,7 +15,12 @@
 # diff` does; a second container from the same image sees none of them and
 # is removed by removing its upper; `unionfuse commit` turns the first
 # container's layer into an image layer, and a third container starts from
-# it.
+# it. Last, `unionfuse run` with a volume: a fourth container writes to its
+# volume and to its own layer, and is removed; the volume's content
+# outlives it and a fifth container reads it. (The image has no shell of
+# its own: the run step adds a layer holding the host's static busybox,
+# from busybox-static, installed via apt-get as root when busybox is
+# missing, and is skipped without one.)
 # Run from anywhere: examples/demo.sh. Needs fuse3 (installed via apt-get
 # when run as root). Set UNIONFUSE=/path/to/binary to skip the build.
 set -euo pipefail
@@ -147,3 +152,57 @@ echo "Nothing is changed yet in container 3: its upper is empty."
 echo
 echo "==> $bin umount $mnt"
 "$bin" umount "$mnt"
+
+echo
+echo "==> volumes: data that outlives its container"
+busybox=
+for b in /bin/busybox /usr/bin/busybox; do
+    # Only a static one runs inside a root without the host's libraries.
+    if [ -x "$b" ] && ! ldd "$b" >/dev/null 2>&1; then
+        busybox=$b
+        break
+    fi
+done
+if [ -z "$busybox" ] && [ "$(id -u)" -eq 0 ] && ! command -v busybox >/dev/null 2>&1; then
+    ensure_commands busybox:busybox-static
+    busybox=$(command -v busybox)
+fi
+if [ -z "$busybox" ]; then
+    echo "skipped: it needs a statically linked busybox in the image (apt-get install busybox-static)"
+    exit 0
+fi
+# A layer that gives the image a shell and a few tools, below the image.
+tools=$base/tools
+mkdir -p "$tools/bin"
+cp "$busybox" "$tools/bin/busybox"
+for applet in sh cat ls echo find; do
+    ln -s busybox "$tools/bin/$applet"
+done
+vol=$base/volume
+up4=$base/upper4
+mkdir -m 755 "$vol" "$up4"
+layers=(--lower "$image/lower1" --lower "$image/lower2" --lower "$tools")
+# show_run SCRIPT RUN-OPTIONS...: `unionfuse run ... -- sh -c SCRIPT`, shown
+# with the script quoted.
+show_run() {
+    local script=$1
+    shift
+    echo
+    echo "\$ $bin run $* -- sh -c '$script'"
+    "$bin" run "$@" -- sh -c "$script"
+}
+show_run 'echo container-4 > /etc/hostname; echo "written by container 4" > /data/log.txt; ls /data' \
+    "${layers[@]}" --upper "$up4" --volume "$vol:/data"
+echo
+echo "Container 4's own layer holds its change to /etc/hostname; what it"
+echo "wrote to the volume is not in it:"
+show find "$up4" -mindepth 1
+echo
+echo "==> removing container 4 (its upper); the volume stays"
+rm -rf --one-file-system "$up4" "$base/.upper4.unionfuse-work"
+show cat "$vol/log.txt"
+echo
+echo "==> container 5 (a throwaway layer) with the same volume"
+show_run 'cat /data/log.txt /etc/hostname' "${layers[@]}" --volume "$vol:/data"
+echo "It reads what container 4 left in the volume, and the image's"
+echo "/etc/hostname: container 4's layer went with it."

@@ -187,14 +187,50 @@ fn run_in(
     }
     let mut mount = builder.mount(&root).map_err(|e| e.to_string())?;
     let root_fd = sys::open_dir_path(&root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let mut binds = Vec::new();
     let mut made = Vec::new();
+    let res = bind_and_run(args, &root, root_fd.as_fd(), volumes, &mut made);
+    // Mountpoints made for the binds are not the command's changes, nor
+    // are they left in a kept upper when the command could not run.
+    for (dir, name, is_dir) in made.iter().rev() {
+        if let Err(e) = sys::unlinkat(sys::Writable::new(dir.as_fd()), name.as_cstr(), *is_dir) {
+            log::debug!("cannot remove a bind target: {e}");
+        }
+    }
+    // A descriptor into the root keeps the mount busy: the unmount below
+    // would then wait for it and detach the mount instead of ending it.
+    drop(made);
+    drop(root_fd);
+    let code = res?;
+    if args.diff {
+        let changes = mount
+            .diff_with_progress(progress)
+            .map_err(|e| e.to_string())?;
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&crate::diff::format_text(&changes));
+    }
+    if mount.unmount().is_err() {
+        // Something the command left running still uses the root.
+        drop(mount);
+    }
+    Ok(code)
+}
+
+/// Makes the bind targets in the root (recording each in `made`), then
+/// runs the command there; returns its exit status.
+fn bind_and_run(
+    args: &RunOptions,
+    root: &Path,
+    root_fd: BorrowedFd<'_>,
+    volumes: &[(PathBuf, PathBuf)],
+    made: &mut Vec<(OwnedFd, Name, bool)>,
+) -> Result<i32, String> {
+    let mut binds = Vec::new();
     for d in ["/proc", "/dev", "/sys"] {
-        let rel = make_target(root_fd.as_fd(), Path::new(d), true, &mut made)?;
+        let rel = make_target(root_fd, Path::new(d), true, made)?;
         binds.push((cstr(Path::new(d))?, rel));
     }
     for (host, path) in volumes {
-        let rel = make_target(root_fd.as_fd(), path, host.is_dir(), &mut made)?;
+        let rel = make_target(root_fd, path, host.is_dir(), made)?;
         binds.push((cstr(host)?, rel));
     }
     let (uid, gid) = sys::ids();
@@ -205,7 +241,7 @@ fn run_in(
         )
     });
     let setup = RootSetup {
-        root: cstr(&root)?,
+        root: cstr(root)?,
         binds,
         userns,
     };
@@ -223,31 +259,8 @@ fn run_in(
     let status = sys::spawn_in_root(&mut cmd, setup)
         .and_then(|mut c| c.wait())
         .map_err(|e| format!("cannot run {:?}: {e}", args.command[0]))?;
-    let code = {
-        use std::os::unix::process::ExitStatusExt;
-        status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-    };
-    // Mountpoints made for the binds are not the command's changes.
-    for (dir, name, is_dir) in made.iter().rev() {
-        if let Err(e) = sys::unlinkat(sys::Writable::new(dir.as_fd()), name.as_cstr(), *is_dir) {
-            log::debug!("cannot remove a bind target: {e}");
-        }
-    }
-    if args.diff {
-        let changes = mount
-            .diff_with_progress(progress)
-            .map_err(|e| e.to_string())?;
-        use std::io::Write;
-        let _ = std::io::stdout().write_all(&crate::diff::format_text(&changes));
-    }
-    // Descriptors inside the root would keep the unmount busy.
-    drop(made);
-    drop(root_fd);
-    if mount.unmount().is_err() {
-        // Something the command left running still uses the root.
-        drop(mount);
-    }
-    Ok(code)
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

@@ -107,14 +107,26 @@ fn open_child(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd
 /// never leave `root` (`RESOLVE_IN_ROOT`), and `/proc` magic links are
 /// refused.
 pub fn open_in_root(root: BorrowedFd<'_>, rel: &CStr, flags: i32) -> SysResult<OwnedFd> {
-    Ok(rustix::fs::openat2(
-        root,
-        rel,
-        oflags(flags) | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )?)
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(
+            root,
+            rel,
+            oflags(flags) | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            // The kernel cannot prove a walk through `..` stayed inside the
+            // root when any rename or mount happened meanwhile, anywhere on
+            // the machine, and asks to retry; a busy machine needs a few.
+            Err(Errno::AGAIN) if tries < OPEN_IN_ROOT_TRIES => tries += 1,
+            res => return Ok(res?),
+        }
+    }
 }
+
+/// How often [`open_in_root`] retries a walk the kernel could not verify.
+const OPEN_IN_ROOT_TRIES: u32 = 100;
 
 /// rustix's `struct stat` as libc's, the type the rest of the crate uses.
 /// Field types differ by architecture, hence the `as _` casts; on 64-bit
