@@ -4,7 +4,7 @@
 //! arguments into library calls, and errors come back as one line for
 //! `main` to print. One file per group of verbs: `mount` (mount, umount),
 //! `layers` (diff, export, unpack, commit, check), `live` (stats, reset,
-//! checkpoint, restore), `run`.
+//! checkpoint, restore), `run`, `docs` (completions, manpages).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -14,6 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::failure::Failure;
 
+mod docs;
 mod layers;
 mod live;
 mod mount;
@@ -137,6 +138,17 @@ Exit status: 0 when nothing is wrong (or everything found was repaired), 3 when 
 remain, 1 when the check itself could not run."
     )]
     Check(CheckArgs),
+    /// Print a completion script for bash, zsh or fish.
+    #[command(
+        long_about = "Print the completion script for SHELL on standard output. Packages \
+install it; by hand: `unionfuse completions bash > /etc/bash_completion.d/unionfuse`, \
+`unionfuse completions zsh > \"${fpath[1]}/_unionfuse\"`, \
+`unionfuse completions fish > ~/.config/fish/completions/unionfuse.fish`."
+    )]
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (unionfuse.1, unionfuse-VERB.1) into DIR.
+    #[command(hide = true)]
+    Manpages(docs::ManpagesArgs),
 }
 
 impl Cli {
@@ -193,6 +205,8 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             format!("restore {}", a.name),
         )),
         Cmd::Run(args) => run::run_cmd(args),
+        Cmd::Completions(a) => done(docs::completions_cmd(&a)),
+        Cmd::Manpages(a) => done(docs::manpages_cmd(&a)),
     }
 }
 
