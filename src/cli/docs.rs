@@ -42,8 +42,15 @@ pub fn completions_cmd(args: &CompletionsArgs) -> Result<(), Failure> {
         Shell::Zsh => clap_complete::Shell::Zsh,
         Shell::Fish => clap_complete::Shell::Fish,
     };
+    // clap_complete offers hidden verbs too; `manpages` is for packagers and
+    // has no place among what a shell suggests.
+    let full = Cli::command();
+    let mut shown = clap::Command::new("unionfuse")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "unionfuse", &mut script);
+    clap_complete::generate(shell, &mut shown, "unionfuse", &mut script);
     let mut out = std::io::stdout().lock();
     out.write_all(&script)
         .and_then(|()| out.flush())
