@@ -503,6 +503,7 @@ fn debian_package_installs_mounts_and_removes() {
         60,
     );
     assert!(page.contains("unionfuse-mount(1)"), "man unionfuse: {page}");
+    assert!(page.contains("fuse.unionfuse"), "man unionfuse: {page}");
     let mount_page = ok(
         Command::new("man")
             .args(["-P", "cat", "unionfuse-mount"])

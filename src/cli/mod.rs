@@ -32,7 +32,12 @@ use mount::{MountArgs, UmountArgs};
     long_about = "unionfuse merges read-only lower layers and an optional writable upper \
 layer into one tree, as kernel overlayfs does, without kernel overlayfs and without root.\n\n\
 Whiteouts and opaque directories are read in both the kernel overlayfs format (character \
-device 0:0, trusted.overlay.opaque) and the OCI layer format (.wh.NAME, .wh..wh..opq)."
+device 0:0, trusted.overlay.opaque) and the OCI layer format (.wh.NAME, .wh..wh..opq).",
+    after_long_help = "Also runs as a fuse-overlayfs-compatible mount program: \
+`unionfuse [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT` with -o lowerdir=L1:L2,upperdir=U,workdir=W. \
+So, installed on root's PATH, `mount -t fuse.unionfuse -o lowerdir=...,upperdir=...,workdir=... \
+unionfuse MOUNTPOINT` and the same as an /etc/fstab line (type fuse.unionfuse) mount through \
+mount.fuse3."
 )]
 pub struct Cli {
     #[command(subcommand)]
