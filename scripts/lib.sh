@@ -149,3 +149,12 @@ release_binary() {
     fi
     [ -x "$UF" ] || die "no binary at $UF"
 }
+
+# Makes sure `cargo deb` works, installing cargo-deb with cargo when it is
+# missing (a build of a few minutes).
+ensure_cargo_deb() {
+    cargo deb --version >/dev/null 2>&1 && return 0
+    say "installing cargo-deb with cargo install --locked cargo-deb"
+    cargo install --locked --quiet cargo-deb || die "cargo install cargo-deb failed"
+    cargo deb --version >/dev/null 2>&1 || die "cargo-deb was installed but \`cargo deb\` does not run (is ~/.cargo/bin on PATH?)"
+}

@@ -4,8 +4,8 @@
 //! arguments into library calls, and errors come back as one line for
 //! `main` to print. One file per group of verbs: `mount` (mount, umount),
 //! `layers` (diff, export, unpack, commit, check), `live` (stats, reset,
-//! checkpoint, restore), `run`; `progress` draws the long ones on a
-//! terminal.
+//! checkpoint, restore), `run`, `docs` (completions, manpages);
+//! `progress` draws the long ones on a terminal.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -15,6 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::failure::Failure;
 
+mod docs;
 mod layers;
 mod live;
 mod mount;
@@ -33,7 +34,12 @@ use mount::{MountArgs, UmountArgs};
     long_about = "unionfuse merges read-only lower layers and an optional writable upper \
 layer into one tree, as kernel overlayfs does, without kernel overlayfs and without root.\n\n\
 Whiteouts and opaque directories are read in both the kernel overlayfs format (character \
-device 0:0, trusted.overlay.opaque) and the OCI layer format (.wh.NAME, .wh..wh..opq)."
+device 0:0, trusted.overlay.opaque) and the OCI layer format (.wh.NAME, .wh..wh..opq).",
+    after_long_help = "Also runs as a fuse-overlayfs-compatible mount program: \
+`unionfuse [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT` with -o lowerdir=L1:L2,upperdir=U,workdir=W. \
+So, installed on root's PATH, `mount -t fuse.unionfuse -o lowerdir=...,upperdir=...,workdir=... \
+unionfuse MOUNTPOINT` and the same as an /etc/fstab line (type fuse.unionfuse) mount through \
+mount.fuse3."
 )]
 pub struct Cli {
     /// Draw no progress on stderr, even on a terminal (export, unpack,
@@ -143,6 +149,17 @@ Exit status: 0 when nothing is wrong (or everything found was repaired), 3 when 
 remain, 1 when the check itself could not run."
     )]
     Check(CheckArgs),
+    /// Print a completion script for bash, zsh or fish.
+    #[command(
+        long_about = "Print the completion script for SHELL on standard output. Packages \
+install it; by hand: `unionfuse completions bash > /etc/bash_completion.d/unionfuse`, \
+`unionfuse completions zsh > \"${fpath[1]}/_unionfuse\"`, \
+`unionfuse completions fish > ~/.config/fish/completions/unionfuse.fish`."
+    )]
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (unionfuse.1, unionfuse-VERB.1) into DIR.
+    #[command(hide = true)]
+    Manpages(docs::ManpagesArgs),
 }
 
 impl Cli {
@@ -208,6 +225,8 @@ pub fn run(cli: Cli) -> Result<i32, Failure> {
             quiet,
         )),
         Cmd::Run(args) => run::run_cmd(args, quiet),
+        Cmd::Completions(a) => done(docs::completions_cmd(&a)),
+        Cmd::Manpages(a) => done(docs::manpages_cmd(&a)),
     }
 }
 
