@@ -132,6 +132,7 @@ pub fn run(
     op: Op,
     clients: usize,
     secs: f64,
+    pin: bool,
     check: Option<fn(u64) -> u8>,
 ) -> Result<LoadResult, String> {
     let barrier = Arc::new(Barrier::new(clients));
@@ -141,7 +142,14 @@ pub fn run(
             let path = path.to_path_buf();
             let barrier = barrier.clone();
             std::thread::spawn(move || -> Result<ClientResult, String> {
-                let fd = open(&path, op);
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let pinned = if pin {
+                    crate::ring::pin_to_cpu(c % cpus)
+                        .map_err(|e| format!("pinning client {c}: {e}"))
+                } else {
+                    Ok(())
+                };
+                let fd = pinned.and_then(|()| open(&path, op));
                 // Everyone reaches the barrier, even after a failed open.
                 barrier.wait();
                 let fd = fd?;

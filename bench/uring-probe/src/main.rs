@@ -3,14 +3,20 @@
 //! filesystem served both ways. See bench/uring.md.
 //!
 //!   uring-probe bench --mode classic|uring --mnt DIR [--secs S] [--work LIST]
+//!                     [--threads N] [--pin-clients]
 //!   uring-probe load --path FILE --op stat|read [--clients N] [--secs S]
+//!                    [--pin-clients]
 //!
 //! `bench` mounts the filesystem on DIR (root only), runs the workloads of
 //! LIST (default `stat:1,stat:2,read:1`: operation and number of parallel
-//! clients) and unmounts. `load` runs one workload on any file, for
+//! clients) and unmounts; --threads sets the classic readers (default: one
+//! per CPU). --pin-clients pins client i to CPU i. `load` runs one workload on any file, for
 //! comparing with other filesystems. Both print one line per workload:
 //!
-//!   RESULT mode=M op=O clients=N us=MICROSECONDS_PER_OP kops=THOUSANDS_PER_SEC reqs=REQUESTS_PER_OP
+//!   RESULT mode=M op=O clients=N us=MICROSECONDS_PER_OP kops=THOUSANDS_PER_SEC
+//!          reqs=REQUESTS_PER_OP ops=OPERATIONS_ISSUED
+//!
+//! (`reqs` is `-` for `load`, which cannot see the daemon's requests.)
 
 mod classic;
 mod load;
@@ -40,6 +46,8 @@ struct Args {
     clients: usize,
     secs: f64,
     work: Vec<(Op, usize)>,
+    threads: Option<usize>,
+    pin_clients: bool,
 }
 
 fn parse_work(s: &str) -> Result<Vec<(Op, usize)>, String> {
@@ -80,6 +88,8 @@ fn parse_args() -> Result<Args, String> {
         clients: 1,
         secs: 2.0,
         work: parse_work("stat:1,stat:2,read:1")?,
+        threads: None,
+        pin_clients: false,
     };
     while let Some(flag) = it.next() {
         let flag = flag
@@ -115,6 +125,8 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--work" => a.work = parse_work(&value()?.to_string_lossy())?,
+            "--threads" => a.threads = Some(parse_clients(&value()?.to_string_lossy())?),
+            "--pin-clients" => a.pin_clients = true,
             _ => return Err(format!("unknown argument `{flag}`")),
         }
     }
@@ -214,10 +226,11 @@ fn init(fd: i32, mode: Mode) -> Result<(), String> {
 fn report(mode: &str, op: Op, clients: usize, r: &load::LoadResult, reqs: Option<u64>) {
     let reqs = reqs.map_or("-".to_string(), |q| format!("{:.3}", q as f64 / r.ops_total as f64));
     println!(
-        "RESULT mode={mode} op={} clients={clients} us={:.3} kops={:.1} reqs={reqs}",
+        "RESULT mode={mode} op={} clients={clients} us={:.3} kops={:.1} reqs={reqs} ops={}",
         op.name(),
         r.us_per_op,
-        r.ops_per_sec / 1000.0
+        r.ops_per_sec / 1000.0,
+        r.ops_total
     );
 }
 
@@ -235,7 +248,7 @@ fn bench(a: &Args) -> Result<(), String> {
     match mode {
         Mode::Classic => {
             // As many readers as CPUs, as fuser runs unionfuse by default.
-            for _ in 0..cpus {
+            for _ in 0..a.threads.unwrap_or(cpus) {
                 std::thread::spawn(move || classic::serve(fd));
             }
         }
@@ -264,7 +277,7 @@ fn bench(a: &Args) -> Result<(), String> {
             Op::Read => proto::op::READ,
         };
         let before = proto::count(counted);
-        let r = load::run(&file, op, clients, a.secs, Some(proto::file_byte))?;
+        let r = load::run(&file, op, clients, a.secs, a.pin_clients, Some(proto::file_byte))?;
         report(mname, op, clients, &r, Some(proto::count(counted) - before));
     }
     drop(m);
@@ -277,7 +290,7 @@ fn run() -> Result<(), String> {
         "bench" => bench(&a),
         _ => {
             let path = a.path.as_deref().ok_or("load needs --path FILE")?;
-            let r = load::run(path, a.op, a.clients, a.secs, None)?;
+            let r = load::run(path, a.op, a.clients, a.secs, a.pin_clients, None)?;
             report("external", a.op, a.clients, &r, None);
             Ok(())
         }

@@ -84,7 +84,7 @@ fn cmd_sqe(
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is its empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: CPU_SET writes inside set; cpu is below CPU_SETSIZE (checked).
