@@ -9,11 +9,16 @@
 # every operation cost exactly one request ("req/op"). There is no
 # pass/fail. Findings: bench/uring.md.
 #
-#   sudo bench/uring.sh [--reps N] [--secs S] [--pinned] [--unionfuse]
+#   sudo bench/uring.sh [--reps N] [--secs S] [--pinned] [--rt] [--unionfuse]
 #
 #   --reps N     repetitions of every measurement [7]
 #   --secs S     seconds each measurement runs, after 0.2 s of warm-up [1]
 #   --pinned     also run every workload with client i pinned to CPU i
+#   --rt         run clients and daemons SCHED_FIFO (chrt -f 10), so that
+#                other load on the machine cannot get between a request and
+#                its answer: the figures are then the transports' own cost.
+#                The kernel's RT throttling leaves other tasks 5% of each CPU
+#                meanwhile
 #   --unionfuse  also run the stat loop on a unionfuse mount of one lower
 #                layer with --cache-timeout 0 (a release build, or the
 #                binary UNIONFUSE names)
@@ -30,6 +35,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPS=7
 SECS=1
 PINNED=0
+RT=0
 WITH_UF=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -47,6 +53,7 @@ while [ $# -gt 0 ]; do
         shift 2
         ;;
     --pinned) PINNED=1 && shift ;;
+    --rt) RT=1 && shift ;;
     --unionfuse) WITH_UF=1 && shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' && exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -62,6 +69,11 @@ ensure_fuse
 cargo build --release --quiet --manifest-path bench/uring-probe/Cargo.toml
 PROBE=$PWD/bench/uring-probe/target/release/uring-probe
 [ "$WITH_UF" = 1 ] && release_binary
+sched=()
+if [ "$RT" = 1 ]; then
+    command -v chrt >/dev/null || die "--rt needs chrt (util-linux)"
+    sched=(chrt -f 10)
+fi
 
 work=$(mktemp -d /tmp/unionfuse-uring.XXXXXX)
 prev=$(cat "$PARAM")
@@ -99,25 +111,25 @@ uf_getattrs() {
 }
 
 if [ "$WITH_UF" = 1 ]; then
-    "$UF" mount --lower "$work/lower" --cache-timeout 0 "$work/ufmnt" ||
+    "${sched[@]}" "$UF" mount --lower "$work/lower" --cache-timeout 0 "$work/ufmnt" ||
         die "unionfuse did not mount"
 fi
 
-say "$REPS repetitions of ${SECS}s per workload (${passes[*]}); the machine's load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "$REPS repetitions of ${SECS}s per workload (${passes[*]}$([ "$RT" = 1 ] && echo ", SCHED_FIFO")); the machine's load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 for rep in $(seq "$REPS"); do
     if [ $((rep % 2)) = 1 ]; then order=(classic uring); else order=(uring classic); fi
     for pass in "${passes[@]}"; do
         pin=()
         [ "$pass" = pinned ] && pin=(--pin-clients)
         for mode in "${order[@]}"; do
-            timeout --kill-after=10 300 "$PROBE" bench --mode "$mode" --mnt "$work/mnt" \
+            timeout --kill-after=10 300 "${sched[@]}" "$PROBE" bench --mode "$mode" --mnt "$work/mnt" \
                 --secs "$SECS" --work stat:1,stat:2,read:1 "${pin[@]}" | record "$pass" ||
                 die "the $mode probe failed (repetition $rep)"
         done
         if [ "$WITH_UF" = 1 ]; then
             for c in 1 2; do
                 before=$(uf_getattrs)
-                out=$("$PROBE" load --path "$work/ufmnt/file" --op stat --clients "$c" \
+                out=$("${sched[@]}" "$PROBE" load --path "$work/ufmnt/file" --op stat --clients "$c" \
                     --secs "$SECS" "${pin[@]}") || die "the stat loop on unionfuse failed"
                 after=$(uf_getattrs)
                 printf '%s\n' "$out" |
@@ -131,6 +143,31 @@ for rep in $(seq "$REPS"); do
 done
 [ "$WITH_UF" = 1 ] && "$UF" umount "$work/ufmnt"
 
+# One more, untimed run per transport that samples where requests are
+# answered (the sampling reads /proc, so it stays out of the figures).
+: >"$work/placement"
+for pass in "${passes[@]}"; do
+    pin=()
+    [ "$pass" = pinned ] && pin=(--pin-clients)
+    for mode in classic uring; do
+        timeout --kill-after=10 300 "${sched[@]}" "$PROBE" bench --mode "$mode" --mnt "$work/mnt" \
+            --secs "$SECS" --work stat:1,stat:2,read:1 --placement "${pin[@]}" |
+            awk -v pass="$pass" '/^PLACEMENT / {
+                for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+                print pass, f["mode"], f["op"], f["clients"], f["samecpu"] }' >>"$work/placement" ||
+            die "the $mode probe failed (placement run)"
+    done
+done
+
+# rowname PASS OP CLIENTS
+rowname() {
+    local n="$2, $3 client"
+    [ "$2" = read ] && n="4 KiB pread, $3 client"
+    [ "$3" = 1 ] || n="${n}s"
+    [ "$1" = pinned ] && n="$n, pinned"
+    printf '%s' "$n"
+}
+
 # stat PASS MODE OP CLIENTS FIELD: "median min max" of FIELD (5: us, 6: reqs).
 stat() {
     awk -v p="$1" -v m="$2" -v o="$3" -v c="$4" -v f="$5" \
@@ -142,7 +179,7 @@ stat() {
 }
 
 echo
-echo "Microseconds per operation (per client), medians of $REPS; ranges in brackets"
+echo "Microseconds per operation (per client), medians of $REPS; ranges in brackets$([ "$RT" = 1 ] && echo "; SCHED_FIFO")"
 echo
 hdr="| workload | classic | io_uring | io_uring/classic | req/op |"
 sep="|---|---:|---:|---:|---:|"
@@ -159,9 +196,7 @@ for pass in "${passes[@]}"; do
         read -r um ulo uhi < <(stat "$pass" uring "$op" "$c" 5)
         read -r cr _ _ < <(stat "$pass" classic "$op" "$c" 6)
         read -r ur _ _ < <(stat "$pass" uring "$op" "$c" 6)
-        name="$op, $c client$([ "$c" = 1 ] || echo s)"
-        [ "$op" = read ] && name="4 KiB pread, $c client$([ "$c" = 1 ] || echo s)"
-        [ "$pass" = pinned ] && name="$name, pinned"
+        name=$(rowname "$pass" "$op" "$c")
         row=$(awk -v n="$name" -v cm="$cm" -v clo="$clo" -v chi="$chi" -v um="$um" \
             -v ulo="$ulo" -v uhi="$uhi" -v cr="$cr" -v ur="$ur" 'BEGIN {
             printf "| %s | %.1f [%.1f–%.1f] | %.1f [%.1f–%.1f] | %.2f | %.3f / %.3f |",
@@ -181,3 +216,17 @@ for pass in "${passes[@]}"; do
 done
 echo
 echo "req/op: requests the daemon saw per operation issued (classic / io_uring); 1.000 means every operation was one round trip."
+echo
+echo "Requests answered on the CPU their caller sleeps on (sampled, one extra run)"
+echo
+echo "| workload | classic | io_uring |"
+echo "|---|---:|---:|"
+for pass in "${passes[@]}"; do
+    for w in "stat 1" "stat 2" "read 1"; do
+        read -r op c <<<"$w"
+        same() { awk -v p="$pass" -v m="$1" -v o="$op" -v c="$c" \
+            '$1 == p && $2 == m && $3 == o && $4 == c { printf "%.0f%%", $5 * 100 }' "$work/placement"; }
+        name=$(rowname "$pass" "$op" "$c")
+        echo "| $name | $(same classic) | $(same uring) |"
+    done
+done

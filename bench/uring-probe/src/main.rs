@@ -3,14 +3,17 @@
 //! filesystem served both ways. See bench/uring.md.
 //!
 //!   uring-probe bench --mode classic|uring --mnt DIR [--secs S] [--work LIST]
-//!                     [--threads N] [--pin-clients]
+//!                     [--threads N] [--pin-clients] [--placement]
 //!   uring-probe load --path FILE --op stat|read [--clients N] [--secs S]
 //!                    [--pin-clients]
 //!
 //! `bench` mounts the filesystem on DIR (root only), runs the workloads of
 //! LIST (default `stat:1,stat:2,read:1`: operation and number of parallel
 //! clients) and unmounts; --threads sets the classic readers (default: one
-//! per CPU). --pin-clients pins client i to CPU i. `load` runs one workload on any file, for
+//! per CPU). --pin-clients pins client i to CPU i. --placement samples
+//! whether requests are answered on the CPU their caller sleeps on, and
+//! prints a PLACEMENT line with `samecpu=FRACTION` after each result (the sampling itself costs time:
+//! keep it out of the timed figures). `load` runs one workload on any file, for
 //! comparing with other filesystems. Both print one line per workload:
 //!
 //!   RESULT mode=M op=O clients=N us=MICROSECONDS_PER_OP kops=THOUSANDS_PER_SEC
@@ -28,6 +31,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +52,7 @@ struct Args {
     work: Vec<(Op, usize)>,
     threads: Option<usize>,
     pin_clients: bool,
+    placement: bool,
 }
 
 fn parse_work(s: &str) -> Result<Vec<(Op, usize)>, String> {
@@ -90,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         work: parse_work("stat:1,stat:2,read:1")?,
         threads: None,
         pin_clients: false,
+        placement: false,
     };
     while let Some(flag) = it.next() {
         let flag = flag
@@ -127,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
             "--work" => a.work = parse_work(&value()?.to_string_lossy())?,
             "--threads" => a.threads = Some(parse_clients(&value()?.to_string_lossy())?),
             "--pin-clients" => a.pin_clients = true,
+            "--placement" => a.placement = true,
             _ => return Err(format!("unknown argument `{flag}`")),
         }
     }
@@ -223,7 +230,14 @@ fn init(fd: i32, mode: Mode) -> Result<(), String> {
     classic::write_frame(fd, &out[..len]).map_err(|e| format!("replying to INIT: {e}"))
 }
 
-fn report(mode: &str, op: Op, clients: usize, r: &load::LoadResult, reqs: Option<u64>) {
+fn report(
+    mode: &str,
+    op: Op,
+    clients: usize,
+    r: &load::LoadResult,
+    reqs: Option<u64>,
+    placement: Option<f64>,
+) {
     let reqs = reqs.map_or("-".to_string(), |q| format!("{:.3}", q as f64 / r.ops_total as f64));
     println!(
         "RESULT mode={mode} op={} clients={clients} us={:.3} kops={:.1} reqs={reqs} ops={}",
@@ -232,6 +246,9 @@ fn report(mode: &str, op: Op, clients: usize, r: &load::LoadResult, reqs: Option
         r.ops_per_sec / 1000.0,
         r.ops_total
     );
+    if let Some(p) = placement {
+        println!("PLACEMENT mode={mode} op={} clients={clients} samecpu={p:.3}", op.name());
+    }
 }
 
 fn bench(a: &Args) -> Result<(), String> {
@@ -242,6 +259,7 @@ fn bench(a: &Args) -> Result<(), String> {
         return Err("bench mounts with mount(2) and needs root".into());
     }
     let cpus = possible_cpus()?;
+    proto::PLACEMENT.store(a.placement, Relaxed);
     let m = Mount::new(mnt)?;
     init(m.fd, mode)?;
     let fd = m.fd;
@@ -277,8 +295,14 @@ fn bench(a: &Args) -> Result<(), String> {
             Op::Read => proto::op::READ,
         };
         let before = proto::count(counted);
+        let (same0, other0) = (proto::SAME_CPU.load(Relaxed), proto::OTHER_CPU.load(Relaxed));
         let r = load::run(&file, op, clients, a.secs, a.pin_clients, Some(proto::file_byte))?;
-        report(mname, op, clients, &r, Some(proto::count(counted) - before));
+        let placement = a.placement.then(|| {
+            let same = proto::SAME_CPU.load(Relaxed) - same0;
+            let other = proto::OTHER_CPU.load(Relaxed) - other0;
+            same as f64 / (same + other).max(1) as f64
+        });
+        report(mname, op, clients, &r, Some(proto::count(counted) - before), placement);
     }
     drop(m);
     Ok(())
@@ -291,7 +315,7 @@ fn run() -> Result<(), String> {
         _ => {
             let path = a.path.as_deref().ok_or("load needs --path FILE")?;
             let r = load::run(path, a.op, a.clients, a.secs, a.pin_clients, None)?;
-            report("external", a.op, a.clients, &r, None);
+            report("external", a.op, a.clients, &r, None, None);
             Ok(())
         }
     }

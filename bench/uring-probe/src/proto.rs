@@ -84,6 +84,8 @@ pub struct InHeader {
     pub opcode: u32,
     pub unique: u64,
     pub nodeid: u64,
+    /// Thread id of the caller.
+    pub pid: u32,
 }
 
 impl InHeader {
@@ -96,6 +98,7 @@ impl InHeader {
             opcode: get_u32(b, 4),
             unique: get_u64(b, 8),
             nodeid: get_u64(b, 16),
+            pid: get_u32(b, 32),
         })
     }
 }
@@ -158,11 +161,49 @@ fn file_data() -> &'static [u8] {
     FILE_DATA.get_or_init(|| (0..FILE_SIZE).map(file_byte).collect())
 }
 
+/// Whether to sample where requests are served (`--placement`).
+pub static PLACEMENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Sampled requests answered on the CPU their caller sleeps on, and on another.
+pub static SAME_CPU: AtomicU64 = AtomicU64::new(0);
+pub static OTHER_CPU: AtomicU64 = AtomicU64::new(0);
+
+/// Every 16th request, compares the CPU answering it with the CPU its
+/// caller is blocked on (field 39 of /proc/self/task/TID/stat, which names
+/// the CPU a sleeping task last ran on). Only callers in this process
+/// (the bench's own clients) can be looked up.
+fn sample_placement(pid: u32) {
+    static N: AtomicU64 = AtomicU64::new(0);
+    if N.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+        return;
+    }
+    // SAFETY: sched_getcpu has no preconditions.
+    let here = unsafe { libc::sched_getcpu() };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{pid}/stat")) else {
+        return;
+    };
+    // Fields after the command name, which may itself hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return;
+    };
+    // rest starts at field 3 (state); field 39 is its 37th.
+    let Some(cpu) = rest.split_whitespace().nth(36).and_then(|c| c.parse::<i32>().ok()) else {
+        return;
+    };
+    if cpu == here {
+        SAME_CPU.fetch_add(1, Ordering::Relaxed);
+    } else {
+        OTHER_CPU.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Answers one request. `op_in` is the fixed struct, `payload` what
 /// follows it; the reply body goes to `body`.
 pub fn handle(h: &InHeader, op_in: &[u8], payload: &[u8], body: &mut [u8]) -> Outcome {
     if let Some(c) = COUNTS.get(h.opcode as usize) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+    if PLACEMENT.load(Ordering::Relaxed) {
+        sample_placement(h.pid);
     }
     let known = |ino| ino == ROOT_INO || ino == FILE_INO;
     match h.opcode {
