@@ -63,11 +63,12 @@ pub fn serve(fd: RawFd) {
         let rest = &frame[proto::IN_HEADER_LEN..];
         let split = proto::op_struct_len(h.opcode).min(rest.len());
         let (op_in, payload) = rest.split_at(split);
-        let (len, error) = match proto::handle(&h, op_in, payload, &mut out[proto::OUT_HEADER_LEN..]) {
-            Outcome::NoReply => continue,
-            Outcome::Body(b) => (proto::OUT_HEADER_LEN + b, 0),
-            Outcome::Error(e) => (proto::OUT_HEADER_LEN, e),
-        };
+        let (len, error) =
+            match proto::handle(&h, op_in, payload, &mut out[proto::OUT_HEADER_LEN..]) {
+                Outcome::NoReply => continue,
+                Outcome::Body(b) => (proto::OUT_HEADER_LEN + b, 0),
+                Outcome::Error(e) => (proto::OUT_HEADER_LEN, e),
+            };
         proto::out_header(&mut out, len, error, h.unique);
         if let Err(e) = write_frame(fd, &out[..len]) {
             if e.raw_os_error() != Some(libc::ENODEV) {

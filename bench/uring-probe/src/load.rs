@@ -201,7 +201,10 @@ pub fn run(
         .collect();
     let mut results = Vec::new();
     for t in threads {
-        results.push(t.join().map_err(|_| "client thread panicked".to_string())??);
+        results.push(
+            t.join()
+                .map_err(|_| "client thread panicked".to_string())??,
+        );
     }
     let us_per_op = results
         .iter()

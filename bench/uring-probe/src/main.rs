@@ -101,10 +101,7 @@ fn parse_args() -> Result<Args, String> {
         let flag = flag
             .into_string()
             .map_err(|f| format!("unknown argument {f:?}"))?;
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--mode" => {
                 a.mode = Some(match value()?.to_str() {
@@ -238,7 +235,9 @@ fn report(
     reqs: Option<u64>,
     placement: Option<f64>,
 ) {
-    let reqs = reqs.map_or("-".to_string(), |q| format!("{:.3}", q as f64 / r.ops_total as f64));
+    let reqs = reqs.map_or("-".to_string(), |q| {
+        format!("{:.3}", q as f64 / r.ops_total as f64)
+    });
     println!(
         "RESULT mode={mode} op={} clients={clients} us={:.3} kops={:.1} reqs={reqs} ops={}",
         op.name(),
@@ -247,7 +246,10 @@ fn report(
         r.ops_total
     );
     if let Some(p) = placement {
-        println!("PLACEMENT mode={mode} op={} clients={clients} samecpu={p:.3}", op.name());
+        println!(
+            "PLACEMENT mode={mode} op={} clients={clients} samecpu={p:.3}",
+            op.name()
+        );
     }
 }
 
@@ -295,14 +297,31 @@ fn bench(a: &Args) -> Result<(), String> {
             Op::Read => proto::op::READ,
         };
         let before = proto::count(counted);
-        let (same0, other0) = (proto::SAME_CPU.load(Relaxed), proto::OTHER_CPU.load(Relaxed));
-        let r = load::run(&file, op, clients, a.secs, a.pin_clients, Some(proto::file_byte))?;
+        let (same0, other0) = (
+            proto::SAME_CPU.load(Relaxed),
+            proto::OTHER_CPU.load(Relaxed),
+        );
+        let r = load::run(
+            &file,
+            op,
+            clients,
+            a.secs,
+            a.pin_clients,
+            Some(proto::file_byte),
+        )?;
         let placement = a.placement.then(|| {
             let same = proto::SAME_CPU.load(Relaxed) - same0;
             let other = proto::OTHER_CPU.load(Relaxed) - other0;
             same as f64 / (same + other).max(1) as f64
         });
-        report(mname, op, clients, &r, Some(proto::count(counted) - before), placement);
+        report(
+            mname,
+            op,
+            clients,
+            &r,
+            Some(proto::count(counted) - before),
+            placement,
+        );
     }
     drop(m);
     Ok(())

@@ -173,7 +173,7 @@ pub static OTHER_CPU: AtomicU64 = AtomicU64::new(0);
 /// (the bench's own clients) can be looked up.
 fn sample_placement(pid: u32) {
     static N: AtomicU64 = AtomicU64::new(0);
-    if N.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+    if !N.fetch_add(1, Ordering::Relaxed).is_multiple_of(16) {
         return;
     }
     // SAFETY: sched_getcpu has no preconditions.
@@ -186,7 +186,11 @@ fn sample_placement(pid: u32) {
         return;
     };
     // rest starts at field 3 (state); field 39 is its 37th.
-    let Some(cpu) = rest.split_whitespace().nth(36).and_then(|c| c.parse::<i32>().ok()) else {
+    let Some(cpu) = rest
+        .split_whitespace()
+        .nth(36)
+        .and_then(|c| c.parse::<i32>().ok())
+    else {
         return;
     };
     if cpu == here {
@@ -332,10 +336,6 @@ pub fn init_reply(init_in: &[u8], body: &mut [u8], uring: bool) -> Result<usize,
     put_u16(body, 18, 12);
     put_u32(body, 20, MAX_WRITE);
     put_u32(body, 24, 1);
-    put_u32(
-        body,
-        32,
-        if uring { FUSE_OVER_IO_URING_FLAGS2 } else { 0 },
-    );
+    put_u32(body, 32, if uring { FUSE_OVER_IO_URING_FLAGS2 } else { 0 });
     Ok(64)
 }
