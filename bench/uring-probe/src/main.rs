@@ -104,10 +104,11 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--mode" => {
-                a.mode = Some(match value()?.to_str() {
+                let v = value()?;
+                a.mode = Some(match v.to_str() {
                     Some("classic") => Mode::Classic,
                     Some("uring") => Mode::Uring,
-                    v => return Err(format!("--mode: `{v:?}` is not classic or uring")),
+                    _ => return Err(format!("--mode: {v:?} is not classic or uring")),
                 })
             }
             "--mnt" => a.mnt = Some(PathBuf::from(value()?)),
