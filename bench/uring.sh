@@ -6,8 +6,9 @@
 # parallel clients, and 4 KiB pread of a direct-I/O file (a READ each).
 # Medians (and ranges) of interleaved repetitions, the order of the two
 # transports alternating; ratios io_uring/classic. The probe checks that
-# every operation cost exactly one request ("req/op"). There is no
-# pass/fail. Findings: bench/uring.md.
+# every operation cost exactly one request ("req/op"), and one extra,
+# untimed run samples how many requests were answered on the CPU their
+# caller sleeps on. There is no pass/fail. Findings: bench/uring.md.
 #
 #   sudo bench/uring.sh [--reps N] [--secs S] [--pinned] [--rt] [--unionfuse]
 #
