@@ -427,14 +427,24 @@ fn serve_inner(
         .map_err(|e| format!("cannot start signal thread: {e}"))?;
 
     let mnt = cfg.mountpoint.clone();
+    let ready = Arc::new(parking_lot::Mutex::new(ready));
+    let announce = Arc::clone(&ready);
     std::thread::Builder::new()
         .name("ready".into())
-        .spawn(move || announce_ready(&mnt, ready, detach_stderr))
+        .spawn(move || announce_ready(&mnt, &announce, detach_stderr))
         .map_err(|e| format!("cannot start ready thread: {e}"))?;
 
     let served = mounted
         .ended(session.run())
         .map_err(|e| format!("serving {}: {e}", cfg.mountpoint.display()));
+    // A harness may see the mount and unmount it before the ready thread's
+    // stat is answered: the mount did work, and whoever waits must hear so
+    // rather than a failure when this process ends.
+    if served.is_ok()
+        && let Some(fd) = ready.lock().take()
+    {
+        let _ = sys::write_all(fd.as_fd(), &[READY_BYTE]);
+    }
     if let Some(p) = control
         && let Err(e) = std::fs::remove_file(&p)
     {
@@ -448,7 +458,7 @@ fn serve_inner(
 
 /// Waits until the mount answers a request (a stat of its root), then tells
 /// whoever waits on `ready`.
-fn announce_ready(mnt: &Path, ready: Option<OwnedFd>, detach: bool) {
+fn announce_ready(mnt: &Path, ready: &parking_lot::Mutex<Option<OwnedFd>>, detach: bool) {
     if let Err(e) = sys::stat_path(mnt) {
         warn!("mount at {} does not answer: {e}", mnt.display());
         return;
@@ -456,7 +466,7 @@ fn announce_ready(mnt: &Path, ready: Option<OwnedFd>, detach: bool) {
     if detach && let Err(e) = sys::detach_stderr() {
         warn!("cannot detach stderr: {e}");
     }
-    if let Some(fd) = ready
+    if let Some(fd) = ready.lock().take()
         && let Err(e) = sys::write_all(fd.as_fd(), &[READY_BYTE])
     {
         warn!("cannot signal readiness: {e}");
