@@ -437,26 +437,7 @@ fn long_whiteouts_and_hard_links_of_every_kind_survive_export_and_unpack() {
         );
     }
     for format in ["overlay", "oci"] {
-        let out = s.mkdir(&format!("unpacked-{format}"));
-        let o = run(&[
-            OsStr::new("unpack"),
-            OsStr::new("--whiteout"),
-            OsStr::new(format),
-            layer.as_os_str(),
-            out.as_os_str(),
-        ]);
-        assert!(
-            o.status.success(),
-            "unpack: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        for w in [long.clone(), format!("d/{long}")] {
-            assert_eq!(
-                file_type_and_rdev(&out.join(&w)),
-                (libc::S_IFCHR, 0),
-                "{format}: {w} is not a whiteout"
-            );
-        }
+        let out = unpack_with_long_whiteouts(&s, "unpacked", format, &layer, &long);
         for (a, b) in [("f", "f2"), ("s", "s2"), ("p", "p2")] {
             let (ma, mb) = (
                 fs::symlink_metadata(out.join(a)).unwrap(),
@@ -489,26 +470,7 @@ fn long_whiteouts_and_hard_links_of_every_kind_survive_export_and_unpack() {
         b.finish().unwrap();
     }
     for format in ["overlay", "oci"] {
-        let out = s.mkdir(&format!("foreign-{format}"));
-        let o = run(&[
-            OsStr::new("unpack"),
-            OsStr::new("--whiteout"),
-            OsStr::new(format),
-            foreign.as_os_str(),
-            out.as_os_str(),
-        ]);
-        assert!(
-            o.status.success(),
-            "unpack: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        for w in [long.clone(), format!("d/{long}")] {
-            assert_eq!(
-                file_type_and_rdev(&out.join(&w)),
-                (libc::S_IFCHR, 0),
-                "{format}: {w} is not a whiteout"
-            );
-        }
+        unpack_with_long_whiteouts(&s, "foreign", format, &foreign, &long);
     }
 }
 
@@ -1234,4 +1196,37 @@ fn an_oci_upper_hides_names_too_long_for_wh_files() {
             "{entries:?}"
         );
     }
+}
+
+/// Unpacks `layer` with whiteouts in `format` into a new directory and
+/// checks that the whiteouts of the 255-byte name `long` (at the top and in
+/// `d`) came out as 0:0 devices, which either format must use for it.
+fn unpack_with_long_whiteouts(
+    s: &Scratch,
+    prefix: &str,
+    format: &str,
+    layer: &std::path::Path,
+    long: &str,
+) -> std::path::PathBuf {
+    let out = s.mkdir(&format!("{prefix}-{format}"));
+    let o = run(&[
+        OsStr::new("unpack"),
+        OsStr::new("--whiteout"),
+        OsStr::new(format),
+        layer.as_os_str(),
+        out.as_os_str(),
+    ]);
+    assert!(
+        o.status.success(),
+        "unpack: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for w in [long.to_string(), format!("d/{long}")] {
+        assert_eq!(
+            file_type_and_rdev(&out.join(&w)),
+            (libc::S_IFCHR, 0),
+            "{format}: {w} is not a whiteout"
+        );
+    }
+    out
 }
