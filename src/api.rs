@@ -124,6 +124,7 @@ impl Mount {
             mounted,
             work_lock,
             stats,
+            ring,
         } = match mount::start(&cfg, true) {
             Ok(s) => s,
             Err(e) => {
@@ -153,6 +154,7 @@ impl Mount {
             stats,
             serving: Some(Serving {
                 bg,
+                ring,
                 union,
                 work_lock,
                 record,
@@ -176,6 +178,7 @@ pub struct MountGuard {
 /// What lives exactly as long as the serving threads.
 struct Serving {
     bg: fuser::BackgroundSession,
+    ring: Option<crate::fuse::ring::Ring>,
     union: std::sync::Arc<crate::union::Union>,
     work_lock: Option<crate::runtime::WorkLock>,
     record: Option<crate::runtime::Published>,
@@ -186,6 +189,9 @@ impl Serving {
     /// then makes the upper final and lets go of the work directory.
     fn end(self, mounted: &mount::Mounted) -> std::io::Result<()> {
         let joined = mounted.ended(self.bg.join());
+        if let Some(r) = self.ring {
+            r.join(mount::RING_JOIN_WAIT);
+        }
         mount::finish(&self.union, self.work_lock, self.record);
         joined
     }

@@ -264,6 +264,7 @@ fn apply(c: &mut MountConfigBuilder, o: &[u8]) -> Result<(), String> {
         (b"volatile", None) => set(c, |c| c.volatile(true)),
         (b"metacopy", Some(b"on")) => set(c, |c| c.metacopy(true)),
         (b"acl", None) => set(c, |c| c.acl(true)),
+        (b"io_uring", None) => set(c, |c| c.io_uring(true)),
         (b"metacopy", Some(b"off")) => set(c, |c| c.metacopy(false)),
         (b"ro", None) => set(c, |c| c.read_only(true)),
         (b"nodev", None) => set(c, |c| c.nodev(true)),

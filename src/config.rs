@@ -48,6 +48,9 @@ pub struct MountConfig {
     pub metacopy: bool,
     /// The kernel enforces POSIX ACLs (see [`MountConfigBuilder::acl`]).
     pub acl: bool,
+    /// Requests travel over io_uring where the kernel allows it (see
+    /// [`MountConfigBuilder::io_uring`]).
+    pub io_uring: bool,
     /// Refuse every change, upper or not.
     pub read_only: bool,
     /// Device nodes in the mount do not work as devices.
@@ -86,6 +89,7 @@ pub struct MountConfigBuilder {
     pub(crate) volatile: bool,
     pub(crate) metacopy: bool,
     pub(crate) acl: bool,
+    pub(crate) io_uring: bool,
     pub(crate) read_only: bool,
     pub(crate) nodev: bool,
     pub(crate) nosuid: bool,
@@ -111,6 +115,7 @@ impl Default for MountConfigBuilder {
             volatile: false,
             metacopy: false,
             acl: false,
+            io_uring: false,
             read_only: false,
             nodev: false,
             nosuid: false,
@@ -189,6 +194,15 @@ impl MountConfigBuilder {
     /// request per entry on tree walks.
     pub fn acl(mut self, on: bool) -> Self {
         self.acl = on;
+        self
+    }
+
+    /// Requests travel over FUSE's io_uring transport, each answered on
+    /// the CPU that issued it, where the kernel offers it (root, kernel
+    /// 6.14 or later, `/sys/module/fuse/parameters/enable_uring` on);
+    /// otherwise over `/dev/fuse`, with a warning.
+    pub fn io_uring(mut self, on: bool) -> Self {
+        self.io_uring = on;
         self
     }
 
@@ -373,6 +387,7 @@ impl MountConfigBuilder {
             volatile: self.volatile,
             metacopy: self.metacopy,
             acl: self.acl,
+            io_uring: self.io_uring,
             nodev: self.nodev,
             nosuid: self.nosuid,
             allow_other: self.allow_other,

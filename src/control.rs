@@ -144,6 +144,7 @@ fn handle(
     };
     match (verb, name) {
         ("stats", _) => return Ok(Some(crate::stats::encode(&stats.rows()))),
+        ("transport", _) => return Ok(Some(stats.transport())),
         ("reset", _) => apply(notifier, &union.reset().map_err(|e| e.to_string())?),
         ("checkpoint", Some(n)) => union
             .checkpoint(&n, progress)

@@ -11,6 +11,7 @@ use log::{debug, info, warn};
 use crate::config::MountConfig;
 use crate::failure::Failure;
 use crate::fuse::UnionFs;
+use crate::fuse::ring::{self, Ring};
 use crate::layer::Layers;
 use crate::layer::upper::Upper;
 use crate::mountinfo::{self, Dev};
@@ -21,6 +22,10 @@ use crate::union::Union;
 
 /// The byte written to a ready descriptor once the mount answers requests.
 pub const READY_BYTE: u8 = b'R';
+
+/// How long an ended mount waits for its io_uring threads to finish the
+/// request they may still be answering.
+pub const RING_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why [`start`] did not give a mount to serve.
 #[derive(Debug)]
@@ -63,6 +68,8 @@ pub struct Started {
     pub work_lock: Option<WorkLock>,
     /// Requests answered, by kind.
     pub stats: Arc<Stats>,
+    /// The io_uring transport's threads, when it carries the requests.
+    pub ring: Option<Ring>,
 }
 
 impl std::fmt::Debug for Started {
@@ -200,8 +207,10 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         Arc::clone(&union),
         cfg.cache_timeout,
         root,
+        cfg.io_uring && root,
         Arc::clone(&stats),
     );
+    let core = fs.core();
 
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads);
@@ -220,6 +229,12 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         (fusermount(&cfg.mountpoint, &fusermount_options(cfg)), false)
     };
     let fd = fd.inspect_err(|_| union.abandon())?;
+    // The ring's commands go to the same open /dev/fuse as fuser's reads.
+    let ring_dev = if cfg.io_uring {
+        fd.try_clone().map(Arc::new).map_err(|e| e.to_string())
+    } else {
+        Err(String::new())
+    };
     let dev = match mountinfo::top_at(&cfg.mountpoint) {
         Ok(Some(e)) => e.dev,
         other => {
@@ -258,6 +273,7 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
             return Err(format!("cannot start serving {}: {e}", cfg.mountpoint.display()).into());
         }
     };
+    let ring = start_ring(cfg, core, ring_dev, root);
     info!(
         "mounted {} (connection {dev}, lowers {:?}, upper {:?})",
         cfg.mountpoint.display(),
@@ -270,7 +286,44 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         mounted,
         work_lock,
         stats,
+        ring,
     })
+}
+
+/// Starts the io_uring transport when `--io-uring` asked for it and INIT
+/// (answered by now) agreed; says why not otherwise.
+fn start_ring(
+    cfg: &MountConfig,
+    core: Arc<crate::fuse::Core>,
+    dev: Result<Arc<OwnedFd>, String>,
+    root: bool,
+) -> Option<Ring> {
+    if !cfg.io_uring {
+        return None;
+    }
+    let why = if !root {
+        "it needs root".to_string()
+    } else if !core.uring_agreed() {
+        match std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring") {
+            Ok(v) if v.trim() == "N" => {
+                "/sys/module/fuse/parameters/enable_uring is N; root may set it to Y".to_string()
+            }
+            Ok(_) => "the kernel did not offer it".to_string(),
+            Err(_) => "this kernel has no FUSE over io_uring".to_string(),
+        }
+    } else {
+        let stats = core.stats();
+        match dev.and_then(|d| Ring::start(core, d)) {
+            Ok(r) => {
+                stats.ring_started();
+                ring::announce(true, None);
+                return Some(r);
+            }
+            Err(e) => e,
+        }
+    };
+    ring::announce(false, Some(&why));
+    None
 }
 
 /// Mounts a new FUSE connection at `cfg.mountpoint` with mount(2) (root),
@@ -385,6 +438,7 @@ fn serve_inner(
         mounted,
         work_lock,
         stats,
+        ring,
     } = match start(cfg, false) {
         Ok(s) => s,
         Err(StartError::Unmounted) => {
@@ -437,6 +491,9 @@ fn serve_inner(
     let served = mounted
         .ended(session.run())
         .map_err(|e| format!("serving {}: {e}", cfg.mountpoint.display()));
+    if let Some(r) = ring {
+        r.join(RING_JOIN_WAIT);
+    }
     // A harness may see the mount and unmount it before the ready thread's
     // stat is answered: the mount did work, and whoever waits must hear so
     // rather than a failure when this process ends.

@@ -80,6 +80,9 @@ const fn eq(a: &[u8], b: &[u8]) -> bool {
 pub struct Stats {
     count: [AtomicU64; OPS.len()],
     nanos: [AtomicU64; OPS.len()],
+    /// Requests that came over io_uring; `u64::MAX` while the mount serves
+    /// over `/dev/fuse` only.
+    ring: AtomicU64,
 }
 
 impl Default for Stats {
@@ -87,6 +90,7 @@ impl Default for Stats {
         Stats {
             count: std::array::from_fn(|_| AtomicU64::new(0)),
             nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+            ring: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -130,6 +134,25 @@ impl Stats {
             stats: self,
             op,
             start: Instant::now(),
+        }
+    }
+
+    /// From now on requests come over io_uring too.
+    pub fn ring_started(&self) {
+        self.ring.store(0, Ordering::Relaxed);
+    }
+
+    /// One more request came over io_uring.
+    pub fn ring_request(&self) {
+        self.ring.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The control socket's answer to `transport`: `dev_fuse`, or
+    /// `io_uring N` with the requests the ring carried.
+    pub fn transport(&self) -> String {
+        match self.ring.load(Ordering::Relaxed) {
+            u64::MAX => "dev_fuse".to_string(),
+            n => format!("io_uring {n}"),
         }
     }
 

@@ -219,7 +219,18 @@ pub(super) fn stats_cmd(args: &StatsArgs) -> Result<(), Failure> {
     let text = if args.json {
         crate::stats::format_json(&rows).map_err(|e| failed(&e))?
     } else {
-        crate::stats::format_table(&rows)
+        let mut t = crate::stats::format_table(&rows);
+        match control_request(&w, "transport")
+            .as_deref()
+            .map(|a| a.split_once(' '))
+        {
+            Ok(Some(("io_uring", n))) => {
+                t.push_str(&format!("transport: io_uring ({n} requests on the ring)\n"))
+            }
+            Ok(_) => t.push_str("transport: /dev/fuse\n"),
+            Err(_) => {}
+        }
+        t
     };
     std::io::stdout()
         .write_all(text.as_bytes())

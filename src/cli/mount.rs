@@ -92,6 +92,13 @@ pub struct MountArgs {
     #[arg(long)]
     pub acl: bool,
 
+    /// Carry requests over FUSE's io_uring transport, answering each on the
+    /// CPU that issued it (root; kernel 6.14+ with
+    /// /sys/module/fuse/parameters/enable_uring set to Y). Falls back to
+    /// /dev/fuse with a warning where unavailable.
+    #[arg(long)]
+    pub io_uring: bool,
+
     /// Mount read-only even with an upper layer.
     #[arg(long)]
     pub read_only: bool,
@@ -178,6 +185,7 @@ impl MountArgs {
             .volatile(self.volatile)
             .metacopy(self.metacopy)
             .acl(self.acl)
+            .io_uring(self.io_uring)
             .read_only(self.read_only)
             .nodev(self.nodev)
             .nosuid(self.nosuid)

@@ -20,6 +20,8 @@ use fuser::{
 use log::{debug, info, trace};
 
 mod convert;
+pub mod ring;
+mod wire;
 
 use convert::{
     DirOut, DirPlusOut, caller, errno, file_attr, log_failure, reply_empty, set_time, zero_stat,
@@ -39,9 +41,22 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The fuser filesystem: a [`Union`] plus the kernel-facing caches.
+/// The fuser filesystem: a handle on the [`Core`] it shares with the
+/// io_uring transport.
 #[derive(Debug)]
-pub struct UnionFs {
+pub struct UnionFs(Arc<Core>);
+
+impl std::ops::Deref for UnionFs {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.0
+    }
+}
+
+/// A [`Union`] plus the kernel-facing caches, whichever transport carries
+/// the requests.
+#[derive(Debug)]
+pub struct Core {
     union: Arc<Union>,
     /// How long the kernel may cache entries and attributes. The layers do
     /// not change under a mount (as with overlayfs, changing them is
@@ -52,6 +67,8 @@ pub struct UnionFs {
     /// was agreed): the first OPENDIR is answered ENOSYS, and no OPENDIR or
     /// RELEASEDIR comes after it.
     no_opendir: AtomicBool,
+    /// `--io-uring` was asked for; after INIT, whether the kernel agreed.
+    uring: AtomicBool,
     /// Per inode with open files: the kernel wants every open of an inode
     /// in one I/O mode (all through one backing file, or all cached).
     /// Keyed by nodeid and generation: after a reset the kernel makes a new
@@ -62,34 +79,65 @@ pub struct UnionFs {
     stats: Arc<Stats>,
 }
 
+/// A passthrough backing file, registered by the transport that answered
+/// the open: both never serve the same connection's opens.
+#[derive(Debug)]
+pub enum Backing {
+    Fuser(BackingId),
+    Ring(ring::RawBacking),
+}
+
 /// An open file: its inode (nodeid and generation) and its backing file
 /// when passthrough.
-type OpenFile = ((u64, u64), Option<Arc<BackingId>>);
+type OpenFile = ((u64, u64), Option<Arc<Backing>>);
 
 /// The I/O mode of an inode's open files.
 #[derive(Debug, Default)]
 struct IoState {
     cached: u32,
-    backing: Weak<BackingId>,
+    backing: Weak<Backing>,
 }
 
 /// How an open is answered.
 enum IoMode {
-    Passthrough(Arc<BackingId>),
+    Passthrough(Arc<Backing>),
     Cached(FopenFlags),
 }
 
 impl UnionFs {
-    pub fn new(union: Arc<Union>, ttl: Duration, passthrough: bool, stats: Arc<Stats>) -> UnionFs {
-        UnionFs {
+    pub fn new(
+        union: Arc<Union>,
+        ttl: Duration,
+        passthrough: bool,
+        uring: bool,
+        stats: Arc<Stats>,
+    ) -> UnionFs {
+        UnionFs(Arc::new(Core {
             union,
             ttl,
             passthrough: AtomicBool::new(passthrough),
             no_opendir: AtomicBool::new(false),
+            uring: AtomicBool::new(uring),
             io: DashMap::new(),
             open_files: DashMap::new(),
             stats,
-        }
+        }))
+    }
+
+    /// The state the io_uring transport shares.
+    pub fn core(&self) -> Arc<Core> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl Core {
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Whether INIT agreed to FUSE over io_uring.
+    pub fn uring_agreed(&self) -> bool {
+        self.uring.load(Ordering::Relaxed)
     }
 }
 
@@ -127,6 +175,12 @@ impl Filesystem for UnionFs {
         };
         if let Err(missing) = config.add_capabilities(wanted & caps) {
             debug!("kernel lacks {missing:?}");
+        }
+        if self.uring.load(Ordering::Relaxed) {
+            let ok = config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+            self.uring.store(ok, Ordering::Relaxed);
         }
         self.no_opendir.store(
             caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
@@ -220,10 +274,18 @@ impl Filesystem for UnionFs {
             self.union.release(fh);
             return reply.error(errno(e));
         }
-        match self.io_mode(ino.0, fh, &|fd| reply.open_backing(fd)) {
-            IoMode::Passthrough(id) => {
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
-            }
+        let register = |fd: BorrowedFd<'_>| reply.open_backing(fd).map(Backing::Fuser);
+        match self.io_mode(ino.0, fh, &register) {
+            IoMode::Passthrough(b) => match &*b {
+                Backing::Fuser(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                }
+                Backing::Ring(_) => {
+                    self.close_io(fh);
+                    self.union.release(fh);
+                    reply.error(Errno::EIO)
+                }
+            },
             IoMode::Cached(f) => reply.opened(FileHandle(fh), f),
         }
     }
@@ -573,15 +635,23 @@ impl Filesystem for UnionFs {
             }
         };
         let attr = file_attr(&st);
-        match self.io_mode(st.st_ino, fh, &|fd| reply.open_backing(fd)) {
-            IoMode::Passthrough(id) => reply.created_passthrough(
-                &self.ttl,
-                &attr,
-                self.generation(st.st_ino),
-                FileHandle(fh),
-                FopenFlags::empty(),
-                &id,
-            ),
+        let register = |fd: BorrowedFd<'_>| reply.open_backing(fd).map(Backing::Fuser);
+        match self.io_mode(st.st_ino, fh, &register) {
+            IoMode::Passthrough(b) => match &*b {
+                Backing::Fuser(id) => reply.created_passthrough(
+                    &self.ttl,
+                    &attr,
+                    self.generation(st.st_ino),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    id,
+                ),
+                Backing::Ring(_) => {
+                    self.close_io(fh);
+                    self.union.release(fh);
+                    reply.error(Errno::EIO)
+                }
+            },
             IoMode::Cached(f) => reply.created(
                 &self.ttl,
                 &attr,
@@ -741,7 +811,9 @@ impl UnionFs {
             }
         }
     }
+}
 
+impl Core {
     /// Chooses how the kernel does I/O on a new handle. Passthrough (the
     /// kernel reads and writes the backing file itself) only for data that
     /// stays where it is while open: files of a read-only mount, and upper
@@ -752,7 +824,7 @@ impl UnionFs {
         &self,
         ino: u64,
         fh: u64,
-        register: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<BackingId>,
+        register: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<Backing>,
     ) -> IoMode {
         let stable = self.union.stable_backing(fh);
         let ino = (ino, self.union.generation_of(ino));

@@ -11,6 +11,7 @@
 #![allow(unsafe_code)]
 
 mod dirent;
+pub mod uring;
 mod write;
 mod xattr;
 

@@ -275,8 +275,23 @@ pub fn mount_args<'a>(
     for e in extra {
         args.push(OsStr::new(*e));
     }
+    for e in env_mount_args() {
+        args.push(OsStr::new(e.as_str()));
+    }
     args.push(mnt.as_os_str());
     args
+}
+
+/// Extra `unionfuse mount` arguments for every mount made through
+/// [`mount_args`], from UNIONFUSE_TEST_MOUNT_ARGS (split at whitespace):
+/// scripts/test runs the differential suites again over `--io-uring`.
+fn env_mount_args() -> &'static [String] {
+    static ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        std::env::var("UNIONFUSE_TEST_MOUNT_ARGS")
+            .map(|v| v.split_whitespace().map(String::from).collect())
+            .unwrap_or_default()
+    })
 }
 
 impl Drop for Mounted {
