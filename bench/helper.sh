@@ -38,6 +38,7 @@ do_mount() { # COL MNT UPPER WORK
         wait_until 10 mountpoint -q "$2"
         ;;
     uf | ufu) "$UFBIN" mount --lower "$L1" --lower "$L2" --lower "$L3" --upper "$3" --work "$4" "$2" ;;
+    ufr) "$UFBIN" mount --io-uring --lower "$L1" --lower "$L2" --lower "$L3" --upper "$3" --work "$4" "$2" ;;
     *) echo "helper.sh: cannot mount column $1" >&2 && return 1 ;;
     esac
 }
@@ -48,7 +49,7 @@ do_umount() { # COL MNT
     fov) fusermount3 -u "$2" ;;
     # Its daemon writes the upper back (syncfs) before it exits, which can
     # take long on a loaded disk.
-    uf | ufu) "$UFBIN" umount --timeout "${BENCH_UMOUNT_TIMEOUT:-300}" "$2" ;;
+    uf | ufr | ufu) "$UFBIN" umount --timeout "${BENCH_UMOUNT_TIMEOUT:-300}" "$2" ;;
     esac
 }
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks the shapes users have, side by side in one run: native ext4
 # (the limit), kernel overlayfs, fuse-overlayfs (when it can be installed),
-# unionfuse as root and unionfuse as an ordinary user (through fusermount3,
-# in a private mount namespace). Prints medians and ranges of interleaved
+# unionfuse as root (over /dev/fuse, and over io_uring where the kernel has
+# it) and unionfuse as an ordinary user (through fusermount3, in a private
+# mount namespace). Prints medians and ranges of interleaved
 # repetitions, ratios to kernel overlayfs and to native, and the FUSE
 # requests each unionfuse workload cost; writes the tables as Markdown and
 # an SVG chart of the ratios to kernel overlayfs. There is no pass/fail.
 #
-#   sudo bench/run.sh [--quick] [--reps N] [--out FILE.md] [--no-user]
+#   sudo bench/run.sh [--quick] [--reps N] [--out FILE.md] [--no-user] [--no-uring]
 #
 #   --quick     small shapes, 10 mount cycles: finishes in a few minutes
 #   --reps N    repetitions of every measurement [3]
@@ -15,6 +16,7 @@
 #               bench/results-quick.md with --quick]; the chart goes beside
 #               it with the extension .svg
 #   --no-user   skip the unprivileged unionfuse column
+#   --no-uring  skip the unionfuse column over io_uring (`mount --io-uring`)
 #
 # Environment overrides of the shapes (full / --quick):
 #   BENCH_FILES     small files over two lowers [100000 / 3000]
@@ -48,13 +50,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
     exit 1
 }
 
-QUICK=0 REPS=3 OUT= NO_USER=0
+QUICK=0 REPS=3 OUT= NO_USER=0 NO_URING=0 uring_was=
 while [ $# -gt 0 ]; do
     case $1 in
     --quick) QUICK=1 ;;
     --reps) REPS=${2:?--reps needs a number} && shift ;;
     --out) OUT=${2:?--out needs a file} && shift ;;
     --no-user) NO_USER=1 ;;
+    --no-uring) NO_URING=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' && exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -122,6 +125,7 @@ cleanup() {
     local rc=$? pid
     set +e
     trap - EXIT INT TERM
+    [ -z "$uring_was" ] || echo "$uring_was" >/sys/module/fuse/parameters/enable_uring
     # The unprivileged mounts live in the private namespace: it goes away
     # with its last process, the holder and the daemons (whose argv holds
     # $work/bin/, the user's copy of the binary).
@@ -267,8 +271,18 @@ echo "    took $((SECONDS - t0)) s; $(wc -l <"$work/lists/all") entries in the m
 cols=(native kernel)
 [ "$have_fov" = 1 ] && cols+=(fov)
 cols+=(uf)
+# FUSE over io_uring (`--io-uring`): the kernel switch is on for the run and
+# put back as it was at the end.
+uring_param=/sys/module/fuse/parameters/enable_uring
+if [ "$NO_URING" = 0 ] && [ -w "$uring_param" ]; then
+    uring_was=$(cat "$uring_param")
+    echo Y >"$uring_param"
+    cols+=(ufr)
+elif [ "$NO_URING" = 0 ]; then
+    note "unionfuse (root, io_uring) column skipped: this kernel has no FUSE over io_uring"
+fi
 declare -A cname=([native]="native ext4" [kernel]="kernel overlayfs" [fov]="fuse-overlayfs"
-    [uf]="unionfuse (root)" [ufu]="unionfuse (user)")
+    [uf]="unionfuse (root)" [ufr]="unionfuse (root, io_uring)" [ufu]="unionfuse (user)")
 
 cp bench/helper.sh "$work/bin/helper.sh"
 install -m 755 "$UF" "$work/bin/unionfuse"
@@ -389,7 +403,7 @@ remount() { humount && hmount; }
 
 # stats_sample: "op count" lines of the current unionfuse mount, or nothing.
 stats_sample() {
-    case $cur_col in uf | ufu) ;; *) return 0 ;; esac
+    case $cur_col in uf | ufr | ufu) ;; *) return 0 ;; esac
     [ "$mounted" = 1 ] || return 0
     local bin=$UF
     [ "$cur_col" = ufu ] && bin=$work/bin/unionfuse
@@ -420,7 +434,7 @@ measure() {
         v=fail
     fi
     case $cur_col in
-    uf | ufu)
+    uf | ufr | ufu)
         case $row in
         mount_ls | container)
             # Sampled from the mount the row made, if it is there.
@@ -605,7 +619,7 @@ others=()
 for c in "${cols[@]}"; do [ "$c" = kernel ] || others+=("$c"); done
 nonnative=()
 for c in "${cols[@]}"; do [ "$c" = native ] || nonnative+=("$c"); done
-short() { case $1 in native) echo native ;; kernel) echo kernel ;; fov) echo fuse-ovl ;; uf) echo uf-root ;; ufu) echo uf-user ;; esac; }
+short() { case $1 in native) echo native ;; kernel) echo kernel ;; fov) echo fuse-ovl ;; uf) echo uf-root ;; ufr) echo uf-uring ;; ufu) echo uf-user ;; esac; }
 
 qtag=
 [ "$QUICK" = 0 ] || qtag=" --quick"
@@ -638,7 +652,7 @@ legend="seconds, median (min-max) of $REPS interleaved repetitions; ratios are o
         for c in "${nonnative[@]}"; do printf ' %16s' "$(ratio "$row|$c" "$row|native")"; done
         echo
     done
-    for c in uf ufu; do
+    for c in uf ufr ufu; do
         [[ " ${cols[*]} " == *" $c "* ]] || continue
         echo
         echo "FUSE requests of ${cname[$c]} by opcode (repetition $REPS; what reaches the daemon):"
@@ -686,7 +700,7 @@ legend="seconds, median (min-max) of $REPS interleaved repetitions; ratios are o
     done
     echo
     echo "![ratios to kernel overlayfs]($(basename "$SVG"))"
-    for c in uf ufu; do
+    for c in uf ufr ufu; do
         [[ " ${cols[*]} " == *" $c "* ]] || continue
         echo
         echo "FUSE requests of ${cname[$c]} by opcode (repetition $REPS):"

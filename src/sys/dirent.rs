@@ -69,7 +69,10 @@ impl DirEntries {
     }
 
     fn read_with(fd: BorrowedFd<'_>, scratch: &mut [MaybeUninit<u8>]) -> SysResult<Self> {
-        let mut buf: Vec<u8> = Vec::with_capacity(GETDENTS_BUF);
+        // Sized by what the directory holds: most hold a few entries, and a
+        // buffer of GETDENTS_BUF for each would grow and shrink the heap
+        // (mprotect and page faults) on every listing of a walk.
+        let mut buf: Vec<u8> = Vec::new();
         let mut dir = RawDir::new(fd, scratch);
         loop {
             let e = match dir.next() {
