@@ -14,8 +14,9 @@
 //! every queue has an entry; a registration it refuses turns the ring off
 //! for the connection and requests flow over `/dev/fuse` to fuser again.
 //!
-//! A queue is one thread: a request that waits (a large copy-up, an fsync)
-//! holds back the other requests issued on its CPU until it is answered.
+//! Each queue has a few threads, each with a ring of its own holding one
+//! entry, so that a request that waits (a large copy-up, an fsync) holds
+//! back no other request unless all of its CPU's threads are busy.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -45,9 +46,12 @@ const ENT_IN_OUT_OFF: usize = 256;
 const COMMIT_ID_OFF: usize = ENT_IN_OUT_OFF + 8;
 const PAYLOAD_SZ_OFF: usize = ENT_IN_OUT_OFF + 16;
 
-/// Entries per queue: synchronous callers on one CPU wait one at a time;
-/// the others take background requests (readahead, release).
-const DEPTH: usize = 4;
+/// Threads (each with its own ring holding one entry) per queue. The kernel
+/// hands a request to any parked entry of its CPU's queue, so while one
+/// thread answers a slow request (a large copy-up, an fsync) the others
+/// take the rest. One entry per ring: a ring whose thread is busy has no
+/// entry parked, and none of its CPU's requests wait behind it.
+const THREADS_PER_QUEUE: usize = 3;
 
 /// A passthrough backing file registered for a ring reply; closed with the
 /// last handle that uses it, as fuser's `BackingId` is.
@@ -65,7 +69,7 @@ impl Drop for RawBacking {
     }
 }
 
-/// The ring's threads, one per possible CPU.
+/// The ring's threads, THREADS_PER_QUEUE per possible CPU.
 #[derive(Debug)]
 pub struct Ring {
     threads: Vec<JoinHandle<()>>,
@@ -82,16 +86,18 @@ impl Ring {
         let (tx, rx) = mpsc::channel();
         let mut threads = Vec::new();
         for qid in 0..queues {
-            let (core, dev, tx) = (Arc::clone(&core), Arc::clone(&dev), tx.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("uring-{qid}"))
-                .spawn(move || serve_queue(&core, dev, qid as u16, payload, tx))
-                .map_err(|e| format!("cannot start ring thread: {e}"))?;
-            threads.push(t);
+            for _ in 0..THREADS_PER_QUEUE {
+                let (core, dev, tx) = (Arc::clone(&core), Arc::clone(&dev), tx.clone());
+                let t = std::thread::Builder::new()
+                    .name(format!("uring-{qid}"))
+                    .spawn(move || serve_queue(&core, dev, qid as u16, payload, tx))
+                    .map_err(|e| format!("cannot start ring thread: {e}"))?;
+                threads.push(t);
+            }
         }
         drop(tx);
         let mut failure = None;
-        for r in rx.iter().take(queues) {
+        for r in rx.iter().take(queues * THREADS_PER_QUEUE) {
             if let Err(e) = r {
                 failure.get_or_insert(e);
             }
@@ -165,7 +171,7 @@ fn serve_queue(
         // the ring to start.
         debug!("io_uring queue {qid} not pinned: {e}");
     }
-    let mut q = match FuseQueue::register(Arc::clone(&dev), qid, DEPTH, plen) {
+    let mut q = match FuseQueue::register(Arc::clone(&dev), qid, 1, plen) {
         Ok(q) => q,
         Err(e) => {
             let _ = ready.send(Err(format!("registering queue {qid}: {e}")));
@@ -176,7 +182,7 @@ fn serve_queue(
     drop(ready);
 
     let mut scratch: Vec<u8> = Vec::new();
-    let mut done = Vec::with_capacity(DEPTH);
+    let mut done = Vec::with_capacity(1);
     loop {
         if let Err(e) = q.wait(&mut done) {
             warn!("io_uring queue {qid}: {e}");
