@@ -176,10 +176,18 @@ impl Tree {
         }
         let pst = sys::fstat(pfd.as_fd())?;
         let indexed = self.copy_up_locked(inode, pfd.w(), name, data)?;
-        // The copy itself was synced before it got its name; this makes
-        // the name durable too, so that a copy-up a caller saw finish
-        // survives a crash.
-        self.sync_dir(pfd.as_fd())?;
+        // The copy itself was synced before it got its name, so a crash
+        // shows the lower file or the whole copy. The name is made durable
+        // by the first fsync of the file (see `Tree::sync_name`), not
+        // here: a second journal commit per copy-up would nearly double
+        // its cost, and until that fsync nothing written to the copy is
+        // durable either. The names of an indexed copy, spread over
+        // several directories, are synced at once.
+        if indexed {
+            self.sync_dir(pfd.as_fd())?;
+        } else if !self.volatile {
+            inode.name_unsynced();
+        }
         // An indexed object is reached through its index entry from now
         // on, whichever of its names is used.
         inode.copied_up(indexed);

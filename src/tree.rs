@@ -368,6 +368,28 @@ impl Tree {
         inode
     }
 
+    /// Makes the name of a copy made by `copy_up` durable, if it is not
+    /// yet: before an fsync of the object, or a write that is to be
+    /// durable once it returns, can promise anything.
+    pub(crate) fn sync_name(&self, inode: &Arc<Inode>) -> Result<()> {
+        if !inode.take_name_unsynced() {
+            return Ok(());
+        }
+        // Its current parent: after a rename the old parent's entry is
+        // gone, and a journal commits the rename after the link.
+        let Some(parent) = inode.parent() else {
+            // No name left to keep.
+            return Ok(());
+        };
+        let r = self
+            .dir_fd(&parent, 0)
+            .and_then(|fd| self.sync_dir(fd.as_fd()));
+        if r.is_err() {
+            inode.name_unsynced();
+        }
+        r
+    }
+
     /// Makes the entries of upper directory `dir` (an `O_PATH` descriptor)
     /// durable, unless the mount is volatile.
     pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
