@@ -401,7 +401,10 @@ impl Tree {
         }
         let pst = sys::fstat(pfd.as_fd())?;
         sys::link_tmpfile(out.as_fd(), pfd.w(), loc.name.as_cstr())?;
-        self.sync_dir(pfd.as_fd())?;
+        // As for a full copy: the name is synced by the file's first fsync.
+        if !self.volatile {
+            inode.name_unsynced();
+        }
         keep_times(pfd.w(), &pst);
         inode.relocate(Place::MetaCopy {
             meta: 0,
