@@ -270,11 +270,15 @@ impl Inode {
         self.name_unsynced.store(true, Ordering::Release);
     }
 
-    /// Whether the entry of the copy still has to be synced, clearing it:
-    /// a caller that gets `true` syncs the parent, or calls
-    /// [`Inode::name_unsynced`] again if it cannot.
-    pub fn take_name_unsynced(&self) -> bool {
-        self.name_unsynced.swap(false, Ordering::AcqRel)
+    /// Whether the entry of the copy still has to be synced. Cleared only
+    /// once it is ([`Inode::name_synced`]), so that an fsync that finds it
+    /// clear never returns while another one is still syncing it.
+    pub fn is_name_unsynced(&self) -> bool {
+        self.name_unsynced.load(Ordering::Acquire)
+    }
+
+    pub fn name_synced(&self) {
+        self.name_unsynced.store(false, Ordering::Release);
     }
 
     /// Every name of the object is gone.
