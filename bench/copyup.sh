@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What durable copy-up costs: first writes to many small lower files and to
-# one big one, on unionfuse (copies synced before they get their name, and
-# their directory after), unionfuse --volatile (no sync), and kernel
+# one big one, on unionfuse (copies synced before they get their name; the
+# name is synced by a later fsync), unionfuse --volatile (no sync), and kernel
 # overlayfs with and without `volatile` (the kernel syncs copied-up data
 # too). Layers on a journaled ext4 loop image; medians of BENCH_REPS
-# interleaved repetitions, each on a fresh upper. Prints figures and
-# ratios; there is no pass/fail.
+# interleaved repetitions, each on a fresh upper, each starting with
+# another configuration, then `cp` plus fsync of the big file as the floor
+# for a durable copy. Prints figures and ratios; there is no pass/fail.
 #
 #   sudo bench/copyup.sh
 #
@@ -31,7 +32,12 @@ cleanup() {
     local rc=$?
     set +e
     unmount_matching "$work/"
-    mountpoint -q "$fs" && umount "$fs"
+    # A daemon whose mount was just cut holds the upper a moment longer.
+    for _ in $(seq 40); do
+        mountpoint -q "$fs" || break
+        umount "$fs" 2>/dev/null || sleep 0.25
+    done
+    mountpoint -q "$fs" && umount -l "$fs"
     rm -rf --one-file-system "$work"
     exit "$rc"
 }
@@ -103,7 +109,10 @@ unmount_cfg() {
 cfgs=(unionfuse unionfuse-volatile overlayfs overlayfs-volatile)
 declare -A R
 for ((rep = 0; rep < REPS; rep++)); do
-    for c in "${cfgs[@]}"; do
+    # Each repetition starts with another configuration: the first after
+    # the setup (or after the previous repetition) meets a colder disk.
+    for ((i = 0; i < ${#cfgs[@]}; i++)); do
+        c=${cfgs[$(((i + rep) % ${#cfgs[@]}))]}
         fresh_upper
         mount_cfg "$c"
         R["small|$c|$rep"]=$(ms append_small "$mnt")
@@ -124,7 +133,6 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
 echo
 echo "copy-up cost: $SMALL files of 4 KiB and one $BIG_MB MiB file, journaled ext4 loop image, $(nproc) cores, median of $REPS"
 printf '%-22s %14s %14s %12s\n' "" "small (ms)" "big (ms)" "vs overlayfs"
-base_small=
 for c in "${cfgs[@]}"; do
     s=() b=()
     for ((rep = 0; rep < REPS; rep++)); do

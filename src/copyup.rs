@@ -30,6 +30,15 @@ struct Source<'a> {
 /// Largest chunk handed to one `copy_file_range` call.
 const COPY_CHUNK: usize = 1 << 30;
 
+/// How much of a copy that is to be synced is copied before its
+/// writeback starts; see [`Flusher`].
+const FLUSH_CHUNK: u64 = 8 << 20;
+
+/// How many chunks of a copy may be under writeback before the copy waits
+/// for the oldest: the dirty pages one copy-up holds stay under
+/// `(FLUSH_LAG + 1) * FLUSH_CHUNK`.
+const FLUSH_LAG: usize = 2;
+
 /// A staged object: removed again unless [`Staged::keep`] is called, so an
 /// error half-way leaves nothing behind.
 pub(crate) struct Staged<'a> {
@@ -167,10 +176,18 @@ impl Tree {
         }
         let pst = sys::fstat(pfd.as_fd())?;
         let indexed = self.copy_up_locked(inode, pfd.w(), name, data)?;
-        // The copy itself was synced before it got its name; this makes
-        // the name durable too, so that a copy-up a caller saw finish
-        // survives a crash.
-        self.sync_dir(pfd.as_fd())?;
+        // The copy itself was synced before it got its name, so a crash
+        // shows the lower file or the whole copy. The name is made durable
+        // by the first fsync of the file (see `Tree::sync_name`), not
+        // here: a second journal commit per copy-up would nearly double
+        // its cost, and until that fsync nothing written to the copy is
+        // durable either. The names of an indexed copy, spread over
+        // several directories, are synced at once.
+        if indexed {
+            self.sync_dir(pfd.as_fd())?;
+        } else if !self.volatile {
+            inode.name_unsynced();
+        }
         // An indexed object is reached through its index entry from now
         // on, whichever of its names is used.
         inode.copied_up(indexed);
@@ -313,7 +330,7 @@ impl Tree {
         if data && st.st_size > 0 {
             let (sdir, sname) = data_src.dir_and_name();
             let input = open_for_copy(sdir, sname)?;
-            copy_file_data(input.as_fd(), out, st.st_size as u64)?;
+            copy_file_data(input.as_fd(), out, st.st_size as u64, !self.volatile)?;
         }
         self.copy_meta(src, st, WTarget::Fd(Writable::new(out)), ino)?;
         // Before the copy gets a name: a crash must never leave a name
@@ -384,7 +401,10 @@ impl Tree {
         }
         let pst = sys::fstat(pfd.as_fd())?;
         sys::link_tmpfile(out.as_fd(), pfd.w(), loc.name.as_cstr())?;
-        self.sync_dir(pfd.as_fd())?;
+        // As for a full copy: the name is synced by the file's first fsync.
+        if !self.volatile {
+            inode.name_unsynced();
+        }
         keep_times(pfd.w(), &pst);
         inode.relocate(Place::MetaCopy {
             meta: 0,
@@ -412,7 +432,12 @@ impl Tree {
             let src = self.data_object(inode)?;
             let (sdir, sname) = src.dir_and_name();
             let input = open_for_copy(sdir, sname)?;
-            copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+            copy_file_data(
+                input.as_fd(),
+                out.as_fd(),
+                st.st_size as u64,
+                !self.volatile,
+            )?;
         } else {
             sys::ftruncate(out.as_fd(), 0)?;
         }
@@ -668,11 +693,19 @@ fn read_xattr(t: XTarget<'_>, attr: &CStr, buf: &mut Vec<u8>) -> Result<()> {
 
 /// Copies `size` bytes of file data in the kernel: a reflink where the
 /// filesystem shares blocks, else `copy_file_range` over the data segments
-/// only, so holes stay holes.
-pub(crate) fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+/// only, so holes stay holes. With `flush` (a copy that is to be synced)
+/// the copy is written back while it is made, see [`Flusher`].
+pub(crate) fn copy_file_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    flush: bool,
+) -> Result<()> {
     if sys::ficlone(dst, src).is_ok() {
         return Ok(());
     }
+    // A file of one chunk gains nothing: its fsync writes it just as soon.
+    let mut flusher = Flusher::new(dst, flush && size > FLUSH_CHUNK);
     let mut off = 0;
     while off < size {
         let Some(data) = sys::seek_data(src, off, libc::SEEK_DATA)? else {
@@ -681,7 +714,7 @@ pub(crate) fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64
         let hole = sys::seek_data(src, data, libc::SEEK_HOLE)?
             .unwrap_or(size)
             .min(size);
-        copy_range(src, dst, data, hole - data)?;
+        copy_range(src, dst, data, hole - data, &mut flusher)?;
         off = hole;
     }
     // Sets the size past a trailing hole.
@@ -689,12 +722,70 @@ pub(crate) fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64
     Ok(())
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u64) -> Result<()> {
+/// Writes a copy back as it is made, so that its fsync finds little left
+/// to do: each [`FLUSH_CHUNK`] copied is handed to writeback at once, and
+/// the copy waits for the writeback of the chunk [`FLUSH_LAG`] chunks
+/// back. The disk then writes while the kernel copies instead of after
+/// it, and the dirty pages a big copy-up leaves stay bounded rather than
+/// filling the dirty limit and being written back all at once by the fsync.
+struct Flusher<'a> {
+    fd: BorrowedFd<'a>,
+    on: bool,
+    started: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl<'a> Flusher<'a> {
+    fn new(fd: BorrowedFd<'a>, on: bool) -> Flusher<'a> {
+        Flusher {
+            fd,
+            on,
+            started: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The largest piece to copy in one call.
+    fn chunk(&self) -> u64 {
+        if self.on {
+            FLUSH_CHUNK
+        } else {
+            COPY_CHUNK as u64
+        }
+    }
+
+    /// `len` bytes at `off` were just copied.
+    fn copied(&mut self, off: u64, len: u64) {
+        if !self.on || len == 0 {
+            return;
+        }
+        let mut r = sys::sync_file_range(self.fd, off, len, false);
+        self.started.push_back((off, len));
+        if self.started.len() > FLUSH_LAG
+            && let Some((o, l)) = self.started.pop_front()
+        {
+            r = r.and_then(|()| sys::sync_file_range(self.fd, o, l, true));
+        }
+        if let Err(e) = r {
+            // Only a head start: the fsync that follows the copy writes
+            // whatever is left and reports what failed.
+            debug!("copy-up: early writeback: {e}");
+            self.on = false;
+        }
+    }
+}
+
+fn copy_range(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    mut off: u64,
+    mut len: u64,
+    flusher: &mut Flusher<'_>,
+) -> Result<()> {
     while len > 0 {
-        let chunk = len.min(COPY_CHUNK as u64) as usize;
+        let chunk = len.min(flusher.chunk()) as usize;
         match sys::copy_file_range(src, dst, off, chunk) {
             Ok(0) => return Ok(()),
             Ok(n) => {
+                flusher.copied(off, n as u64);
                 off += n as u64;
                 len -= n as u64;
             }
@@ -704,7 +795,7 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, mut len: u
                     Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
                 ) =>
             {
-                return copy_range_rw(src, dst, off, len);
+                return copy_range_rw(src, dst, off, len, flusher);
             }
             Err(e) => return Err(e.into()),
         }
@@ -718,6 +809,7 @@ fn copy_range_rw(
     dst: BorrowedFd<'_>,
     mut off: u64,
     mut len: u64,
+    flusher: &mut Flusher<'_>,
 ) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     while len > 0 {
@@ -730,6 +822,7 @@ fn copy_range_rw(
         while done < n {
             done += sys::pwrite(dst, &buf[done..n], off + done as u64)?;
         }
+        flusher.copied(off, n as u64);
         off += n as u64;
         len -= n as u64;
     }

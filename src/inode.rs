@@ -73,6 +73,9 @@ pub struct Inode {
     /// Every name is gone; only open handles still reach the object.
     /// Written under `names`, read without it.
     dead: AtomicBool,
+    /// The object was copied up and the directory entry of its copy was
+    /// not synced yet: the copy's data is durable, its name may not be.
+    name_unsynced: AtomicBool,
     /// Where the object lives, and the directory descriptors that reach it
     /// there: one lock, so that a copy-up changes both at once.
     state: RwLock<State>,
@@ -154,6 +157,7 @@ impl Inode {
                 aliases: Vec::new(),
             }),
             dead: AtomicBool::new(false),
+            name_unsynced: AtomicBool::new(false),
             state: RwLock::new(State {
                 place,
                 fds: Vec::new(),
@@ -259,6 +263,22 @@ impl Inode {
             .loc
             .as_ref()
             .map(|l| Arc::clone(&l.parent))
+    }
+
+    /// The copy just made is durable, its entry in the parent not yet.
+    pub fn name_unsynced(&self) {
+        self.name_unsynced.store(true, Ordering::Release);
+    }
+
+    /// Whether the entry of the copy still has to be synced. Cleared only
+    /// once it is ([`Inode::name_synced`]), so that an fsync that finds it
+    /// clear never returns while another one is still syncing it.
+    pub fn is_name_unsynced(&self) -> bool {
+        self.name_unsynced.load(Ordering::Acquire)
+    }
+
+    pub fn name_synced(&self) {
+        self.name_unsynced.store(false, Ordering::Release);
     }
 
     /// Every name of the object is gone.

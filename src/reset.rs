@@ -318,7 +318,12 @@ fn copy_tree(
                 libc::S_IFREG => {
                     let input = crate::copyup::open_for_copy(e.dir, c)?;
                     let out = sys::create_file(w, c, libc::O_WRONLY, 0o600)?;
-                    crate::copyup::copy_file_data(input.as_fd(), out.as_fd(), st.st_size as u64)?;
+                    crate::copyup::copy_file_data(
+                        input.as_fd(),
+                        out.as_fd(),
+                        st.st_size as u64,
+                        false,
+                    )?;
                 }
                 libc::S_IFLNK => {
                     let t = sys::readlinkat(e.dir, c)?;

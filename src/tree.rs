@@ -368,6 +368,29 @@ impl Tree {
         inode
     }
 
+    /// Makes the name of a copy made by `copy_up` durable, if it is not
+    /// yet: before an fsync of the object, or a write that is to be
+    /// durable once it returns, can promise anything.
+    pub(crate) fn sync_name(&self, inode: &Arc<Inode>) -> Result<()> {
+        if !inode.is_name_unsynced() {
+            return Ok(());
+        }
+        // Concurrent fsyncs of the object wait for the one that syncs.
+        let _g = inode.copy_lock();
+        if !inode.is_name_unsynced() {
+            return Ok(());
+        }
+        // Its current parent: after a rename the old parent's entry is
+        // gone, and a journal commits the rename after the link.
+        if let Some(parent) = inode.parent() {
+            let fd = self.dir_fd(&parent, 0)?;
+            self.sync_dir(fd.as_fd())?;
+        }
+        // Without a parent no name is left to keep.
+        inode.name_synced();
+        Ok(())
+    }
+
     /// Makes the entries of upper directory `dir` (an `O_PATH` descriptor)
     /// durable, unless the mount is volatile.
     pub(crate) fn sync_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {

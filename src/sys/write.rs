@@ -202,6 +202,24 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> SysResult<()> {
     }
 }
 
+/// Starts writeback of a byte range (`SYNC_FILE_RANGE_WRITE`), or, with
+/// `wait`, also waits for the range's earlier writeback and for this one.
+/// Only a hint of what to write early: it makes nothing durable, as it
+/// writes neither metadata nor a cache flush.
+pub fn sync_file_range(fd: BorrowedFd<'_>, offset: u64, len: u64, wait: bool) -> SysResult<()> {
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    // SAFETY: plain integers; the descriptor is borrowed for the call.
+    let rc = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset as i64, len as i64, flags) };
+    super::cvt(rc)?;
+    Ok(())
+}
+
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> SysResult<()> {
     let mode = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
     Ok(rustix::fs::fallocate(fd, mode, offset, len)?)

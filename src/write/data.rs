@@ -19,6 +19,11 @@ impl Union {
             return Err(Error::ROFS);
         }
         self.copy_up(&inode, flags & libc::O_TRUNC == 0)?;
+        if flags & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+            // Each write through this handle is durable when it returns,
+            // which means nothing unless the copy's name is.
+            self.sync_name(&inode)?;
+        }
         let obj = self.object(&inode)?;
         // Copied up above: the object is the upper's.
         let (dir, name) = obj.upper_dir_and_name();
@@ -44,7 +49,12 @@ impl Union {
             return Ok(());
         }
         match &*self.handles.get(fh)? {
-            Handle::File { fd, .. } => Ok(sys::fsync(fd.as_fd(), datasync)?),
+            Handle::File { fd, inode, .. } => {
+                // fdatasync too: a copy-up is the file's name, which its
+                // data is useless without.
+                self.sync_name(inode)?;
+                Ok(sys::fsync(fd.as_fd(), datasync)?)
+            }
         }
     }
 
