@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use dashmap::mapref::entry::{Entry, OccupiedEntry, VacantEntry};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
@@ -603,27 +603,60 @@ impl InodeTable {
         match self.map.entry(nodeid) {
             Entry::Occupied(mut e) => {
                 let cur = e.get();
-                if cur.dead.load(Ordering::Acquire) && cur.kind != kind {
-                    // The number of an unlinked object was reused by one of
-                    // another type: the kernel gets a fresh inode anyway.
-                    let count = cur.lookups.load(Ordering::Relaxed) + 1;
-                    let mut inode = make();
-                    inode.generation = cur.generation + 1;
-                    inode.lookups.store(count, Ordering::Relaxed);
-                    e.insert(Arc::new(inode));
-                    return Arc::clone(e.get());
+                if cur.kind != kind {
+                    // The number of a removed object was reused by one of
+                    // another type (an object never changes type). The old
+                    // one may not be marked dead yet: its remover frees the
+                    // number on disk before it updates the table.
+                    return Self::take_over(&mut e, make);
                 }
                 cur.lookups.fetch_add(1, Ordering::Relaxed);
                 Arc::clone(cur)
             }
-            Entry::Vacant(v) => {
-                let inode = make();
-                inode.lookups.store(1, Ordering::Relaxed);
-                let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
-                self.peak.fetch_max(live, Ordering::Relaxed);
-                Arc::clone(v.insert(Arc::new(inode)).value())
-            }
+            Entry::Vacant(v) => self.insert_new(v, make),
         }
+    }
+
+    /// Records one kernel lookup of an object just made in the upper
+    /// layer. Its number was free on disk a moment before, so whatever the
+    /// table holds under it is a removed object, dead or about to be
+    /// marked so, and never the new one: reviving it would hand the new
+    /// object the old one's generation, and the kernel, which may still
+    /// hold the old inode, would take one for the other.
+    pub fn insert_created(&self, nodeid: u64, make: impl FnOnce() -> Inode) -> Arc<Inode> {
+        match self.map.entry(nodeid) {
+            Entry::Occupied(mut e) => Self::take_over(&mut e, make),
+            Entry::Vacant(v) => self.insert_new(v, make),
+        }
+    }
+
+    /// Puts a new object in place of the one `e` holds under its reused
+    /// number: the next generation, so that the kernel tells them apart,
+    /// and the old one's lookups kept, which the kernel will forget under
+    /// the same nodeid.
+    fn take_over(
+        e: &mut OccupiedEntry<'_, u64, Arc<Inode>>,
+        make: impl FnOnce() -> Inode,
+    ) -> Arc<Inode> {
+        let cur = e.get();
+        let count = cur.lookups.load(Ordering::Relaxed) + 1;
+        let mut inode = make();
+        inode.generation = cur.generation + 1;
+        inode.lookups.store(count, Ordering::Relaxed);
+        e.insert(Arc::new(inode));
+        Arc::clone(e.get())
+    }
+
+    fn insert_new(
+        &self,
+        v: VacantEntry<'_, u64, Arc<Inode>>,
+        make: impl FnOnce() -> Inode,
+    ) -> Arc<Inode> {
+        let inode = make();
+        inode.lookups.store(1, Ordering::Relaxed);
+        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+        Arc::clone(v.insert(Arc::new(inode)).value())
     }
 
     /// Every inode in the table (for the rare fix-ups that touch a subtree).

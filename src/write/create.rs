@@ -11,7 +11,7 @@ use super::{Caller, new_name};
 use crate::copyup::Staged;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
-use crate::inode::Inode;
+use crate::inode::{Inode, Location};
 use crate::layer::Place;
 use crate::layer::whiteout::{self, StagingSlot};
 use crate::name::Name;
@@ -198,10 +198,13 @@ impl Union {
         let st_ino = self.layers.st_ino(st.st_dev, st.st_ino);
         let kind = st.st_mode & libc::S_IFMT;
         let place = Place::found(&[0], kind == libc::S_IFDIR, true);
-        let (inode, known) = self.enter(parent, name, st_ino, kind, place);
-        if known {
-            inode.note_location(parent, name);
-        }
+        let inode = self.inodes.insert_created(st_ino, || {
+            let loc = Location {
+                parent: Arc::clone(parent),
+                name: name.clone(),
+            };
+            Inode::new(st_ino, st_ino, kind, Some(loc), place)
+        });
         parent.changed();
         st.st_ino = inode.st_ino;
         self.present(&inode, &mut st);

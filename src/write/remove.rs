@@ -31,11 +31,14 @@ impl Union {
             self.copy_up_at(&inode, &p, &name, true)?;
             in_upper = sys::fstatat(self.upper_dir(&p)?.as_fd(), name.as_cstr()).is_ok();
         }
+        // Taken before the name goes: from then on the number is free on
+        // disk, and a concurrent create may enter a new object under it.
+        let inode = self.inodes.get(st_ino);
         self.remove_entry(&p, &name, in_upper, false)?;
         if linked {
             self.upper()?.adjust_nlink(st_ino, -1);
         }
-        if let Ok(i) = self.inodes.get(st_ino) {
+        if let Ok(i) = inode {
             i.remove_location(&p, name.as_bytes());
         }
         p.changed();
