@@ -384,6 +384,7 @@ pub fn publish(cfg: &MountConfig, mounted: &Mounted) -> Option<Published> {
         work: cfg.work.clone(),
         read_only: cfg.read_only,
         started: runtime::now_secs(),
+        pid_ns: runtime::own_pid_ns(),
     };
     match Published::publish(&rec) {
         Ok(p) => Some(p),

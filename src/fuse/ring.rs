@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, info, warn};
 
@@ -73,6 +73,8 @@ impl Drop for RawBacking {
 #[derive(Debug)]
 pub struct Ring {
     threads: Vec<JoinHandle<()>>,
+    /// Disconnected once every thread has ended: each holds a sender.
+    ended: mpsc::Receiver<()>,
 }
 
 impl Ring {
@@ -84,25 +86,31 @@ impl Ring {
         let queues = possible_cpus()?;
         let payload = payload_len();
         let (tx, rx) = mpsc::channel();
+        let (alive, ended) = mpsc::channel::<()>();
         let mut threads = Vec::new();
         for qid in 0..queues {
             for _ in 0..THREADS_PER_QUEUE {
                 let (core, dev, tx) = (Arc::clone(&core), Arc::clone(&dev), tx.clone());
+                let alive = alive.clone();
                 let t = std::thread::Builder::new()
                     .name(format!("uring-{qid}"))
-                    .spawn(move || serve_queue(&core, dev, qid as u16, payload, tx))
+                    .spawn(move || {
+                        serve_queue(&core, dev, qid as u16, payload, tx);
+                        drop(alive);
+                    })
                     .map_err(|e| format!("cannot start ring thread: {e}"))?;
                 threads.push(t);
             }
         }
         drop(tx);
+        drop(alive);
         let mut failure = None;
         for r in rx.iter().take(queues * THREADS_PER_QUEUE) {
             if let Err(e) = r {
                 failure.get_or_insert(e);
             }
         }
-        let ring = Ring { threads };
+        let ring = Ring { threads, ended };
         match failure {
             None => Ok(ring),
             Some(e) => {
@@ -118,16 +126,13 @@ impl Ring {
     /// completes their parked entries with an error, and a request being
     /// answered is finished first. Gives up after `limit`.
     pub fn join(self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        for t in self.threads {
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+        match self.ended.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                for t in self.threads {
+                    let _ = t.join();
+                }
             }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                warn!("an io_uring queue thread did not end with the connection");
-            }
+            _ => warn!("an io_uring queue thread did not end with the connection"),
         }
     }
 
