@@ -38,6 +38,14 @@ fn sh(cmd: &str, args: &[&std::ffi::OsStr]) {
 }
 
 impl Ext4 {
+    /// An upper and a work directory on the image.
+    fn upper_and_work(&self) -> (PathBuf, PathBuf) {
+        let (upper, work) = (self.dir.join("upper"), self.dir.join("work"));
+        fs::create_dir(&upper).expect("upper");
+        fs::create_dir(&work).expect("work");
+        (upper, work)
+    }
+
     fn new(s: &Scratch) -> Ext4 {
         let img = s.path("upper.img");
         let f = fs::File::create(&img).expect("image");
@@ -147,10 +155,7 @@ fn a_power_cut_leaves_each_change_whole_or_absent() {
     write(&lower, "opq/b", "b\n");
     fs::write(lower.join("mv_src"), data(1 << 20, 9)).expect("lower file");
     let ext4 = Ext4::new(&s);
-    let upper = ext4.dir.join("upper");
-    let work = ext4.dir.join("work");
-    fs::create_dir(&upper).expect("upper");
-    fs::create_dir(&work).expect("work");
+    let (upper, work) = ext4.upper_and_work();
     let mnt = s.mkdir("mnt");
     let work_arg = work.to_str().expect("utf-8 path");
 
@@ -235,10 +240,7 @@ fn an_fsync_after_a_copy_up_makes_the_copy_durable() {
         fs::write(lower.join(format!("d/{name}")), data(*n, i as u32)).expect("lower file");
     }
     let ext4 = Ext4::new(&s);
-    let upper = ext4.dir.join("upper");
-    let work = ext4.dir.join("work");
-    fs::create_dir(&upper).expect("upper");
-    fs::create_dir(&work).expect("work");
+    let (upper, work) = ext4.upper_and_work();
     let mnt = s.mkdir("mnt");
     let work_arg = work.to_str().expect("utf-8 path");
 
@@ -286,10 +288,7 @@ fn an_fsync_after_a_metadata_copy_up_makes_it_durable() {
     let lower = s.mkdir("lower");
     fs::write(lower.join("f"), data(1 << 20, 3)).expect("lower file");
     let ext4 = Ext4::new(&s);
-    let upper = ext4.dir.join("upper");
-    let work = ext4.dir.join("work");
-    fs::create_dir(&upper).expect("upper");
-    fs::create_dir(&work).expect("work");
+    let (upper, work) = ext4.upper_and_work();
     let mnt = s.mkdir("mnt");
     let args = ["--work", work.to_str().expect("utf-8 path"), "--metacopy"];
 
