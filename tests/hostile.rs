@@ -18,7 +18,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -52,22 +52,24 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
         ],
     );
     let stop = Arc::new(AtomicBool::new(false));
+    // Counted as they happen, so that a loaded machine gets more time
+    // instead of a race that never ran.
+    let (swaps, ops) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let racer = {
         let (upper, canary, stop) = (upper.clone(), canary.clone(), Arc::clone(&stop));
+        let swaps = Arc::clone(&swaps);
         std::thread::spawn(move || {
             let (d, real) = (upper.join("d"), upper.join("d.real"));
-            let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if fs::rename(&d, &real).is_ok() {
                     if symlink(&canary, &d).is_ok() {
-                        swaps += 1;
+                        swaps.fetch_add(1, Ordering::Relaxed);
                         std::thread::yield_now();
                         let _ = fs::remove_file(&d);
                     }
                     let _ = fs::rename(&real, &d);
                 }
             }
-            swaps
         })
     };
     // The workers reach the mount through descriptors opened without
@@ -76,11 +78,12 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
     // through it would take a worker, not the daemon, into the canary.
     let workers: Vec<_> = (0..3)
         .map(|w| {
-            let (mnt, stop) = (m.mnt.clone(), Arc::clone(&stop));
+            let (mnt, stop, ops) = (m.mnt.clone(), Arc::clone(&stop), Arc::clone(&ops));
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
+                    ops.fetch_add(1, Ordering::Relaxed);
                     let Some(d) = open_dir_nofollow(&mnt.join("d")) else {
                         continue;
                     };
@@ -125,17 +128,20 @@ fn swapping_upper_directories_for_symlinks_never_leads_writes_outside() {
                     });
                     let _ = fs::read_dir(format!("/proc/self/fd/{}", d.0)).map(|r| r.count());
                 }
-                n
             })
         })
         .collect();
     let t0 = Instant::now();
-    while t0.elapsed() < RACE {
+    let ran = || swaps.load(Ordering::Relaxed) > 0 && ops.load(Ordering::Relaxed) > 0;
+    while t0.elapsed() < RACE || (!ran() && t0.elapsed() < RACE * 10) {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
-    let swaps = racer.join().expect("racer");
-    let ops: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    racer.join().expect("racer");
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let (swaps, ops) = (swaps.load(Ordering::Relaxed), ops.load(Ordering::Relaxed));
     // The daemon lived through it.
     assert!(
         fs::read_dir(m.path("")).map(|r| r.count()).unwrap_or(0) > 0,
