@@ -84,12 +84,22 @@ impl Ring {
     /// `/dev/fuse`).
     pub fn start(core: Arc<Core>, dev: Arc<OwnedFd>) -> Result<Ring, String> {
         let queues = possible_cpus()?;
+        // A CPU that is possible but offline (hotplug slots of a cloud VM)
+        // issues no requests until it comes online; one thread keeps its
+        // queue registered.
+        let online = cpu_list("/sys/devices/system/cpu/online").ok();
+        let per_queue = |q: usize| match &online {
+            Some(on) if !on.contains(&q) => 1,
+            _ => THREADS_PER_QUEUE,
+        };
+        let mut expected = 0;
         let payload = payload_len();
         let (tx, rx) = mpsc::channel();
         let (alive, ended) = mpsc::channel::<()>();
         let mut threads = Vec::new();
         for qid in 0..queues {
-            for _ in 0..THREADS_PER_QUEUE {
+            for _ in 0..per_queue(qid) {
+                expected += 1;
                 let (core, dev, tx) = (Arc::clone(&core), Arc::clone(&dev), tx.clone());
                 let alive = alive.clone();
                 let t = std::thread::Builder::new()
@@ -105,7 +115,7 @@ impl Ring {
         drop(tx);
         drop(alive);
         let mut failure = None;
-        for r in rx.iter().take(queues * THREADS_PER_QUEUE) {
+        for r in rx.iter().take(expected) {
             if let Err(e) = r {
                 failure.get_or_insert(e);
             }
@@ -144,17 +154,28 @@ impl Ring {
 /// Queues the kernel keeps: one per possible CPU (`num_possible_cpus()`),
 /// numbered 0..N.
 fn possible_cpus() -> Result<usize, String> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .map_err(|e| format!("cannot read /sys/devices/system/cpu/possible: {e}"))?;
-    let mut n = 0;
-    for part in s.trim().split(',') {
-        let last = part.rsplit('-').next().unwrap_or(part);
-        let last: usize = last
-            .parse()
-            .map_err(|_| format!("cannot parse possible CPUs {:?}", s.trim()))?;
-        n = n.max(last + 1);
+    let cpus = cpu_list("/sys/devices/system/cpu/possible")?;
+    Ok(cpus.iter().max().map_or(1, |m| m + 1))
+}
+
+/// The CPUs of the sysfs list at `path`.
+fn cpu_list(path: &str) -> Result<Vec<usize>, String> {
+    let s = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_cpu_list(&s).ok_or_else(|| format!("cannot parse the CPU list {:?} of {path}", s.trim()))
+}
+
+/// The CPUs of a list such as `0-3,5,7-8`.
+fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+        if b < a || b > 1 << 16 {
+            return None;
+        }
+        out.extend(a..=b);
     }
-    Ok(n.max(1))
+    Some(out)
 }
 
 /// The payload buffer the kernel demands at registration: at least
@@ -697,5 +718,21 @@ pub fn announce(on: bool, why: Option<&str>) {
         (true, _) => info!("transport: io_uring"),
         (false, Some(w)) => warn!("io_uring transport unavailable ({w}); serving over /dev/fuse"),
         (false, None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists_as_sysfs_writes_them() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0,2-4,7"), Some(vec![0, 2, 3, 4, 7]));
+        assert_eq!(parse_cpu_list("3"), Some(vec![3]));
+        assert_eq!(parse_cpu_list("\n"), Some(vec![]));
+        assert_eq!(parse_cpu_list("4-2"), None);
+        assert_eq!(parse_cpu_list("0-x"), None);
+        assert_eq!(parse_cpu_list("0-99999999"), None);
     }
 }
