@@ -14,107 +14,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{Mounted, Scratch, skip_as_non_root, write};
-
-/// A journaled ext4 filesystem on a loop image, mounted at `dir`.
-struct Ext4 {
-    img: PathBuf,
-    dir: PathBuf,
-}
-
-fn sh(cmd: &str, args: &[&std::ffi::OsStr]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test installs e2fsprogs and xfsprogs)"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Ext4 {
-    /// An upper and a work directory on the image.
-    fn upper_and_work(&self) -> (PathBuf, PathBuf) {
-        let (upper, work) = (self.dir.join("upper"), self.dir.join("work"));
-        fs::create_dir(&upper).expect("upper");
-        fs::create_dir(&work).expect("work");
-        (upper, work)
-    }
-
-    fn new(s: &Scratch) -> Ext4 {
-        let img = s.path("upper.img");
-        let f = fs::File::create(&img).expect("image");
-        f.set_len(256 << 20).expect("size image");
-        drop(f);
-        sh(
-            "mkfs.ext4",
-            &["-q".as_ref(), "-F".as_ref(), img.as_os_str()],
-        );
-        let e = Ext4 {
-            img,
-            dir: s.mkdir("ext4"),
-        };
-        e.mount();
-        e
-    }
-
-    fn mount(&self) {
-        sh(
-            "mount",
-            &[
-                "-o".as_ref(),
-                "loop".as_ref(),
-                self.img.as_os_str(),
-                self.dir.as_os_str(),
-            ],
-        );
-    }
-
-    /// What a power cut leaves: the journal is flushed, unsynced data is
-    /// lost, and every later write fails.
-    fn power_cut(&self) {
-        sh(
-            "xfs_io",
-            &[
-                "-x".as_ref(),
-                "-c".as_ref(),
-                "shutdown -f".as_ref(),
-                self.dir.as_os_str(),
-            ],
-        );
-    }
-
-    /// A power cut that also loses what the journal had not committed:
-    /// only what an fsync made durable survives.
-    fn power_cut_unflushed(&self) {
-        sh(
-            "xfs_io",
-            &[
-                "-x".as_ref(),
-                "-c".as_ref(),
-                "shutdown".as_ref(),
-                self.dir.as_os_str(),
-            ],
-        );
-    }
-
-    /// Unmounts and mounts again: the journal is replayed.
-    fn reboot(&self) {
-        sh("umount", &[self.dir.as_os_str()]);
-        self.mount();
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
+use common::{Ext4, Mounted, Scratch, skip_as_non_root, write};
 
 /// Deterministic bytes that are never all zeros.
 fn data(len: usize, seed: u32) -> Vec<u8> {
@@ -154,7 +56,7 @@ fn a_power_cut_leaves_each_change_whole_or_absent() {
     write(&lower, "opq/a", "a\n");
     write(&lower, "opq/b", "b\n");
     fs::write(lower.join("mv_src"), data(1 << 20, 9)).expect("lower file");
-    let ext4 = Ext4::new(&s);
+    let ext4 = Ext4::new(&s, "ext4");
     let (upper, work) = ext4.upper_and_work();
     let mnt = s.mkdir("mnt");
     let work_arg = work.to_str().expect("utf-8 path");
@@ -239,7 +141,7 @@ fn an_fsync_after_a_copy_up_makes_the_copy_durable() {
     for (i, (name, n)) in files.iter().enumerate() {
         fs::write(lower.join(format!("d/{name}")), data(*n, i as u32)).expect("lower file");
     }
-    let ext4 = Ext4::new(&s);
+    let ext4 = Ext4::new(&s, "ext4");
     let (upper, work) = ext4.upper_and_work();
     let mnt = s.mkdir("mnt");
     let work_arg = work.to_str().expect("utf-8 path");
@@ -287,7 +189,7 @@ fn an_fsync_after_a_metadata_copy_up_makes_it_durable() {
     let s = Scratch::new();
     let lower = s.mkdir("lower");
     fs::write(lower.join("f"), data(1 << 20, 3)).expect("lower file");
-    let ext4 = Ext4::new(&s);
+    let ext4 = Ext4::new(&s, "ext4");
     let (upper, work) = ext4.upper_and_work();
     let mnt = s.mkdir("mnt");
     let args = ["--work", work.to_str().expect("utf-8 path"), "--metacopy"];

@@ -15,57 +15,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{KernelOverlay, Mounted, Scratch, skip_as_non_root};
-
-/// An ext4 filesystem on a loop image, mounted at `dir` until dropped.
-struct Ext4 {
-    dir: PathBuf,
-}
-
-impl Ext4 {
-    fn new(s: &Scratch, name: &str) -> Ext4 {
-        let img = s.path(&format!("{name}.img"));
-        let f = fs::File::create(&img).expect("image");
-        f.set_len(64 << 20).expect("size image");
-        drop(f);
-        let dir = s.mkdir(name);
-        for (cmd, args) in [
-            ("mkfs.ext4", vec!["-q", "-F"]),
-            ("mount", vec!["-o", "loop"]),
-        ] {
-            let mut c = Command::new(cmd);
-            c.args(args).arg(&img);
-            if cmd == "mount" {
-                c.arg(&dir);
-            }
-            let out = c
-                .output()
-                .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test installs e2fsprogs)"));
-            assert!(
-                out.status.success(),
-                "{cmd}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ext4 { dir }
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
+use common::{Ext4, KernelOverlay, Mounted, Scratch, skip_as_non_root};
 
 const CLIENTS: usize = 8;
 /// Directories per client, all in the upper only: the fastest rounds give
@@ -137,9 +90,7 @@ fn a_new_directory_never_takes_over_a_file_removed_under_its_number() {
 
     {
         let ext4 = Ext4::new(&s, "ovl");
-        let (upper, work) = (ext4.dir.join("upper"), ext4.dir.join("work"));
-        fs::create_dir(&upper).expect("upper");
-        fs::create_dir(&work).expect("work");
+        let (upper, work) = ext4.upper_and_work();
         let mnt = s.mkdir("ovl-mnt");
         match KernelOverlay::new(&[&lower], Some((&upper, &work)), &mnt, "") {
             Ok(_ovl) => {

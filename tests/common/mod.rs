@@ -631,3 +631,110 @@ pub fn fusermount_u(mnt: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A journaled ext4 filesystem on a loop image, mounted at `dir` until
+/// dropped: an upper that reuses inode numbers at once, and whose power can
+/// be cut (`xfs_io -x -c shutdown`).
+pub struct Ext4 {
+    img: PathBuf,
+    pub dir: PathBuf,
+}
+
+fn sh(cmd: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/test installs e2fsprogs and xfsprogs)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Ext4 {
+    /// An upper and a work directory on the image.
+    pub fn upper_and_work(&self) -> (PathBuf, PathBuf) {
+        let (upper, work) = (self.dir.join("upper"), self.dir.join("work"));
+        fs::create_dir(&upper).expect("upper");
+        fs::create_dir(&work).expect("work");
+        (upper, work)
+    }
+
+    /// A 256 MiB image `NAME.img` in the scratch directory, mounted at
+    /// `NAME`.
+    pub fn new(s: &Scratch, name: &str) -> Ext4 {
+        let img = s.path(&format!("{name}.img"));
+        let f = fs::File::create(&img).expect("image");
+        f.set_len(256 << 20).expect("size image");
+        drop(f);
+        sh(
+            "mkfs.ext4",
+            &["-q".as_ref(), "-F".as_ref(), img.as_os_str()],
+        );
+        let e = Ext4 {
+            img,
+            dir: s.mkdir(name),
+        };
+        e.mount();
+        e
+    }
+
+    fn mount(&self) {
+        sh(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                self.img.as_os_str(),
+                self.dir.as_os_str(),
+            ],
+        );
+    }
+
+    /// What a power cut leaves: the journal is flushed, unsynced data is
+    /// lost, and every later write fails.
+    pub fn power_cut(&self) {
+        sh(
+            "xfs_io",
+            &[
+                "-x".as_ref(),
+                "-c".as_ref(),
+                "shutdown -f".as_ref(),
+                self.dir.as_os_str(),
+            ],
+        );
+    }
+
+    /// A power cut that also loses what the journal had not committed:
+    /// only what an fsync made durable survives.
+    pub fn power_cut_unflushed(&self) {
+        sh(
+            "xfs_io",
+            &[
+                "-x".as_ref(),
+                "-c".as_ref(),
+                "shutdown".as_ref(),
+                self.dir.as_os_str(),
+            ],
+        );
+    }
+
+    /// Unmounts and mounts again: the journal is replayed.
+    pub fn reboot(&self) {
+        sh("umount", &[self.dir.as_os_str()]);
+        self.mount();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
