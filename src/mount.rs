@@ -229,12 +229,16 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         (fusermount(&cfg.mountpoint, &fusermount_options(cfg)), false)
     };
     let fd = fd.inspect_err(|_| union.abandon())?;
-    // The ring's commands go to the same open /dev/fuse as fuser's reads.
-    let ring_dev = if cfg.io_uring {
+    // The ring's commands go to the same open /dev/fuse as fuser's reads;
+    // without a descriptor for them INIT must not ask for the ring.
+    let ring_dev = if cfg.io_uring && root {
         fd.try_clone().map(Arc::new).map_err(|e| e.to_string())
     } else {
-        Err(String::new())
+        Err("it needs root".to_string())
     };
+    if ring_dev.is_err() {
+        core.decline_uring();
+    }
     let dev = match mountinfo::top_at(&cfg.mountpoint) {
         Ok(Some(e)) => e.dev,
         other => {
@@ -273,7 +277,7 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
             return Err(format!("cannot start serving {}: {e}", cfg.mountpoint.display()).into());
         }
     };
-    let ring = start_ring(cfg, core, ring_dev, root);
+    let ring = start_ring(cfg, core, ring_dev);
     info!(
         "mounted {} (connection {dev}, lowers {:?}, upper {:?})",
         cfg.mountpoint.display(),
@@ -296,13 +300,12 @@ fn start_ring(
     cfg: &MountConfig,
     core: Arc<crate::fuse::Core>,
     dev: Result<Arc<OwnedFd>, String>,
-    root: bool,
 ) -> Option<Ring> {
     if !cfg.io_uring {
         return None;
     }
-    let why = if !root {
-        "it needs root".to_string()
+    let why = if let Err(e) = &dev {
+        e.clone()
     } else if !core.uring_agreed() {
         match std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring") {
             Ok(v) if v.trim() == "N" => {

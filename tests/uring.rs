@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-use common::{Scratch, is_mountpoint, is_root, run, unmount, write};
+use common::{Mounted, Scratch, is_mountpoint, is_root, run, write};
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -45,8 +45,10 @@ impl Drop for Switch {
     }
 }
 
-/// Mounts with `--io-uring` (once, whatever UNIONFUSE_TEST_MOUNT_ARGS
-/// holds) and returns the mount command's stderr.
+/// Mounts with `--io-uring` and returns the mount command's stderr. Not
+/// through `Mounted::new`, which would add UNIONFUSE_TEST_MOUNT_ARGS (a
+/// second `--io-uring` in the io_uring run); the caller wraps the mount in
+/// a `Mounted` so that it is unmounted whatever happens.
 fn mount_uring(lower: &Path, upper: &Path, mnt: &Path) -> String {
     let out = run(&[
         OsStr::new("mount"),
@@ -102,15 +104,15 @@ fn io_uring_carries_every_request_and_large_data_intact() {
     write(&lower, "dir/a", "lower a\n");
     write(&lower, "dir/b", "lower b\n");
     let stderr = mount_uring(&lower, &upper, &mnt);
-    let m = scopeguard(&mnt);
+    let m = Mounted { mnt: mnt.clone() };
     assert!(
         !stderr.contains("unavailable"),
         "fell back to /dev/fuse: {stderr}"
     );
 
     // Reads of a lower file in the largest pieces the kernel sends.
-    assert_eq!(fs::read(m.join("big")).expect("read big"), big);
-    let f = fs::File::open(m.join("big")).expect("open big");
+    assert_eq!(fs::read(m.path("big")).expect("read big"), big);
+    let f = fs::File::open(m.path("big")).expect("open big");
     let mut chunk = vec![0u8; 1 << 20];
     f.read_exact_at(&mut chunk, 12_345).expect("pread");
     assert_eq!(chunk, big[12_345..12_345 + (1 << 20)]);
@@ -120,7 +122,7 @@ fn io_uring_carries_every_request_and_large_data_intact() {
     let new = pattern(2 << 20, 99);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .open(m.join("big"))
+        .open(m.path("big"))
         .expect("open big for writing");
     f.seek(SeekFrom::Start(1 << 20)).expect("seek");
     f.write_all(&new).expect("write");
@@ -128,7 +130,7 @@ fn io_uring_carries_every_request_and_large_data_intact() {
     drop(f);
     let mut want = big[..1 << 20].to_vec();
     want.extend_from_slice(&new);
-    assert_eq!(fs::read(m.join("big")).expect("read back"), want);
+    assert_eq!(fs::read(m.path("big")).expect("read back"), want);
     assert_eq!(
         fs::read(upper.join("big")).expect("upper copy"),
         want,
@@ -137,31 +139,31 @@ fn io_uring_carries_every_request_and_large_data_intact() {
     assert_eq!(fs::read(lower.join("big")).expect("lower"), big);
 
     // Names, attributes, xattrs, links and removal over the ring.
-    fs::create_dir(m.join("made")).expect("mkdir");
-    fs::write(m.join("made/f"), "new\n").expect("create");
-    std::os::unix::fs::symlink("f", m.join("made/l")).expect("symlink");
-    fs::hard_link(m.join("made/f"), m.join("made/h")).expect("link");
-    assert_eq!(fs::metadata(m.join("made/f")).expect("stat").nlink(), 2);
+    fs::create_dir(m.path("made")).expect("mkdir");
+    fs::write(m.path("made/f"), "new\n").expect("create");
+    std::os::unix::fs::symlink("f", m.path("made/l")).expect("symlink");
+    fs::hard_link(m.path("made/f"), m.path("made/h")).expect("link");
+    assert_eq!(fs::metadata(m.path("made/f")).expect("stat").nlink(), 2);
     assert_eq!(
-        fs::read_link(m.join("made/l")).expect("readlink"),
+        fs::read_link(m.path("made/l")).expect("readlink"),
         Path::new("f")
     );
-    fs::rename(m.join("dir/a"), m.join("made/a")).expect("rename");
-    fs::remove_file(m.join("dir/b")).expect("unlink");
-    let mut names: Vec<String> = fs::read_dir(m.join("made"))
+    fs::rename(m.path("dir/a"), m.path("made/a")).expect("rename");
+    fs::remove_file(m.path("dir/b")).expect("unlink");
+    let mut names: Vec<String> = fs::read_dir(m.path("made"))
         .expect("readdir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     assert_eq!(names, ["a", "f", "h", "l"]);
-    assert_eq!(fs::read_dir(m.join("dir")).expect("readdir").count(), 0);
+    assert_eq!(fs::read_dir(m.path("dir")).expect("readdir").count(), 0);
     let xattr = |op: &str, args: &[&str]| {
         std::process::Command::new(op)
             .args(args)
             .output()
             .expect("xattr tool")
     };
-    let f = m.join("made/f");
+    let f = m.path("made/f");
     let fp = f.to_str().expect("utf8");
     if xattr("setfattr", &["-n", "user.k", "-v", "v1", fp])
         .status
@@ -179,8 +181,8 @@ fn io_uring_carries_every_request_and_large_data_intact() {
         .set_len(1)
         .expect("truncate");
     assert_eq!(fs::read(&f).expect("read"), b"n");
-    fs::remove_dir_all(m.join("made")).expect("rm -rf");
-    assert!(!m.join("made").exists());
+    fs::remove_dir_all(m.path("made")).expect("rm -rf");
+    assert!(!m.path("made").exists());
 
     let t = transport(&mnt);
     let carried: u64 = t
@@ -205,7 +207,7 @@ fn io_uring_unavailable_falls_back_to_dev_fuse_with_a_warning() {
     let (lower, upper, mnt) = (s.mkdir("lower"), s.mkdir("upper"), s.mkdir("mnt"));
     write(&lower, "f", "image\n");
     let stderr = mount_uring(&lower, &upper, &mnt);
-    let m = scopeguard(&mnt);
+    let m = Mounted { mnt: mnt.clone() };
     assert!(
         stderr.contains("io_uring transport unavailable") && stderr.contains("/dev/fuse"),
         "no warning about the fallback: {stderr:?}"
@@ -215,30 +217,11 @@ fn io_uring_unavailable_falls_back_to_dev_fuse_with_a_warning() {
         1,
         "{stderr}"
     );
-    assert_eq!(fs::read_to_string(m.join("f")).expect("read"), "image\n");
-    fs::write(m.join("f"), "changed\n").expect("write");
+    assert_eq!(fs::read_to_string(m.path("f")).expect("read"), "image\n");
+    fs::write(m.path("f"), "changed\n").expect("write");
     assert_eq!(
         fs::read_to_string(upper.join("f")).expect("upper"),
         "changed\n"
     );
     assert_eq!(transport(&mnt), "/dev/fuse");
-}
-
-/// Unmounts when dropped, so a failed assertion leaves nothing mounted.
-struct Guard<'a>(&'a Path);
-
-impl Guard<'_> {
-    fn join(&self, rel: &str) -> std::path::PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        unmount(self.0);
-    }
-}
-
-fn scopeguard(mnt: &Path) -> Guard<'_> {
-    Guard(mnt)
 }

@@ -135,6 +135,11 @@ impl Core {
         Arc::clone(&self.stats)
     }
 
+    /// INIT is not to ask for FUSE over io_uring after all.
+    pub fn decline_uring(&self) {
+        self.uring.store(false, Ordering::Relaxed);
+    }
+
     /// Whether INIT agreed to FUSE over io_uring.
     pub fn uring_agreed(&self) -> bool {
         self.uring.load(Ordering::Relaxed)

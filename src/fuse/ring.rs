@@ -83,6 +83,10 @@ impl Ring {
     /// registered, or with why not (the kernel then serves over
     /// `/dev/fuse`).
     pub fn start(core: Arc<Core>, dev: Arc<OwnedFd>) -> Result<Ring, String> {
+        Self::register_all(core, Arc::clone(&dev)).inspect_err(|_| sys::uring::refuse(dev))
+    }
+
+    fn register_all(core: Arc<Core>, dev: Arc<OwnedFd>) -> Result<Ring, String> {
         let queues = possible_cpus()?;
         // A CPU that is possible but offline (hotplug slots of a cloud VM)
         // issues no requests until it comes online; one thread keeps its
@@ -120,15 +124,11 @@ impl Ring {
                 failure.get_or_insert(e);
             }
         }
-        let ring = Ring { threads, ended };
         match failure {
-            None => Ok(ring),
-            Some(e) => {
-                // Threads whose queues did register stay parked until the
-                // connection ends; nothing will come to them.
-                ring.detach();
-                Err(e)
-            }
+            None => Ok(Ring { threads, ended }),
+            // Threads whose queues did register stay parked until the
+            // connection ends; nothing will come to them.
+            Some(e) => Err(e),
         }
     }
 
@@ -144,10 +144,6 @@ impl Ring {
             }
             _ => warn!("an io_uring queue thread did not end with the connection"),
         }
-    }
-
-    fn detach(self) {
-        drop(self.threads);
     }
 }
 

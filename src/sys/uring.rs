@@ -175,6 +175,14 @@ impl FuseQueue {
     }
 }
 
+/// Turns the ring off for `dev`'s connection after INIT agreed to it but
+/// its queues cannot all be registered: until every queue has an entry the
+/// kernel holds every request back, and only a refused registration (here
+/// of a queue that cannot exist) makes it serve over `/dev/fuse` instead.
+pub fn refuse(dev: Arc<OwnedFd>) {
+    let _ = FuseQueue::register(dev, u16::MAX, 1, 8192);
+}
+
 /// Closes a passthrough backing file registered on `dev`.
 pub fn close_backing(dev: &OwnedFd, id: u32) -> io::Result<()> {
     // SAFETY: the ioctl reads one u32 through a pointer that is valid for
