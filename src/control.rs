@@ -9,7 +9,7 @@
 //! or control characters cannot be sent; the command line refuses them.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +30,35 @@ use crate::union::Union;
 /// removes the socket of a newer mount that got the same device number.
 pub fn socket_path(dir: &Path, dev: crate::mountinfo::Dev, pid: u32) -> PathBuf {
     dir.join(format!("{dev}.{pid}.sock"))
+}
+
+/// Removes the sockets that killed daemons left under this mount's device
+/// number: the number is this mount's now, so no live daemon listens on
+/// any of them (one still exiting has lost its mount already).
+fn sweep_stale(own: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let (Some(dir), Some(name)) = (own.parent(), own.file_name()) else {
+        return;
+    };
+    let name = name.as_bytes();
+    let Some(dot) = name.iter().position(|&b| b == b'.') else {
+        return;
+    };
+    let prefix = &name[..=dot];
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let n = ent.file_name();
+        let n = n.as_bytes();
+        if n != name
+            && n.starts_with(prefix)
+            && n.ends_with(b".sock")
+            && ent.file_type().is_ok_and(|t| t.is_socket())
+        {
+            let _ = std::fs::remove_file(ent.path());
+        }
+    }
 }
 
 /// A path to the socket short enough for `sun_path` (108 bytes) however
@@ -181,6 +210,7 @@ pub fn listen(
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            sweep_stale(&path);
             for stream in listener.incoming().flatten() {
                 let mut line = String::new();
                 let mut r = BufReader::new(&stream);

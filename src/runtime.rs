@@ -399,6 +399,16 @@ fn holder_pidfd(file: &File) -> Option<OwnedFd> {
 
 /// The live records in this process's runtime directory.
 pub fn live_records() -> Vec<Record> {
+    records()
+        .into_iter()
+        .filter_map(|(r, live)| live.then_some(r))
+        .collect()
+}
+
+/// Every record in this process's runtime directory, each with whether
+/// its daemon still holds it (a daemon that was killed leaves its record
+/// behind, unlocked).
+pub fn records() -> Vec<(Record, bool)> {
     let Ok(rd) = std::fs::read_dir(own_dir()) else {
         return Vec::new();
     };
@@ -414,10 +424,9 @@ pub fn live_records() -> Vec<Record> {
         if file.read_to_end(&mut raw).is_err() {
             continue;
         }
-        if let Some(r) = Record::decode(&raw)
-            && matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
-        {
-            out.push(r);
+        if let Some(r) = Record::decode(&raw) {
+            let live = matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock));
+            out.push((r, live));
         }
     }
     out

@@ -574,7 +574,11 @@ fn list_shows_live_and_dead_mounts_and_umount_all_under_clears_them() {
     assert_eq!(la["work"]["path"], a.work.to_str().unwrap());
     assert_eq!(la["lowers"][0]["path"], a.lower.to_str().unwrap());
     assert!(la["uptime_secs"].as_u64().is_some());
-    assert_eq!(find(&b_mnt)["state"], "dead");
+    let lb = find(&b_mnt);
+    assert_eq!(lb["state"], "dead");
+    // What the killed daemon's record said, without a pid that is gone.
+    assert_eq!(lb["upper"]["path"], b.upper.to_str().unwrap());
+    assert!(lb.get("pid").is_none(), "{lb}");
     let table = run(&[OsStr::new("list")]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
@@ -598,4 +602,68 @@ fn list_shows_live_and_dead_mounts_and_umount_all_under_clears_them() {
     assert!(!is_mountpoint(&a.mnt) && !is_mountpoint(&b_mnt));
     assert!(is_mountpoint(&other.mnt), "a mount elsewhere stays");
     unionfuse_umount(&other.mnt);
+}
+
+/// A daemon killed with SIGKILL leaves its control socket behind, named by
+/// the device number its mount had. The next mount to get that number
+/// removes it (and only it), so a long-lived runtime directory does not
+/// fill up with the sockets of killed daemons.
+#[test]
+fn a_mount_removes_the_sockets_killed_daemons_left_under_its_device_number() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Setup::new();
+    let rt = s._s.mkdir("runtime");
+    // The sockets of killed daemons (pid 1 never is one) for every device
+    // number a FUSE mount is likely to get here.
+    const PLANTED: u32 = 4096;
+    for minor in 0..PLANTED {
+        let p = rt.join(format!("0:{minor}.1.sock"));
+        drop(std::os::unix::net::UnixListener::bind(&p).expect("plant a socket"));
+    }
+    let with_rt = |args: &[&OsStr]| {
+        Command::new(bin())
+            .args(args)
+            .env("UNIONFUSE_RUNTIME_DIR", &rt)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run unionfuse")
+    };
+    let out = with_rt(&s.mount_argv(&[]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = fs::metadata(&s.mnt).expect("stat the mount").dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    assert!(
+        major == 0 && minor < PLANTED,
+        "the mount got device {major}:{minor}, outside the planted range"
+    );
+    let stale = rt.join(format!("0:{minor}.1.sock"));
+    let deadline = Instant::now() + SETTLE;
+    while stale.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = daemon_pids(&s.mnt)[0];
+    let own = rt.join(format!("0:{minor}.{pid}.sock"));
+    let other = rt.join(format!("0:{}.1.sock", (minor + 1) % PLANTED));
+    let (stale_left, own_there, other_there) = (stale.exists(), own.exists(), other.exists());
+    let out = with_rt(&[OsStr::new("umount"), s.mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stale_left, "{} is still there", stale.display());
+    assert!(
+        own_there,
+        "the mount's own socket {} is missing",
+        own.display()
+    );
+    assert!(
+        other_there,
+        "{} of another device was removed",
+        other.display()
+    );
 }

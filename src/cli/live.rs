@@ -68,23 +68,32 @@ pub(super) fn list_cmd(a: &ListArgs) -> Result<(), Failure> {
     use std::os::unix::ffi::OsStrExt;
     let table = crate::mountinfo::read()
         .map_err(|e| Failure::Mount(format!("cannot read the mount table: {e}")))?;
-    let records = crate::runtime::live_records();
+    let records = crate::runtime::records();
     let now = crate::runtime::now_secs();
-    // Each mount with its record, found once.
+    // Each mount with its record, found once: the live one, else the
+    // latest one its daemon left behind when it was killed (device numbers
+    // of FUSE mounts are reused, so an older record may match too).
     let mounts: Vec<_> = table
         .into_iter()
         .filter(|e| e.is_unionfuse())
         .map(|e| {
-            let rec = records.iter().find(|r| r.dev == e.dev);
-            (e, rec)
+            let rec = records
+                .iter()
+                .filter(|(r, _)| r.dev == e.dev)
+                .max_by_key(|(r, live)| (*live, r.started));
+            (e, rec.map(|(r, live)| (r, *live)))
         })
         .collect();
     let rows: Vec<Listed<'_>> = mounts
         .iter()
-        .map(|(e, rec)| {
-            let rec = *rec;
-            let dead = std::fs::symlink_metadata(&e.mountpoint)
-                .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
+        .map(|(e, found)| {
+            let rec = found.map(|(r, _)| r);
+            let live = found.is_some_and(|(_, live)| live);
+            // The kernel may answer a stat of a dead mount from its cache,
+            // so a record left unlocked counts as much as ENOTCONN.
+            let dead = !live && rec.is_some()
+                || std::fs::symlink_metadata(&e.mountpoint)
+                    .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
             Listed {
                 mountpoint: JsonPath::new(e.mountpoint.as_os_str().as_bytes()),
                 state: match (dead, rec) {
@@ -92,8 +101,8 @@ pub(super) fn list_cmd(a: &ListArgs) -> Result<(), Failure> {
                     (false, Some(_)) => "live",
                     (false, None) => "unknown",
                 },
-                pid: rec.map(|r| r.pid),
-                uptime_secs: rec.map(|r| now.saturating_sub(r.started)),
+                pid: rec.filter(|_| live).map(|r| r.pid),
+                uptime_secs: rec.filter(|_| live).map(|r| now.saturating_sub(r.started)),
                 read_only: rec.map(|r| r.read_only || r.upper.is_none()),
                 upper: rec.and_then(|r| r.upper.as_deref()).map(located),
                 work: rec.and_then(|r| r.work.as_deref()).map(located),
@@ -111,7 +120,8 @@ pub(super) fn list_cmd(a: &ListArgs) -> Result<(), Failure> {
         return out.write_all(line.as_bytes()).map_err(w);
     }
     writeln!(out, "MOUNTPOINT\tSTATE\tPID\tUPTIME\tRO\tUPPER\tLOWERS").map_err(w)?;
-    for ((e, rec), r) in mounts.iter().zip(&rows) {
+    for ((e, found), r) in mounts.iter().zip(&rows) {
+        let rec = found.map(|(x, _)| x);
         let dash = || "-".to_string();
         writeln!(
             out,
