@@ -265,6 +265,7 @@ fn apply(c: &mut MountConfigBuilder, o: &[u8]) -> Result<(), String> {
         (b"metacopy", Some(b"on")) => set(c, |c| c.metacopy(true)),
         (b"acl", None) => set(c, |c| c.acl(true)),
         (b"io_uring", None) => set(c, |c| c.io_uring(true)),
+        (b"no_lower_passthrough", None) => set(c, |c| c.lower_passthrough(false)),
         (b"metacopy", Some(b"off")) => set(c, |c| c.metacopy(false)),
         (b"ro", None) => set(c, |c| c.read_only(true)),
         (b"nodev", None) => set(c, |c| c.nodev(true)),

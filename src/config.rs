@@ -51,6 +51,9 @@ pub struct MountConfig {
     /// Requests travel over io_uring where the kernel allows it (see
     /// [`MountConfigBuilder::io_uring`]).
     pub io_uring: bool,
+    /// Lower files opened read-only are passed through (see
+    /// [`MountConfigBuilder::lower_passthrough`]).
+    pub lower_passthrough: bool,
     /// Refuse every change, upper or not.
     pub read_only: bool,
     /// Device nodes in the mount do not work as devices.
@@ -90,6 +93,7 @@ pub struct MountConfigBuilder {
     pub(crate) metacopy: bool,
     pub(crate) acl: bool,
     pub(crate) io_uring: bool,
+    pub(crate) lower_passthrough: bool,
     pub(crate) read_only: bool,
     pub(crate) nodev: bool,
     pub(crate) nosuid: bool,
@@ -116,6 +120,7 @@ impl Default for MountConfigBuilder {
             metacopy: false,
             acl: false,
             io_uring: false,
+            lower_passthrough: true,
             read_only: false,
             nodev: false,
             nosuid: false,
@@ -203,6 +208,20 @@ impl MountConfigBuilder {
     /// otherwise over `/dev/fuse`, with a warning.
     pub fn io_uring(mut self, on: bool) -> Self {
         self.io_uring = on;
+        self
+    }
+
+    /// A lower file opened read-only on a writable mount is read by the
+    /// kernel straight from the layer (FUSE passthrough, root only), as
+    /// upper files and files of read-only mounts always are. On by
+    /// default. The price: a descriptor opened read-only before the file
+    /// is copied up keeps reading the lower file's data, where kernel
+    /// overlayfs switches it to the copy; while such a descriptor is open,
+    /// later opens of the file are served by the daemon (direct I/O, no
+    /// memory mapping). Off restores kernel overlayfs's behaviour, and
+    /// reads of lower files go through the daemon and the page cache.
+    pub fn lower_passthrough(mut self, on: bool) -> Self {
+        self.lower_passthrough = on;
         self
     }
 
@@ -388,6 +407,7 @@ impl MountConfigBuilder {
             metacopy: self.metacopy,
             acl: self.acl,
             io_uring: self.io_uring,
+            lower_passthrough: self.lower_passthrough,
             nodev: self.nodev,
             nosuid: self.nosuid,
             allow_other: self.allow_other,

@@ -49,7 +49,9 @@ impl Handles {
     pub fn any_file_of(&self, nodeid: u64) -> Option<Arc<Handle>> {
         self.map
             .iter()
-            .find(|h| matches!(&**h.value(), Handle::File { inode, .. } if inode.nodeid == nodeid))
+            .find(
+                |h| matches!(&**h.value(), Handle::File { inode, .. } if inode.answers_to(nodeid)),
+            )
             .map(|h| Arc::clone(h.value()))
     }
 

@@ -79,6 +79,9 @@ pub struct Inode {
     /// Where the object lives, and the directory descriptors that reach it
     /// there: one lock, so that a copy-up changes both at once.
     state: RwLock<State>,
+    /// A second nodeid the kernel reaches the object by (0: none), see
+    /// [`InodeTable::alias`].
+    alias: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,7 @@ impl Inode {
             kind,
             generation: 0,
             lookups: AtomicU64::new(0),
+            alias: AtomicU64::new(0),
             copy: Mutex::new(()),
             dir: Mutex::new(DirState::default()),
             oci_layers: AtomicU64::new(u64::MAX),
@@ -198,6 +202,20 @@ impl Inode {
     /// See [`Place::winner`].
     pub fn winner(&self) -> Winner {
         self.state.read().place.winner()
+    }
+
+    /// The nodeid the kernel is to reach the object by from now on: its
+    /// alias once it has one (see [`InodeTable::alias`]).
+    pub fn entry_nodeid(&self) -> u64 {
+        match self.alias.load(Ordering::Acquire) {
+            0 => self.nodeid,
+            a => a,
+        }
+    }
+
+    /// Whether `nodeid` is one the kernel reaches this object by.
+    pub fn answers_to(&self, nodeid: u64) -> bool {
+        self.nodeid == nodeid || self.alias.load(Ordering::Acquire) == nodeid
     }
 
     /// A metadata-only copy (see [`Place::MetaCopy`]).
@@ -563,12 +581,24 @@ impl FdCache {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
+    /// Aliases handed out so far.
+    aliases: AtomicU64,
     /// Inodes entered since the table last gave memory back, and the most
     /// there were: after a walk the kernel forgets nearly all of them, and
     /// the table's capacity (and the allocator's free lists) would
     /// otherwise stay at the walk's size for the daemon's life.
     live: AtomicUsize,
     peak: AtomicUsize,
+}
+
+/// Aliases are nodeids whose top byte is all ones, which no reported inode
+/// number has: that would take 255 layer devices, or a filesystem handing
+/// out numbers above 2^63 + 2^62 + ... on a single one.
+const ALIAS_BASE: u64 = 0xFF << 56;
+
+/// Whether `nodeid` is an alias (see [`InodeTable::alias`]).
+pub fn is_alias(nodeid: u64) -> bool {
+    nodeid & ALIAS_BASE == ALIAS_BASE
 }
 
 /// Below this many inodes at its peak, a table never bothers to shrink.
@@ -578,6 +608,7 @@ impl InodeTable {
     pub fn new(root: Inode) -> InodeTable {
         let t = InodeTable {
             map: DashMap::new(),
+            aliases: AtomicU64::new(0),
             live: AtomicUsize::new(1),
             peak: AtomicUsize::new(1),
         };
@@ -659,9 +690,41 @@ impl InodeTable {
         Arc::clone(v.insert(Arc::new(inode)).value())
     }
 
+    /// Gives `inode` a second nodeid, under which the kernel makes a new
+    /// inode of its own for the object at its next lookup, while the one it
+    /// has stays valid for the files open on it. That is how the copy of a
+    /// file gets a kernel inode whose I/O may go to the copy, while files
+    /// opened earlier keep the lower file the kernel bound to the first
+    /// one (see the FUSE adapter's `io_mode`). Lookups under either nodeid
+    /// count on the object's one counter, under its own nodeid's lock.
+    pub fn alias(&self, inode: &Arc<Inode>) -> u64 {
+        let cur = inode.alias.load(Ordering::Acquire);
+        if cur != 0 {
+            return cur;
+        }
+        let a = ALIAS_BASE | (self.aliases.fetch_add(1, Ordering::Relaxed) + 1);
+        // In the table before any lookup can hand it out.
+        self.map.insert(a, Arc::clone(inode));
+        match inode
+            .alias
+            .compare_exchange(0, a, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => a,
+            Err(other) => {
+                self.map.remove(&a);
+                other
+            }
+        }
+    }
+
     /// Every inode in the table (for the rare fix-ups that touch a subtree).
     pub fn all(&self) -> Vec<Arc<Inode>> {
-        self.map.iter().map(|r| Arc::clone(r.value())).collect()
+        // Each once: an alias names an inode already listed.
+        self.map
+            .iter()
+            .filter(|r| !is_alias(*r.key()))
+            .map(|r| Arc::clone(r.value()))
+            .collect()
     }
 
     /// Drops `n` kernel lookups; at zero the inode leaves the table and is
@@ -670,15 +733,42 @@ impl InodeTable {
         if nodeid == ROOT {
             return None;
         }
-        let removed = match self.map.entry(nodeid) {
-            Entry::Occupied(e) => {
+        let (own, aliased) = if is_alias(nodeid) {
+            let inode = self.map.get(&nodeid).map(|r| Arc::clone(r.value()))?;
+            (inode.nodeid, Some(inode))
+        } else {
+            (nodeid, None)
+        };
+        let removed = match self.map.entry(own) {
+            Entry::Occupied(e)
+                if aliased
+                    .as_ref()
+                    .is_none_or(|inode| Arc::ptr_eq(inode, e.get())) =>
+            {
                 let prev = e.get().lookups.load(Ordering::Relaxed);
                 let left = prev.saturating_sub(n);
                 e.get().lookups.store(left, Ordering::Relaxed);
                 (left == 0).then(|| e.remove())
             }
-            Entry::Vacant(_) => None,
+            Entry::Occupied(_) | Entry::Vacant(_) => {
+                // An alias of an object whose number went to a new one
+                // (see `take_over`): nothing counts on it but the kernel.
+                if let Some(inode) = &aliased {
+                    let left = inode.lookups.load(Ordering::Relaxed).saturating_sub(n);
+                    inode.lookups.store(left, Ordering::Relaxed);
+                    if left == 0 {
+                        self.map.remove_if(&nodeid, |_, v| Arc::ptr_eq(v, inode));
+                    }
+                }
+                None
+            }
         };
+        if let Some(inode) = &removed {
+            let a = inode.alias.load(Ordering::Acquire);
+            if a != 0 {
+                self.map.remove_if(&a, |_, v| Arc::ptr_eq(v, inode));
+            }
+        }
         if removed.is_some() {
             let live = self.live.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
             let peak = self.peak.load(Ordering::Relaxed);

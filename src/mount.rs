@@ -207,6 +207,7 @@ pub fn start(cfg: &MountConfig, in_process: bool) -> Result<Started, StartError>
         Arc::clone(&union),
         cfg.cache_timeout,
         root,
+        cfg.lower_passthrough,
         cfg.io_uring && root,
         Arc::clone(&stats),
     );

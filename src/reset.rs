@@ -234,6 +234,9 @@ impl Union {
             self.fds.release(&inode);
             inode.changed();
             out.push(Inval::Inode(inode.nodeid));
+            if inode.entry_nodeid() != inode.nodeid {
+                out.push(Inval::Inode(inode.entry_nodeid()));
+            }
             let Ok(Some(loc)) = inode.location() else {
                 continue;
             };

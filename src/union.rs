@@ -142,6 +142,17 @@ impl Union {
     /// `Ok(None)` when nothing is visible there, which the adapter may cache
     /// as a negative entry.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<(libc::stat, u64)>> {
+        self.lookup_as(parent, name, true)
+    }
+
+    /// A lookup whose entry names the object's own nodeid, or its alias
+    /// when it has one and `alias` is set.
+    fn lookup_as(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        alias: bool,
+    ) -> Result<Option<(libc::stat, u64)>> {
         let name = Name::new(name)?;
         let p = self.inodes.get(parent)?;
         if !p.is_dir() {
@@ -187,12 +198,19 @@ impl Union {
         } else {
             inode.note_location(&p, &name);
         }
-        st.st_ino = inode.st_ino;
         self.show_data_blocks(&inode, &mut st);
         if inode.is_dir() {
             st.st_nlink = self.dir_nlink(&inode, &st);
         }
         self.present(&inode, &mut st);
+        // The entry names the nodeid as its inode number; stat shows the
+        // real one once the kernel asks for the attributes (see
+        // `crate::inode::is_alias`).
+        st.st_ino = if alias {
+            inode.entry_nodeid()
+        } else {
+            inode.st_ino
+        };
         Ok(Some((st, self.generation().wrapping_add(inode.generation))))
     }
 
@@ -208,6 +226,13 @@ impl Union {
         {
             st.st_nlink = upper.indexed_nlink(st_ino, st);
         }
+    }
+
+    /// Gives the object behind `nodeid` a second nodeid, which its
+    /// lookups return from now on (see [`crate::inode::InodeTable::alias`]).
+    pub fn alias(&self, nodeid: u64) -> Result<u64> {
+        let inode = self.inodes.get(nodeid)?;
+        Ok(self.inodes.alias(&inode))
     }
 
     pub fn forget(&self, nodeid: u64, n: u64) {
@@ -435,8 +460,13 @@ impl Union {
                 continue;
             }
             // An entry gone since the listing was taken, or unreadable, is
-            // left out rather than failing the whole listing.
-            if let Ok(Some((st, generation))) = self.lookup(dir.nodeid, OsStr::from_bytes(name))
+            // left out rather than failing the whole listing. Its inode
+            // number is the real one even for an object with an alias, as
+            // every listing shows it (the kernel then links the name to the
+            // object's first kernel inode, and an open there is sent on to
+            // the alias as `Stale` describes).
+            if let Ok(Some((st, generation))) =
+                self.lookup_as(dir.nodeid, OsStr::from_bytes(name), false)
                 && out.add(e.off, name, &st, generation)
             {
                 self.forget(st.st_ino, 1);

@@ -55,7 +55,21 @@ struct Subject {
     model: Vec<u8>,
     /// Opened read-only, possibly before the copy-up.
     ro: Option<File>,
+    /// What `ro` reads when it was opened before the copy-up on a mount
+    /// that passes lower files through: the lower data, for its whole life.
+    ro_pinned: Option<Vec<u8>>,
     rw: Option<File>,
+    /// The lower file's data.
+    lower: Vec<u8>,
+    /// Opened for writing or changed at least once: copied up.
+    copied: bool,
+}
+
+/// Whether a read-only handle opened before the copy-up keeps the lower
+/// data (see `common::lower_passthrough`).
+fn pins() -> bool {
+    static PINS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINS.get_or_init(|| common::lower_passthrough(&[]))
 }
 
 fn fill(rng: &mut Rng, len: usize) -> Vec<u8> {
@@ -185,10 +199,12 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
         // Open a read-only handle (before or after the copy-up).
         0..=4 => {
             s.ro = Some(errno(File::open(&path), "open ro")?);
+            s.ro_pinned = (!s.copied && pins()).then(|| s.lower.clone());
             Ok("open O_RDONLY".into())
         }
         // Open for writing: copies the file up if it is still the lower's.
         5..=9 => {
+            s.copied = true;
             s.rw = Some(errno(
                 OpenOptions::new().read(true).write(true).open(&path),
                 "open rw",
@@ -197,6 +213,7 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
         }
         10..=12 => {
             s.ro = None;
+            s.ro_pinned = None;
             s.rw = None;
             Ok("close all".into())
         }
@@ -214,10 +231,15 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
                     &fresh
                 }
             };
-            check_read("pread", f, &s.model, off, len)?;
+            let seen = match (which, &s.ro, &s.ro_pinned) {
+                (0, Some(_), Some(pinned)) => pinned,
+                _ => &s.model,
+            };
+            check_read("pread", f, seen, off, len)?;
             Ok(format!("pread {off}+{len} (handle {which})"))
         }
         45..=69 => {
+            s.copied = true;
             let off = rng.below(MAX_SIZE - MAX_LEN);
             let len = rng.below(MAX_LEN) + 1;
             let data = fill(rng, len as usize);
@@ -240,6 +262,7 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
             Ok(format!("pwrite {off}+{len}"))
         }
         70..=76 => {
+            s.copied = true;
             let len = rng.below(MAX_SIZE);
             if rng.below(2) == 0 {
                 let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
@@ -255,6 +278,7 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
             Ok(format!("truncate {len}"))
         }
         77..=83 => {
+            s.copied = true;
             let f = errno(
                 OpenOptions::new().read(true).write(true).open(&path),
                 "open rw",
@@ -284,6 +308,7 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
             Ok(format!("{what} {off}+{len}"))
         }
         84..=91 if size > 0 => {
+            s.copied = true;
             let off = rng.below(size);
             let len = rng.below((size - off).min(MAX_LEN)) + 1;
             let data = fill(rng, len as usize);
@@ -330,14 +355,22 @@ fn random_io_across_copy_up_matches_a_model() {
         fs::write(lower.join(&name), &data).expect("lower file");
         subjects.push(Subject {
             name,
+            lower: data.clone(),
             model: data,
             ro: None,
+            ro_pinned: None,
             rw: None,
+            copied: false,
         });
     }
     let originals: Vec<Vec<u8>> = subjects.iter().map(|s| s.model.clone()).collect();
     let work_arg = work.to_str().expect("utf-8");
     let m = Mounted::new(&[&lower], Some(&upper), &mnt, &["--work", work_arg]);
+    // Handles opened before any copy-up, whatever the seed.
+    for s in subjects.iter_mut().take(2) {
+        s.ro = Some(File::open(m.mnt.join(&s.name)).expect("open ro"));
+        s.ro_pinned = pins().then(|| s.lower.clone());
+    }
     let mut recent: Vec<String> = Vec::new();
     for n in 0..ops {
         let i = rng.below(FILES as u64) as usize;

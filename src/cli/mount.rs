@@ -99,6 +99,13 @@ pub struct MountArgs {
     #[arg(long)]
     pub io_uring: bool,
 
+    /// Lower files opened read-only are read through the daemon instead of
+    /// straight from the layer (FUSE passthrough), so that a descriptor
+    /// opened before the file's copy-up sees the copy, as in kernel
+    /// overlayfs.
+    #[arg(long)]
+    pub no_lower_passthrough: bool,
+
     /// Mount read-only even with an upper layer.
     #[arg(long)]
     pub read_only: bool,
@@ -186,6 +193,7 @@ impl MountArgs {
             .metacopy(self.metacopy)
             .acl(self.acl)
             .io_uring(self.io_uring)
+            .lower_passthrough(!self.no_lower_passthrough)
             .read_only(self.read_only)
             .nodev(self.nodev)
             .nosuid(self.nosuid)

@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::handle::Handle;
 use crate::stats::{Op, Stats};
 use crate::union::Union;
-use crate::write::SetAttr;
+use crate::write::{DataLife, SetAttr};
 
 /// Largest read the kernel asks for with FUSE_MAX_PAGES (256 pages).
 const MAX_READ: usize = 1 << 20;
@@ -63,6 +63,9 @@ pub struct Core {
     /// unsupported), so this can be long.
     ttl: Duration,
     passthrough: AtomicBool,
+    /// A lower file opened read-only is passed through too (see
+    /// [`Core::io_mode`]).
+    lower_passthrough: bool,
     /// The kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT
     /// was agreed): the first OPENDIR is answered ENOSYS, and no OPENDIR or
     /// RELEASEDIR comes after it.
@@ -74,7 +77,7 @@ pub struct Core {
     /// Keyed by nodeid and generation: after a reset the kernel makes a new
     /// inode for the same nodeid, with none of the old one's backing file.
     io: DashMap<(u64, u64), IoState>,
-    /// fh -> (inode, its backing file when passthrough).
+    /// fh -> its inode and I/O mode.
     open_files: DashMap<u64, OpenFile>,
     stats: Arc<Stats>,
 }
@@ -87,21 +90,37 @@ pub enum Backing {
     Ring(ring::RawBacking),
 }
 
-/// An open file: its inode (nodeid and generation) and its backing file
-/// when passthrough.
-type OpenFile = ((u64, u64), Option<Arc<Backing>>);
+/// An open file: its inode (nodeid and generation) and I/O mode.
+type OpenFile = ((u64, u64), Opened);
+
+#[derive(Debug)]
+enum Opened {
+    /// The backing file stays registered while a handle holds it.
+    Passthrough {
+        _held: Arc<Backing>,
+    },
+    Cached,
+}
 
 /// The I/O mode of an inode's open files.
 #[derive(Debug, Default)]
 struct IoState {
     cached: u32,
     backing: Weak<Backing>,
+    /// Device and inode number of the backing file's layer file: a handle
+    /// on any other file (the copy made since) must not use it.
+    backing_file: (u64, u64),
 }
 
 /// How an open is answered.
 enum IoMode {
     Passthrough(Arc<Backing>),
     Cached(FopenFlags),
+    /// The kernel inode is bound to a lower file that has been copied up
+    /// since: the open fails with ESTALE, which makes the kernel look the
+    /// name up again and retry, and the lookup now hands out an alias,
+    /// a kernel inode of the copy's own.
+    Stale,
 }
 
 impl UnionFs {
@@ -109,6 +128,7 @@ impl UnionFs {
         union: Arc<Union>,
         ttl: Duration,
         passthrough: bool,
+        lower_passthrough: bool,
         uring: bool,
         stats: Arc<Stats>,
     ) -> UnionFs {
@@ -116,6 +136,7 @@ impl UnionFs {
             union,
             ttl,
             passthrough: AtomicBool::new(passthrough),
+            lower_passthrough,
             no_opendir: AtomicBool::new(false),
             uring: AtomicBool::new(uring),
             io: DashMap::new(),
@@ -292,6 +313,7 @@ impl Filesystem for UnionFs {
                 }
             },
             IoMode::Cached(f) => reply.opened(FileHandle(fh), f),
+            IoMode::Stale => reply.error(self.stale(ino.0, fh)),
         }
     }
 
@@ -657,6 +679,7 @@ impl Filesystem for UnionFs {
                     reply.error(Errno::EIO)
                 }
             },
+            IoMode::Stale => reply.error(self.stale(st.st_ino, fh)),
             IoMode::Cached(f) => reply.created(
                 &self.ttl,
                 &attr,
@@ -809,6 +832,14 @@ impl UnionFs {
         reply: ReplyEntry,
     ) {
         match r {
+            // An alias's attributes carry it as the inode number: the
+            // kernel is to ask for the real one at once.
+            Ok(st) if crate::inode::is_alias(st.st_ino) => reply.entry_with_ttls(
+                &Duration::ZERO,
+                &self.ttl,
+                &file_attr(&st),
+                self.generation(st.st_ino),
+            ),
             Ok(st) => reply.entry(&self.ttl, &file_attr(&st), self.generation(st.st_ino)),
             Err(e) => {
                 log_failure(op, parent, Some(name), e);
@@ -820,60 +851,93 @@ impl UnionFs {
 
 impl Core {
     /// Chooses how the kernel does I/O on a new handle. Passthrough (the
-    /// kernel reads and writes the backing file itself) only for data that
-    /// stays where it is while open: files of a read-only mount, and upper
-    /// files; a lower file may be copied up under an open handle, so its
-    /// I/O goes through the daemon and the page cache. All handles of an
-    /// inode share one mode and one backing file, as the kernel requires.
+    /// kernel reads and writes the backing file itself) for data that stays
+    /// where it is while open: files of a read-only mount, upper files and,
+    /// read-only, lower files. The kernel wants every open of an inode in
+    /// one mode, passthrough ones on one backing file, and fails any other
+    /// open with EIO; so once a lower file bound as backing is copied up,
+    /// new opens of the copy are sent to a kernel inode of its own (see
+    /// [`IoMode::Stale`]), and the handles opened earlier keep reading the
+    /// lower file.
     fn io_mode(
         &self,
         ino: u64,
         fh: u64,
         register: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<Backing>,
     ) -> IoMode {
-        let stable = self.union.stable_backing(fh);
+        let life = self.union.data_life(fh);
         let ino = (ino, self.union.generation_of(ino));
+        let handle = self.union.handle(fh);
+        let fd = match handle.as_deref() {
+            Ok(Handle::File { fd, .. }) => Some(fd.as_fd()),
+            _ => None,
+        };
+        let file = || {
+            fd.and_then(|fd| crate::sys::fstat(fd).ok())
+                .map(|st| (st.st_dev, st.st_ino))
+        };
         let mut st = self.io.entry(ino).or_default();
-        // The kernel wants every open of an inode on the backing file it
-        // already has (a file made set-id since then included).
         if let Some(id) = st.backing.upgrade() {
-            self.open_files.insert(fh, (ino, Some(Arc::clone(&id))));
-            return IoMode::Passthrough(id);
-        }
-        if stable && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
-            let id = match st.backing.upgrade() {
-                Some(id) => Some(id),
-                None => match self.union.handle(fh).as_deref() {
-                    Ok(Handle::File { fd, .. }) => match register(fd.as_fd()) {
-                        Ok(id) => Some(Arc::new(id)),
-                        Err(e) => {
-                            if e.raw_os_error() == Some(libc::EPERM) {
-                                info!(
-                                    "passthrough refused by the kernel; serving I/O in userspace"
-                                );
-                                self.passthrough.store(false, Ordering::Relaxed);
-                            } else {
-                                debug!("passthrough for ino {}: {e}", ino.0);
-                            }
-                            None
-                        }
-                    },
-                    _ => None,
-                },
-            };
-            if let Some(id) = id {
-                st.backing = Arc::downgrade(&id);
-                self.open_files.insert(fh, (ino, Some(Arc::clone(&id))));
+            // The kernel wants every open of an inode on the backing file
+            // it already has (a file made set-id since then included).
+            if file() == Some(st.backing_file) {
+                self.open_files.insert(
+                    fh,
+                    (
+                        ino,
+                        Opened::Passthrough {
+                            _held: Arc::clone(&id),
+                        },
+                    ),
+                );
                 return IoMode::Passthrough(id);
+            }
+            return IoMode::Stale;
+        }
+        let wanted = match life {
+            DataLife::Whole => true,
+            DataLife::UntilCopyUp => self.lower_passthrough,
+            DataLife::Served => false,
+        };
+        if wanted
+            && st.cached == 0
+            && self.passthrough.load(Ordering::Relaxed)
+            && let Some(fd) = fd
+            && let Some(ident) = file()
+        {
+            match register(fd) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    st.backing = Arc::downgrade(&id);
+                    st.backing_file = ident;
+                    self.open_files.insert(
+                        fh,
+                        (
+                            ino,
+                            Opened::Passthrough {
+                                _held: Arc::clone(&id),
+                            },
+                        ),
+                    );
+                    return IoMode::Passthrough(id);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    info!("passthrough refused by the kernel; serving I/O in userspace");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+                Err(e) => debug!("passthrough for ino {}: {e}", ino.0),
             }
         }
         st.cached += 1;
-        self.open_files.insert(fh, (ino, None));
+        self.open_files.insert(fh, (ino, Opened::Cached));
         // Keeping the page cache across opens is right wherever every write
         // goes through it: lower files (immutable until copied up, and the
         // copy-up happens through this inode), and any file when passthrough
-        // is off. An upper file may have been written by passthrough since.
-        let keep = !stable || !self.passthrough.load(Ordering::Relaxed) || self.union.read_only();
+        // is off. An upper file may have been written by passthrough or
+        // direct I/O since.
+        let keep = life == DataLife::UntilCopyUp
+            || !self.passthrough.load(Ordering::Relaxed)
+            || self.union.read_only();
         IoMode::Cached(if keep {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
@@ -881,16 +945,26 @@ impl Core {
         })
     }
 
+    /// Answers an open that [`IoMode::Stale`] turned down: the handle goes,
+    /// and the object gets the alias the kernel's retry will find.
+    fn stale(&self, ino: u64, fh: u64) -> Errno {
+        self.union.release(fh);
+        match self.union.alias(ino) {
+            Ok(_) => Errno::ESTALE,
+            Err(e) => errno(e),
+        }
+    }
+
     fn close_io(&self, fh: u64) {
-        let Some((_, (ino, backing))) = self.open_files.remove(&fh) else {
+        let Some((_, (ino, opened))) = self.open_files.remove(&fh) else {
             return;
         };
-        if backing.is_none()
+        if let Opened::Cached = opened
             && let Some(mut st) = self.io.get_mut(&ino)
         {
             st.cached = st.cached.saturating_sub(1);
         }
-        drop(backing);
+        drop(opened);
         self.io.remove_if(&ino, |_, st| {
             st.cached == 0 && st.backing.strong_count() == 0
         });

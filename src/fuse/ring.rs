@@ -684,6 +684,7 @@ fn opened(
             }
         },
         IoMode::Cached(f) => wire::open_out(out, fh, f.bits(), 0),
+        IoMode::Stale => return Err(i32::from(core.stale(ino, fh))),
     }
     Ok(at + wire::OPEN_OUT_LEN)
 }

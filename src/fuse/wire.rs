@@ -144,12 +144,19 @@ fn attr(b: &mut [u8], st: &libc::stat) {
 /// `struct fuse_entry_out`: nodeid is the attributes' inode number, as
 /// fuser sends it, so both transports name an object the same way.
 pub fn entry_out(b: &mut [u8], st: &libc::stat, generation: u64, ttl: Duration) {
+    // An alias's attributes carry it as the inode number: the kernel is to
+    // ask for the real one at once.
+    let attr_ttl = if crate::inode::is_alias(st.st_ino) {
+        Duration::ZERO
+    } else {
+        ttl
+    };
     put_u64(b, 0, st.st_ino);
     put_u64(b, 8, generation);
     put_u64(b, 16, ttl.as_secs());
-    put_u64(b, 24, ttl.as_secs());
+    put_u64(b, 24, attr_ttl.as_secs());
     put_u32(b, 32, ttl.subsec_nanos());
-    put_u32(b, 36, ttl.subsec_nanos());
+    put_u32(b, 36, attr_ttl.subsec_nanos());
     attr(&mut b[40..ENTRY_OUT_LEN], st);
 }
 

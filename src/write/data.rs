@@ -77,24 +77,42 @@ impl Union {
         }
     }
 
-    /// Whether an open file's data lives in the upper layer (or the mount
-    /// is read-only), so the kernel may read and write its backing file
-    /// directly for the handle's whole life.
-    pub fn stable_backing(&self, fh: u64) -> bool {
+    /// How long the descriptor behind `fh` keeps holding the file's data,
+    /// which decides whether the kernel may read it directly
+    /// (passthrough).
+    pub fn data_life(&self, fh: u64) -> DataLife {
         if self.read_only() {
-            return true;
+            return DataLife::Whole;
         }
         match self.handles.get(fh).as_deref() {
+            // Opened read-only on a lower file (see `Union::open`).
+            Ok(Handle::File {
+                copied: Some(_), ..
+            }) => DataLife::UntilCopyUp,
             // The kernel clears set-id bits on passthrough writes only
             // through the daemon (FUSE_HANDLE_KILLPRIV_V2), which never
             // sees those writes: such files are served here.
-            Ok(Handle::File { inode, .. }) => {
-                inode.in_upper()
+            Ok(Handle::File { inode, .. })
+                if inode.in_upper()
                     && self
                         .getattr(inode.nodeid, Some(fh))
-                        .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0)
+                        .is_ok_and(|st| st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0) =>
+            {
+                DataLife::Whole
             }
-            _ => false,
+            _ => DataLife::Served,
         }
     }
+}
+
+/// See [`Union::data_life`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLife {
+    /// For the handle's whole life: an upper file, or any file of a
+    /// read-only mount.
+    Whole,
+    /// Until the file is copied up: a lower file's data, opened read-only.
+    UntilCopyUp,
+    /// Not to be read or written behind the daemon's back.
+    Served,
 }

@@ -14,6 +14,8 @@ mod data;
 mod remove;
 mod rename;
 
+pub use data::DataLife;
+
 use std::ffi::OsStr;
 use std::sync::Arc;
 

@@ -282,6 +282,16 @@ pub fn mount_args<'a>(
     args
 }
 
+/// Whether a lower file opened read-only through a writable mount made by
+/// [`mount_args`] is passed through to the lower file (root, unless the
+/// mount arguments turn it off), and so keeps its lower data after the
+/// file's copy-up (see `--no-lower-passthrough` in the README).
+#[allow(dead_code)]
+pub fn lower_passthrough(extra: &[&str]) -> bool {
+    let off = "--no-lower-passthrough";
+    is_root() && !extra.contains(&off) && !env_mount_args().iter().any(|a| a == off)
+}
+
 /// Extra `unionfuse mount` arguments for every mount made through
 /// [`mount_args`], from UNIONFUSE_TEST_MOUNT_ARGS (split at whitespace):
 /// scripts/test runs the differential suites again over `--io-uring`.
