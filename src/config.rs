@@ -211,14 +211,13 @@ impl MountConfigBuilder {
         self
     }
 
-    /// A lower file opened read-only on a writable mount is read by the
-    /// kernel straight from the layer (FUSE passthrough, root only), as
-    /// upper files and files of read-only mounts always are. On by
-    /// default. The price: a descriptor opened read-only before the file
-    /// is copied up keeps reading the lower file's data, where kernel
-    /// overlayfs switches it to the copy; while such a descriptor is open,
-    /// later opens of the file are served by the daemon (direct I/O, no
-    /// memory mapping). Off restores kernel overlayfs's behaviour, and
+    /// A lower file of 256 KiB or more opened read-only on a writable mount
+    /// is read by the kernel straight from the layer (FUSE passthrough,
+    /// root only), as upper files and files of read-only mounts always
+    /// are. On by default. The price: a descriptor opened that way before
+    /// the file is copied up keeps reading the lower file's data, where
+    /// kernel overlayfs switches it to the copy (later opens reach the
+    /// copy either way). Off restores kernel overlayfs's behaviour, and
     /// reads of lower files go through the daemon and the page cache.
     pub fn lower_passthrough(mut self, on: bool) -> Self {
         self.lower_passthrough = on;

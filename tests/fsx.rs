@@ -65,11 +65,13 @@ struct Subject {
     copied: bool,
 }
 
-/// Whether a read-only handle opened before the copy-up keeps the lower
-/// data (see `common::lower_passthrough`).
-fn pins() -> bool {
+/// Whether a read-only handle opened on `s` before its copy-up keeps the
+/// lower data (see `common::lower_passthrough`).
+fn pins(s: &Subject) -> bool {
     static PINS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PINS.get_or_init(|| common::lower_passthrough(&[]))
+    !s.copied
+        && s.lower.len() >= common::LOWER_PASSTHROUGH_MIN
+        && *PINS.get_or_init(|| common::lower_passthrough(&[]))
 }
 
 fn fill(rng: &mut Rng, len: usize) -> Vec<u8> {
@@ -199,7 +201,7 @@ fn step(rng: &mut Rng, s: &mut Subject, dir: &Path) -> Result<String, String> {
         // Open a read-only handle (before or after the copy-up).
         0..=4 => {
             s.ro = Some(errno(File::open(&path), "open ro")?);
-            s.ro_pinned = (!s.copied && pins()).then(|| s.lower.clone());
+            s.ro_pinned = pins(s).then(|| s.lower.clone());
             Ok("open O_RDONLY".into())
         }
         // Open for writing: copies the file up if it is still the lower's.
@@ -350,7 +352,12 @@ fn random_io_across_copy_up_matches_a_model() {
     let mut subjects = Vec::new();
     for i in 0..FILES {
         let name = format!("f{i}");
-        let len = rng.below(MAX_SIZE) as usize;
+        // The first file large enough to be passed through, whatever the
+        // seed.
+        let len = match i {
+            0 => (MAX_SIZE - rng.below(MAX_SIZE / 4)) as usize,
+            _ => rng.below(MAX_SIZE) as usize,
+        };
         let data = fill(&mut rng, len);
         fs::write(lower.join(&name), &data).expect("lower file");
         subjects.push(Subject {
@@ -369,7 +376,7 @@ fn random_io_across_copy_up_matches_a_model() {
     // Handles opened before any copy-up, whatever the seed.
     for s in subjects.iter_mut().take(2) {
         s.ro = Some(File::open(m.mnt.join(&s.name)).expect("open ro"));
-        s.ro_pinned = pins().then(|| s.lower.clone());
+        s.ro_pinned = pins(s).then(|| s.lower.clone());
     }
     let mut recent: Vec<String> = Vec::new();
     for n in 0..ops {

@@ -1,14 +1,15 @@
 //! Lower files of a writable mount and FUSE passthrough.
 //!
-//! As root, a lower file opened read-only is read by the kernel straight
-//! from the layer, as upper files are. The kernel binds one backing file to
-//! an inode while any file is open on it, so the copy of a file made while
-//! such a descriptor is open gets a kernel inode of its own: every later
-//! open reaches the copy (and may be passed through to it), with the same
-//! inode number, while the descriptors opened earlier keep reading the
-//! lower file. `--no-lower-passthrough` keeps kernel overlayfs's behaviour,
-//! where an early descriptor follows the copy; it is checked against kernel
-//! overlayfs itself.
+//! As root, a lower file (of 256 KiB or more) opened read-only is read by
+//! the kernel straight from the layer, as upper files are. The kernel binds
+//! one backing file to an inode while any file is open on it, so the copy
+//! of a file made while such a descriptor is open gets a kernel inode of
+//! its own: every later open reaches the copy (and may be passed through to
+//! it), with the same inode number, while the descriptors opened earlier
+//! keep reading the lower file. Smaller files are read through the page
+//! cache, and there an early descriptor follows the copy, as it does with
+//! `--no-lower-passthrough` for every file and in kernel overlayfs, which
+//! is the oracle for it here.
 // The fixtures in common/ and mmap need libc; every unsafe block says why
 // it is sound.
 #![allow(unsafe_code)]
@@ -22,9 +23,17 @@ use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{KernelOverlay, Mounted, Scratch, is_root, lower_passthrough, run};
+use common::{
+    KernelOverlay, LOWER_PASSTHROUGH_MIN, Mounted, Scratch, is_root, lower_passthrough, run,
+};
 
-const LOWER: &[u8] = b"lower data\n";
+/// The lower file `f`: a recognisable head, and large enough to be passed
+/// through.
+fn lower_f() -> Vec<u8> {
+    let mut v = b"lower data\n".to_vec();
+    v.resize(LOWER_PASSTHROUGH_MIN + 4096, b'.');
+    v
+}
 
 /// `len` bytes of `f` from 0 through a private read-only mapping.
 fn mapped(f: &File, len: usize) -> Vec<u8> {
@@ -48,6 +57,18 @@ fn mapped(f: &File, len: usize) -> Vec<u8> {
         let v = std::slice::from_raw_parts(p as *const u8, len).to_vec();
         libc::munmap(p, len);
         v
+    }
+}
+
+fn read_all(f: &File) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read_at(&mut buf, out.len() as u64).expect("pread");
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -84,12 +105,22 @@ fn count(mnt: &Path, op: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The layers: `f` (text), `big` (1 MiB) and `tool` (a script).
+/// A shell script that prints `word`, large enough to be passed through.
+fn script(word: &str) -> Vec<u8> {
+    let mut v = format!("#!/bin/sh\necho {word}\nexit 0\n#").into_bytes();
+    v.resize(LOWER_PASSTHROUGH_MIN + 4096, b'#');
+    v.push(b'\n');
+    v
+}
+
+/// The layers: `f` and `tool` (a script), both large, `small`, and `big`
+/// (1 MiB).
 fn layers(s: &Scratch) -> (std::path::PathBuf, std::path::PathBuf) {
     let lower = s.mkdir("lower");
-    fs::write(lower.join("f"), LOWER).expect("f");
+    fs::write(lower.join("f"), lower_f()).expect("f");
+    fs::write(lower.join("small"), b"small lower\n").expect("small");
     fs::write(lower.join("big"), vec![7u8; 1 << 20]).expect("big");
-    fs::write(lower.join("tool"), "#!/bin/sh\necho one\n").expect("tool");
+    fs::write(lower.join("tool"), script("one")).expect("tool");
     fs::set_permissions(lower.join("tool"), fs::Permissions::from_mode(0o755)).expect("chmod");
     (lower, s.mkdir("upper"))
 }
@@ -103,35 +134,42 @@ fn an_early_reader_keeps_the_lower_data_and_later_opens_reach_the_copy() {
     let pinned = lower_passthrough(&[]);
     let f = m.path("f");
     let ino = fs::metadata(&f).expect("stat").ino();
+    let old = lower_f();
 
     let early = File::open(&f).expect("open early");
-    assert_eq!(read_at(&early, 64), LOWER);
+    let small_early = File::open(m.path("small")).expect("open small early");
+    assert_eq!(read_all(&early), old);
     let w = OpenOptions::new()
         .write(true)
         .open(&f)
         .expect("open for writing");
     w.write_all_at(b"UPPER", 0).expect("write");
-    w.write_all_at(b"and more\n", LOWER.len() as u64)
+    w.write_all_at(b"and more\n", old.len() as u64)
         .expect("append");
-    let now = b"UPPER data\nand more\n".to_vec();
+    let mut now = old.clone();
+    now[..5].copy_from_slice(b"UPPER");
+    now.extend_from_slice(b"and more\n");
 
     // What the early descriptor reads, by read and by mapping.
-    let want_early = if pinned { LOWER.to_vec() } else { now.clone() };
-    assert_eq!(read_at(&early, 64), want_early, "read through the early fd");
-    assert_eq!(mapped(&early, LOWER.len()), want_early[..LOWER.len()]);
+    let want_early = if pinned { old.clone() } else { now.clone() };
+    assert!(read_all(&early) == want_early, "read through the early fd");
+    assert!(
+        mapped(&early, old.len()) == want_early[..old.len()],
+        "mapping of the early fd"
+    );
     // Its attributes are the object's, as every descriptor's.
     assert_eq!(early.metadata().expect("fstat").len(), now.len() as u64);
 
     // Every later open reaches the copy, under the same inode number.
     let later = File::open(&f).expect("open later");
-    assert_eq!(read_at(&later, 64), now);
-    assert_eq!(mapped(&later, now.len()), now);
+    assert!(read_all(&later) == now, "read through a later fd");
+    assert!(mapped(&later, now.len()) == now, "mapping of a later fd");
     assert_eq!(later.metadata().expect("fstat").ino(), ino);
     assert_eq!(fs::metadata(&f).expect("stat").ino(), ino);
     assert_eq!(d_ino(&m.mnt, "f"), ino);
     // After a listing, which names the object's first kernel inode again.
     let relisted = File::open(&f).expect("open after the listing");
-    assert_eq!(read_at(&relisted, 64), now);
+    assert!(read_all(&relisted) == now, "read after a listing");
     let rw = OpenOptions::new()
         .read(true)
         .append(true)
@@ -140,34 +178,45 @@ fn an_early_reader_keeps_the_lower_data_and_later_opens_reach_the_copy() {
     rw.write_all_at(b"!", now.len() as u64).expect("append");
     let mut last = now.clone();
     last.push(b'!');
-    assert_eq!(fs::read(&f).expect("read"), last);
-    assert_eq!(
-        read_at(&early, 64),
-        if pinned { LOWER.to_vec() } else { last.clone() }
-    );
+    assert!(fs::read(&f).expect("read") == last, "read after the append");
+    let want_early = if pinned { old.clone() } else { last.clone() };
+    assert!(read_all(&early) == want_early, "the early fd, at the end");
+
+    // A small file is read through the page cache: its early reader
+    // follows the copy as in kernel overlayfs.
+    fs::write(m.path("small"), b"small upper\n").expect("rewrite small");
+    assert_eq!(read_at(&small_early, 64), b"small upper\n");
 
     // A program changed in place while an earlier descriptor holds its
     // lower version runs as changed (execve retries the open as any open
     // does).
     let tool = m.path("tool");
     let held = File::open(&tool).expect("open tool");
-    fs::write(&tool, "#!/bin/sh\necho two\n").expect("rewrite tool");
+    fs::write(&tool, script("two")).expect("rewrite tool");
+    // A listing names the first kernel inode again, so that the execve
+    // below meets it.
+    assert_eq!(
+        d_ino(&m.mnt, "tool"),
+        fs::metadata(&tool).expect("stat").ino()
+    );
     let out = Command::new(&tool).output().expect("run tool");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "two\n");
     drop(held);
 
-    drop((early, later, relisted, rw, w));
+    drop((early, later, relisted, rw, w, small_early));
     let again = File::open(&f).expect("open after closing all");
-    assert_eq!(read_at(&again, 64), last);
-    assert_eq!(mapped(&again, last.len()), last);
+    assert!(read_all(&again) == last, "read after closing all");
+    assert!(
+        mapped(&again, last.len()) == last,
+        "mapping after closing all"
+    );
     drop(again);
     drop(m);
-    assert_eq!(
-        fs::read(lower.join("f")).expect("lower f"),
-        LOWER,
+    assert!(
+        fs::read(lower.join("f")).expect("lower f") == old,
         "lower changed"
     );
-    assert_eq!(fs::read(upper.join("f")).expect("upper f"), last);
+    assert!(fs::read(upper.join("f")).expect("upper f") == last, "upper");
 }
 
 /// As root, reading a lower file of a writable mount sends no READ to the
@@ -210,7 +259,7 @@ fn without_lower_passthrough_an_early_reader_follows_the_copy_as_in_kernel_overl
             .open(&f)
             .expect("open for writing");
         w.write_all_at(b"UPPER", 0).expect("write");
-        (read_at(&early, 64), early.metadata().expect("fstat").len())
+        (read_at(&early, 16), early.metadata().expect("fstat").len())
     };
     let s = Scratch::new();
     let (lower, upper) = layers(&s);
@@ -230,6 +279,6 @@ fn without_lower_passthrough_an_early_reader_follows_the_copy_as_in_kernel_overl
     let k = KernelOverlay::new(&[&lower], Some((&upper, &work)), &mnt, "")
         .unwrap_or_else(|e| panic!("kernel overlayfs is the oracle here: {e}"));
     let theirs = early_read(&k.mnt);
-    assert_eq!(ours.0, b"UPPER data\n");
+    assert_eq!(ours.0, b"UPPER data\n.....");
     assert_eq!(ours, theirs, "unionfuse, then kernel overlayfs");
 }

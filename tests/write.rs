@@ -762,11 +762,7 @@ fn ops_create_and_open_flags() {
             content(&e.p("f")).ok(),
             Some("HEllo lower\n".into()),
         );
-        // Read straight from the lower file, the early descriptor keeps its
-        // data; tests/passthrough.rs checks both rules.
-        if let Some(r) = early
-            && !common::lower_passthrough(&[])
-        {
+        if let Some(r) = early {
             log.rec("pread via the early read-only fd", pread(&r, 64, 0));
         }
 

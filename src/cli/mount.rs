@@ -100,9 +100,9 @@ pub struct MountArgs {
     pub io_uring: bool,
 
     /// Lower files opened read-only are read through the daemon instead of
-    /// straight from the layer (FUSE passthrough), so that a descriptor
-    /// opened before the file's copy-up sees the copy, as in kernel
-    /// overlayfs.
+    /// straight from the layer (FUSE passthrough, for files of 256 KiB or
+    /// more as root), so that a descriptor opened before the file's copy-up
+    /// sees the copy, as in kernel overlayfs.
     #[arg(long)]
     pub no_lower_passthrough: bool,
 

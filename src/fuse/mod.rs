@@ -112,6 +112,14 @@ struct IoState {
     backing_file: (u64, u64),
 }
 
+/// The smallest lower file passed through. Binding a backing file costs
+/// the daemon and the kernel about 20 µs per open (`tar cf` of 5500 small
+/// files warm: 0.37 s against 0.25 s through the page cache), which a small
+/// file never earns back; from a few hundred KiB on, reading the page cache
+/// of the layer itself beats FUSE's (a cached 512 MiB file: 22 ms against
+/// 67 ms), cold reads need no requests, and the data is cached once.
+const LOWER_PASSTHROUGH_MIN: libc::off_t = 256 * 1024;
+
 /// How an open is answered.
 enum IoMode {
     Passthrough(Arc<Backing>),
@@ -872,10 +880,8 @@ impl Core {
             Ok(Handle::File { fd, .. }) => Some(fd.as_fd()),
             _ => None,
         };
-        let file = || {
-            fd.and_then(|fd| crate::sys::fstat(fd).ok())
-                .map(|st| (st.st_dev, st.st_ino))
-        };
+        let stat = || fd.and_then(|fd| crate::sys::fstat(fd).ok());
+        let file = || stat().map(|st| (st.st_dev, st.st_ino));
         let mut st = self.io.entry(ino).or_default();
         if let Some(id) = st.backing.upgrade() {
             // The kernel wants every open of an inode on the backing file
@@ -903,8 +909,10 @@ impl Core {
             && st.cached == 0
             && self.passthrough.load(Ordering::Relaxed)
             && let Some(fd) = fd
-            && let Some(ident) = file()
+            && let Some(fst) = stat()
+            && (life != DataLife::UntilCopyUp || fst.st_size >= LOWER_PASSTHROUGH_MIN)
         {
+            let ident = (fst.st_dev, fst.st_ino);
             match register(fd) {
                 Ok(id) => {
                     let id = Arc::new(id);

@@ -282,10 +282,16 @@ pub fn mount_args<'a>(
     args
 }
 
-/// Whether a lower file opened read-only through a writable mount made by
-/// [`mount_args`] is passed through to the lower file (root, unless the
-/// mount arguments turn it off), and so keeps its lower data after the
-/// file's copy-up (see `--no-lower-passthrough` in the README).
+/// The smallest lower file the daemon passes through (its
+/// `LOWER_PASSTHROUGH_MIN`).
+#[allow(dead_code)]
+pub const LOWER_PASSTHROUGH_MIN: usize = 256 * 1024;
+
+/// Whether a lower file (of [`LOWER_PASSTHROUGH_MIN`] bytes or more)
+/// opened read-only through a writable mount made by [`mount_args`] is
+/// passed through to the lower file (root, unless the mount arguments turn
+/// it off), and so keeps its lower data after the file's copy-up (see
+/// `--no-lower-passthrough` in the README).
 #[allow(dead_code)]
 pub fn lower_passthrough(extra: &[&str]) -> bool {
     let off = "--no-lower-passthrough";
