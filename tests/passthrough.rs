@@ -169,6 +169,11 @@ fn an_early_reader_keeps_the_lower_data_and_later_opens_reach_the_copy() {
     assert_eq!(d_ino(&m.mnt, "f"), ino);
     // After a listing, which names the object's first kernel inode again.
     let relisted = File::open(&f).expect("open after the listing");
+    // That open went to the object's second kernel inode through a fresh
+    // lookup: its attributes still carry the real inode number (checked
+    // before a read, which would make the kernel ask for them again).
+    assert_eq!(relisted.metadata().expect("fstat").ino(), ino);
+    assert_eq!(fs::metadata(&f).expect("stat").ino(), ino);
     assert!(read_all(&relisted) == now, "read after a listing");
     let rw = OpenOptions::new()
         .read(true)

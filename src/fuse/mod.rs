@@ -246,7 +246,7 @@ impl Filesystem for UnionFs {
         match self.union.lookup(parent.0, name) {
             Ok(Some((st, generation))) => {
                 trace!("lookup {} {name:?} -> {}", parent.0, st.st_ino);
-                reply.entry(&self.ttl, &file_attr(&st), Generation(generation));
+                self.entry(reply, &st, Generation(generation));
             }
             Ok(None) => {
                 // A negative entry: nodeid 0 with a timeout lets the kernel
@@ -831,6 +831,16 @@ impl UnionFs {
         Generation(self.union.generation_of(nodeid))
     }
 
+    fn entry(&self, reply: ReplyEntry, st: &libc::stat, generation: Generation) {
+        if crate::inode::is_alias(st.st_ino) {
+            // An alias's attributes carry it as the inode number: the
+            // kernel is to ask for the real one at once.
+            reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &file_attr(st), generation);
+        } else {
+            reply.entry(&self.ttl, &file_attr(st), generation);
+        }
+    }
+
     fn reply_entry(
         &self,
         op: &str,
@@ -840,15 +850,7 @@ impl UnionFs {
         reply: ReplyEntry,
     ) {
         match r {
-            // An alias's attributes carry it as the inode number: the
-            // kernel is to ask for the real one at once.
-            Ok(st) if crate::inode::is_alias(st.st_ino) => reply.entry_with_ttls(
-                &Duration::ZERO,
-                &self.ttl,
-                &file_attr(&st),
-                self.generation(st.st_ino),
-            ),
-            Ok(st) => reply.entry(&self.ttl, &file_attr(&st), self.generation(st.st_ino)),
+            Ok(st) => self.entry(reply, &st, self.generation(st.st_ino)),
             Err(e) => {
                 log_failure(op, parent, Some(name), e);
                 reply.error(errno(e));
