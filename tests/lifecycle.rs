@@ -458,14 +458,7 @@ fn stats_counts_the_requests_of_a_workload() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json = String::from_utf8_lossy(&out.stdout).into_owned();
-    let count = |op: &str| -> u64 {
-        let key = format!("{{\"op\":\"{op}\",\"count\":");
-        json.split(&key)
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let count = |op: &str| common::stats_count(&json, op);
     assert!(count("lookup") >= 1, "{json}");
     assert!(count("readdir") + count("readdirplus") >= 1, "{json}");
     // Reads of a read-only mount go straight to the layer file where

@@ -18,13 +18,12 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
 use common::{
-    KernelOverlay, LOWER_PASSTHROUGH_MIN, Mounted, Scratch, is_root, lower_passthrough, run,
+    KernelOverlay, LOWER_PASSTHROUGH_MIN, Mounted, Scratch, is_root, lower_passthrough, mapped, run,
 };
 
 /// The lower file `f`: a recognisable head, and large enough to be passed
@@ -33,31 +32,6 @@ fn lower_f() -> Vec<u8> {
     let mut v = b"lower data\n".to_vec();
     v.resize(LOWER_PASSTHROUGH_MIN + 4096, b'.');
     v
-}
-
-/// `len` bytes of `f` from 0 through a private read-only mapping.
-fn mapped(f: &File, len: usize) -> Vec<u8> {
-    // SAFETY: a fresh read-only private mapping of an open descriptor; it
-    // is read within `len` bytes and unmapped before returning.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        let v = std::slice::from_raw_parts(p as *const u8, len).to_vec();
-        libc::munmap(p, len);
-        v
-    }
 }
 
 fn read_all(f: &File) -> Vec<u8> {
@@ -96,13 +70,7 @@ fn count(mnt: &Path, op: &str) -> u64 {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let json = String::from_utf8_lossy(&out.stdout).into_owned();
-    let key = format!("{{\"op\":\"{op}\",\"count\":");
-    json.split(&key)
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    common::stats_count(&String::from_utf8_lossy(&out.stdout), op)
 }
 
 /// A shell script that prints `word`, large enough to be passed through.

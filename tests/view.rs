@@ -1970,7 +1970,6 @@ fn concurrent_directory_handles_are_independent_and_rewind_works() {
 
 #[test]
 fn executables_and_mmap_from_a_lower_work() {
-    use std::os::fd::AsRawFd;
     let s = Scratch::new();
     let (l1, l2) = (s.mkdir("l1"), s.mkdir("l2"));
     let mnt = s.mkdir("mnt");
@@ -1988,29 +1987,10 @@ fn executables_and_mmap_from_a_lower_work() {
         .expect("exec a binary from the mount");
     assert!(st.success());
     let f = fs::File::open(m.path("blob")).unwrap();
-    // SAFETY: mapping a file we opened read-only, private, for its length.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            data.len(),
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
+    assert!(
+        common::mapped(&f, data.len()) == data,
+        "mmap contents differ from the layer"
     );
-    // SAFETY: p maps data.len() readable bytes.
-    let mapped = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), data.len()) };
-    let equal = mapped == &data[..];
-    // SAFETY: p and the length come from the mmap above.
-    unsafe { libc::munmap(p, data.len()) };
-    assert!(equal, "mmap contents differ from the layer");
 }
 
 #[test]

@@ -884,21 +884,19 @@ impl Core {
         };
         let stat = || fd.and_then(|fd| crate::sys::fstat(fd).ok());
         let file = || stat().map(|st| (st.st_dev, st.st_ino));
+        let passed = |id: Arc<Backing>| {
+            let held = Opened::Passthrough {
+                _held: Arc::clone(&id),
+            };
+            self.open_files.insert(fh, (ino, held));
+            IoMode::Passthrough(id)
+        };
         let mut st = self.io.entry(ino).or_default();
         if let Some(id) = st.backing.upgrade() {
             // The kernel wants every open of an inode on the backing file
             // it already has (a file made set-id since then included).
             if file() == Some(st.backing_file) {
-                self.open_files.insert(
-                    fh,
-                    (
-                        ino,
-                        Opened::Passthrough {
-                            _held: Arc::clone(&id),
-                        },
-                    ),
-                );
-                return IoMode::Passthrough(id);
+                return passed(id);
             }
             return IoMode::Stale;
         }
@@ -920,16 +918,7 @@ impl Core {
                     let id = Arc::new(id);
                     st.backing = Arc::downgrade(&id);
                     st.backing_file = ident;
-                    self.open_files.insert(
-                        fh,
-                        (
-                            ino,
-                            Opened::Passthrough {
-                                _held: Arc::clone(&id),
-                            },
-                        ),
-                    );
-                    return IoMode::Passthrough(id);
+                    return passed(id);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     info!("passthrough refused by the kernel; serving I/O in userspace");

@@ -754,3 +754,41 @@ impl Drop for Ext4 {
         }
     }
 }
+
+/// The first `len` bytes of `f` through a private read-only mapping.
+#[allow(dead_code)]
+pub fn mapped(f: &std::fs::File, len: usize) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh read-only private mapping of an open descriptor; it
+    // is read within `len` bytes and unmapped before returning.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let v = std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec();
+        libc::munmap(p, len);
+        v
+    }
+}
+
+/// How many requests of `op` `stats --json` counts in `json`.
+#[allow(dead_code)]
+pub fn stats_count(json: &str, op: &str) -> u64 {
+    let key = format!("{{\"op\":\"{op}\",\"count\":");
+    json.split(&key)
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
