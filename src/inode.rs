@@ -592,8 +592,9 @@ pub struct InodeTable {
 }
 
 /// Aliases are nodeids whose top byte is all ones, which no reported inode
-/// number has: that would take 255 layer devices, or a filesystem handing
-/// out numbers above 2^63 + 2^62 + ... on a single one.
+/// number has: that would take 255 layer devices (the top byte numbers the
+/// device, see `Layers::st_ino`), or a single filesystem handing out inode
+/// numbers from `0xFF << 56` on.
 const ALIAS_BASE: u64 = 0xFF << 56;
 
 /// Whether `nodeid` is an alias (see [`InodeTable::alias`]).
@@ -739,6 +740,7 @@ impl InodeTable {
         } else {
             (nodeid, None)
         };
+        let mut orphan_gone = false;
         let removed = match self.map.entry(own) {
             Entry::Occupied(e)
                 if aliased
@@ -756,13 +758,15 @@ impl InodeTable {
                 if let Some(inode) = &aliased {
                     let left = inode.lookups.load(Ordering::Relaxed).saturating_sub(n);
                     inode.lookups.store(left, Ordering::Relaxed);
-                    if left == 0 {
-                        self.map.remove_if(&nodeid, |_, v| Arc::ptr_eq(v, inode));
-                    }
+                    orphan_gone = left == 0;
                 }
                 None
             }
         };
+        // The shard guard of `own` is gone: the alias may share its shard.
+        if orphan_gone && let Some(inode) = &aliased {
+            self.map.remove_if(&nodeid, |_, v| Arc::ptr_eq(v, inode));
+        }
         if let Some(inode) = &removed {
             let a = inode.alias.load(Ordering::Acquire);
             if a != 0 {

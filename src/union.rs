@@ -463,8 +463,9 @@ impl Union {
             // left out rather than failing the whole listing. Its inode
             // number is the real one even for an object with an alias, as
             // every listing shows it (the kernel then links the name to the
-            // object's first kernel inode, and an open there is sent on to
-            // the alias as `Stale` describes).
+            // object's first kernel inode, and an open there that needs
+            // the copy is sent on to the alias: see the FUSE adapter's
+            // `IoMode::Stale`).
             if let Ok(Some((st, generation))) =
                 self.lookup_as(dir.nodeid, OsStr::from_bytes(name), false)
                 && out.add(e.off, name, &st, generation)
