@@ -143,6 +143,15 @@ fn an_early_reader_keeps_the_lower_data_and_later_opens_reach_the_copy() {
     assert_eq!(relisted.metadata().expect("fstat").ino(), ino);
     assert_eq!(fs::metadata(&f).expect("stat").ino(), ino);
     assert!(read_all(&relisted) == now, "read after a listing");
+    // A new name made now leads to the copy as well.
+    let linked = m.path("f-link");
+    fs::hard_link(&f, &linked).expect("link");
+    assert_eq!(fs::metadata(&linked).expect("stat link").ino(), ino);
+    assert!(
+        fs::read(&linked).expect("read link") == now,
+        "read the link"
+    );
+    fs::remove_file(&linked).expect("unlink the link");
     let rw = OpenOptions::new()
         .read(true)
         .append(true)

@@ -358,6 +358,8 @@ impl Union {
             upper.adjust_nlink(inode.st_ino, 1);
             st.st_nlink = upper.indexed_nlink(inode.st_ino, &st);
         }
+        // The new name leads to the kernel inode that lookups hand out.
+        st.st_ino = i.entry_nodeid();
         Ok(st)
     }
 
