@@ -106,7 +106,10 @@ fn an_early_reader_keeps_the_lower_data_and_later_opens_reach_the_copy() {
 
     let early = File::open(&f).expect("open early");
     let small_early = File::open(m.path("small")).expect("open small early");
-    assert_eq!(read_all(&early), old);
+    assert!(
+        read_all(&early) == old,
+        "read through the early fd, before the write"
+    );
     let w = OpenOptions::new()
         .write(true)
         .open(&f)
