@@ -583,6 +583,9 @@ pub struct InodeTable {
     map: DashMap<u64, Arc<Inode>>,
     /// Aliases handed out so far.
     aliases: AtomicU64,
+    /// Aliases replaced by newer ones, still in `map` while the kernel may
+    /// hold them (see [`InodeTable::alias`]).
+    retired: parking_lot::Mutex<Vec<u64>>,
     /// Inodes entered since the table last gave memory back, and the most
     /// there were: after a walk the kernel forgets nearly all of them, and
     /// the table's capacity (and the allocator's free lists) would
@@ -610,6 +613,7 @@ impl InodeTable {
         let t = InodeTable {
             map: DashMap::new(),
             aliases: AtomicU64::new(0),
+            retired: parking_lot::Mutex::new(Vec::new()),
             live: AtomicUsize::new(1),
             peak: AtomicUsize::new(1),
         };
@@ -698,24 +702,49 @@ impl InodeTable {
     /// opened earlier keep the lower file the kernel bound to the first
     /// one (see the FUSE adapter's `io_mode`). Lookups under either nodeid
     /// count on the object's one counter, under its own nodeid's lock.
-    pub fn alias(&self, inode: &Arc<Inode>) -> u64 {
+    ///
+    /// `from` is the nodeid the kernel used: when that is the alias itself
+    /// (the object went back to a lower file, by a reset, and was copied up
+    /// again), a new alias replaces it; the old one stays reachable until
+    /// the kernel has forgotten the object.
+    pub fn alias(&self, inode: &Arc<Inode>, from: u64) -> u64 {
         let cur = inode.alias.load(Ordering::Acquire);
-        if cur != 0 {
+        if cur != 0 && cur != from {
             return cur;
         }
+        self.sweep_retired();
         let a = ALIAS_BASE | (self.aliases.fetch_add(1, Ordering::Relaxed) + 1);
         // In the table before any lookup can hand it out.
         self.map.insert(a, Arc::clone(inode));
         match inode
             .alias
-            .compare_exchange(0, a, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(cur, a, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => a,
+            Ok(_) => {
+                if cur != 0 {
+                    self.retired.lock().push(cur);
+                }
+                a
+            }
             Err(other) => {
                 self.map.remove(&a);
                 other
             }
         }
+    }
+
+    /// Drops the retired aliases of objects the kernel has forgotten.
+    fn sweep_retired(&self) {
+        self.retired.lock().retain(|a| {
+            let held = self
+                .map
+                .get(a)
+                .is_some_and(|r| r.value().lookups.load(Ordering::Relaxed) > 0);
+            if !held {
+                self.map.remove(a);
+            }
+            held
+        });
     }
 
     /// Every inode in the table (for the rare fix-ups that touch a subtree).

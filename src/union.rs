@@ -228,11 +228,11 @@ impl Union {
         }
     }
 
-    /// Gives the object behind `nodeid` a second nodeid, which its
-    /// lookups return from now on (see [`crate::inode::InodeTable::alias`]).
+    /// Gives the object behind `nodeid` another nodeid, which its lookups
+    /// return from now on (see [`crate::inode::InodeTable::alias`]).
     pub fn alias(&self, nodeid: u64) -> Result<u64> {
         let inode = self.inodes.get(nodeid)?;
-        Ok(self.inodes.alias(&inode))
+        Ok(self.inodes.alias(&inode, nodeid))
     }
 
     pub fn forget(&self, nodeid: u64, n: u64) {

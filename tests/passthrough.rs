@@ -267,3 +267,42 @@ fn without_lower_passthrough_an_early_reader_follows_the_copy_as_in_kernel_overl
     assert_eq!(ours.0, b"UPPER data\n.....");
     assert_eq!(ours, theirs, "unionfuse, then kernel overlayfs");
 }
+
+/// A reset takes a copy back to the lower file. Copied up again while an
+/// early reader holds the lower file once more, the file gets yet another
+/// kernel inode, and every round reaches its own copy. A descriptor kept
+/// open across each reset keeps the object known to the daemon.
+#[test]
+fn a_file_copied_up_again_after_a_reset_reaches_the_new_copy() {
+    let s = Scratch::new();
+    let (lower, upper) = layers(&s);
+    let mnt = s.mkdir("mnt");
+    let m = Mounted::new(&[&lower], Some(&upper), &mnt, &[]);
+    let f = m.path("f");
+    let ino = fs::metadata(&f).expect("stat").ino();
+    let mut kept = Vec::new();
+    for round in 0..3u8 {
+        let early = File::open(&f).expect("open early");
+        let w = OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap_or_else(|e| panic!("round {round}: open for writing: {e}"));
+        w.write_all_at(&[b'0' + round], 0).expect("write");
+        drop(w);
+        let copy = File::open(&f).expect("open the copy");
+        assert_eq!(read_at(&copy, 1), [b'0' + round]);
+        kept.push(copy);
+        assert_eq!(fs::metadata(&f).expect("stat").ino(), ino);
+        drop(early);
+        let out = run(&[OsStr::new("reset"), m.mnt.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "reset: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            fs::read(&f).expect("read") == lower_f(),
+            "round {round}: after the reset"
+        );
+    }
+}
