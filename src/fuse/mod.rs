@@ -875,12 +875,12 @@ impl Core {
         fh: u64,
         register: &dyn Fn(BorrowedFd<'_>) -> std::io::Result<Backing>,
     ) -> IoMode {
-        let life = self.union.data_life(fh);
         let ino = (ino, self.union.generation_of(ino));
+        // One lookup of the handle serves every question below.
         let handle = self.union.handle(fh);
-        let fd = match handle.as_deref() {
-            Ok(Handle::File { fd, .. }) => Some(fd.as_fd()),
-            _ => None,
+        let (life, fd) = match handle.as_deref() {
+            Ok(h @ Handle::File { fd, .. }) => (self.union.data_life(fh, h), Some(fd.as_fd())),
+            Err(_) => (DataLife::Served, None),
         };
         let stat = || fd.and_then(|fd| crate::sys::fstat(fd).ok());
         let file = || stat().map(|st| (st.st_dev, st.st_ino));

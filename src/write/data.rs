@@ -77,22 +77,22 @@ impl Union {
         }
     }
 
-    /// How long the descriptor behind `fh` keeps holding the file's data,
-    /// which decides whether the kernel may read it directly
+    /// How long the descriptor of `h` (the handle `fh`) keeps holding the
+    /// file's data, which decides whether the kernel may read it directly
     /// (passthrough).
-    pub fn data_life(&self, fh: u64) -> DataLife {
+    pub fn data_life(&self, fh: u64, h: &Handle) -> DataLife {
         if self.read_only() {
             return DataLife::Whole;
         }
-        match self.handles.get(fh).as_deref() {
+        match h {
             // Opened read-only on a lower file (see `Union::open`).
-            Ok(Handle::File {
+            Handle::File {
                 copied: Some(_), ..
-            }) => DataLife::UntilCopyUp,
+            } => DataLife::UntilCopyUp,
             // The kernel clears set-id bits on passthrough writes only
             // through the daemon (FUSE_HANDLE_KILLPRIV_V2), which never
             // sees those writes: such files are served here.
-            Ok(Handle::File { inode, .. })
+            Handle::File { inode, .. }
                 if inode.in_upper()
                     && self
                         .getattr(inode.nodeid, Some(fh))
@@ -100,7 +100,7 @@ impl Union {
             {
                 DataLife::Whole
             }
-            _ => DataLife::Served,
+            Handle::File { .. } => DataLife::Served,
         }
     }
 }
